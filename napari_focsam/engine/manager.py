@@ -1,0 +1,188 @@
+"""The model manager: one predictor on one device, its embedding cache and the open object sessions.
+
+Thread safety (the napari widget calls it from worker threads):
+
+* :meth:`ModelManager.embed` may run concurrently from any number of threads; two requests for the same image and
+  model compute the embedding once (the cache is single-flight), different images compute in parallel.
+* Object sessions are independent: clicks on different objects run concurrently; calls on one object are
+  serialised by that session's lock.
+* Every long call takes an optional :class:`CancelToken`; a superseded request is abandoned at the next stage
+  boundary (between ViT blocks, between decoder/refiner/post-processing) and leaves no partial state behind.
+* Changing the model means creating a new manager; an old manager stays valid for the jobs still using it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..models.loader import load_model, resolve_device
+from .cache import EmbeddingCache
+from .image import to_model_rgb
+from .predictor import Predictor
+from .session import ObjectSession
+from .signature import data_signature, embedding_key
+from .types import CancelToken, ImageEmbedding, Prompts
+
+FALLBACK_NAME = "fallback"
+
+
+@dataclass(frozen=True)
+class EmbedInfo:
+    """How the last embedding was obtained: computed (with its time) or read from the cache."""
+
+    key: str
+    seconds: float
+    from_cache: bool
+
+
+class ModelManager:
+    """Holds a predictor (SAM, FocSAM or the fallback), the embedding cache and the per-object sessions."""
+
+    def __init__(self, predictor: Predictor, *, cache: EmbeddingCache | None = None) -> None:
+        self.predictor = predictor
+        self.cache = cache if cache is not None else EmbeddingCache()
+        self._sessions: dict[tuple[str, int], ObjectSession] = {}
+        self._lock = threading.RLock()
+        self.last_embed: EmbedInfo | None = None
+
+    @classmethod
+    def load(
+        cls,
+        model: str = FALLBACK_NAME,
+        checkpoint: str | os.PathLike | None = None,
+        *,
+        device: str | torch.device = "auto",
+        dtype: torch.dtype = torch.float32,
+        encoder_autocast: torch.dtype | None = None,
+        cache: EmbeddingCache | None = None,
+        store: str | os.PathLike | None = None,
+        allow_random_weights: bool = False,
+    ) -> ModelManager:
+        """Load a model by name (``"sam_vit_b"``, ``"focsam_vit_h"``, …, or ``"fallback"``) and its checkpoint.
+
+        Real models need a checkpoint; ``allow_random_weights=True`` builds one with seeded random weights (for
+        tests and benchmarks: its masks mean nothing). ``store`` is an optional zarr directory for embeddings.
+        """
+        if cache is None:
+            cache = EmbeddingCache(store=store)
+        if model == FALLBACK_NAME:
+            from .fallback import FallbackPredictor
+
+            return cls(FallbackPredictor(), cache=cache)
+        from .sam_predictor import SamFamilyPredictor
+
+        if checkpoint is None and not allow_random_weights:
+            raise ValueError(
+                f"model {model!r} needs its checkpoint file (checkpoint=...); use model='fallback' to work "
+                "without weights"
+            )
+        loaded = load_model(model, checkpoint, device=resolve_device(device), dtype=dtype)
+        return cls(SamFamilyPredictor(loaded, encoder_autocast=encoder_autocast), cache=cache)
+
+    # ------------------------------------------------------------------ description
+    @property
+    def name(self) -> str:
+        return self.predictor.name
+
+    @property
+    def display_name(self) -> str:
+        return self.predictor.display_name
+
+    @property
+    def is_fallback(self) -> bool:
+        return self.predictor.is_fallback
+
+    @property
+    def device(self) -> torch.device:
+        return self.predictor.device
+
+    # ------------------------------------------------------------------ embeddings
+    def key_for(self, image: np.ndarray) -> str:
+        """The cache key of an already prepared (H, W, 3) uint8 image with this model."""
+        return embedding_key(data_signature(image), self.predictor.fingerprint)
+
+    def embed(
+        self,
+        image: np.ndarray,
+        *,
+        rgb: bool | None = None,
+        contrast_limits: Sequence[float] | None = None,
+        cancel: CancelToken | None = None,
+    ) -> ImageEmbedding:
+        """The embedding of one 2D image (gray, RGB/RGBA, any dtype), from the cache or computed."""
+        prepared = to_model_rgb(image, rgb=rgb, contrast_limits=contrast_limits)
+        key = self.key_for(prepared)
+        computed: list[float] = []
+
+        def compute() -> tuple[torch.Tensor, object]:
+            start = time.perf_counter()
+            result = self.predictor.embed(prepared, cancel=cancel)
+            computed.append(time.perf_counter() - start)
+            return result
+
+        embedding = self.cache.get_or_compute(key, compute, device=self.device)
+        self.last_embed = EmbedInfo(key, computed[0] if computed else 0.0, from_cache=not computed)
+        return embedding
+
+    # ------------------------------------------------------------------ objects
+    def new_object(
+        self,
+        image: np.ndarray | ImageEmbedding,
+        object_id: int | None = None,
+        *,
+        rgb: bool | None = None,
+        contrast_limits: Sequence[float] | None = None,
+        cancel: CancelToken | None = None,
+    ) -> ObjectSession:
+        """Open a session for a new object on ``image`` (embedding it first if needed).
+
+        ``object_id`` defaults to one more than the largest id open on this image. Opening an id that is already
+        open replaces that session.
+        """
+        embedding = image if isinstance(image, ImageEmbedding) else self.embed(
+            image, rgb=rgb, contrast_limits=contrast_limits, cancel=cancel
+        )
+        with self._lock:
+            if object_id is None:
+                ids = [oid for key, oid in self._sessions if key == embedding.key]
+                object_id = max(ids, default=0) + 1
+            session = ObjectSession(self.predictor, embedding, object_id=int(object_id))
+            self._sessions[(embedding.key, int(object_id))] = session
+            return session
+
+    def get_object(self, embedding: ImageEmbedding | str, object_id: int) -> ObjectSession | None:
+        key = embedding if isinstance(embedding, str) else embedding.key
+        with self._lock:
+            return self._sessions.get((key, int(object_id)))
+
+    def objects(self, embedding: ImageEmbedding | str | None = None) -> list[ObjectSession]:
+        key = embedding.key if isinstance(embedding, ImageEmbedding) else embedding
+        with self._lock:
+            return [s for (k, _), s in self._sessions.items() if key is None or k == key]
+
+    def close_object(self, session: ObjectSession) -> None:
+        """Forget a session (and its refined embedding)."""
+        with self._lock:
+            self._sessions.pop((session.embedding.key, session.object_id), None)
+
+    def segment(
+        self,
+        image: np.ndarray | ImageEmbedding,
+        points: Sequence[Sequence[float]] = (),
+        labels: Sequence[int] | None = None,
+        box: Sequence[float] | None = None,
+        **image_kwargs: object,
+    ) -> np.ndarray:
+        """One-shot: the mask that clicking ``points`` (y, x) in order gives (labels default to positive)."""
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        labels = np.ones(len(points), np.int64) if labels is None else np.asarray(labels)
+        embedding = image if isinstance(image, ImageEmbedding) else self.embed(image, **image_kwargs)
+        session = ObjectSession(self.predictor, embedding)
+        return session.sync(Prompts(points, labels, box))

@@ -1,0 +1,54 @@
+"""The one protocol every backend implements: SAM, FocSAM and the weight-free fallback.
+
+The widget, the stack tools and the evaluation runner talk to a :class:`Predictor` only, so they treat all
+backends alike. A predictor is stateless between calls: what an object carries from click to click travels in the
+immutable :class:`~napari_focsam.engine.types.ObjectState` that :meth:`Predictor.predict` returns.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from .types import CancelToken, ImageEmbedding, ImageGeometry, ObjectState, Prediction, Prompts
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    #: short registry name, e.g. ``"sam_vit_b"``, ``"focsam_vit_h"``, ``"fallback"``
+    name: str
+    #: what the user sees, e.g. ``"FocSAM ViT-H"``; the fallback always says it is the fallback
+    display_name: str
+    #: True only for the weight-free fallback, which must never be presented as SAM
+    is_fallback: bool
+    #: whether box prompts are accepted (SAM models); FocSAM and the fallback are click-only
+    supports_boxes: bool
+    #: whether the FocSAM focus refiner runs from the 2nd click on
+    uses_refiner: bool
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the weights, the architecture and the preprocessing: part of every embedding's cache key."""
+        ...
+
+    def embed(
+        self, image: np.ndarray, *, cancel: CancelToken | None = None
+    ) -> tuple[torch.Tensor, ImageGeometry]:
+        """Compute the image embedding of an (H, W, 3) uint8 RGB image."""
+        ...
+
+    def predict(
+        self,
+        embedding: ImageEmbedding,
+        prompts: Prompts,
+        state: ObjectState | None,
+        *,
+        cancel: CancelToken | None = None,
+    ) -> Prediction:
+        """One interactive step: the prompts so far plus the previous step's state give the next mask and state."""
+        ...

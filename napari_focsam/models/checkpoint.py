@@ -1,0 +1,211 @@
+"""Checkpoint files: safe reading, layout detection, key mapping and clear errors.
+
+Three layouts are understood, all mapped onto :class:`~napari_focsam.models.sam.InteractiveModel`'s keys
+(``image_encoder.``, ``prompt_encoder.``, ``mask_decoder.``, ``refiner.``):
+
+* **SAM** (``sam_vit_{b,l,h}_*.pth``): a plain state dict with segment-anything's own keys.
+* **FocSAM / mmseg** (``iter_160000.pth``): an mmengine checkpoint whose ``state_dict`` holds ``backbone.``,
+  ``neck.`` (``pos_embed_layer``/``point_embeds`` for SAM's ``pe_layer``/``point_embeddings``), ``decode_head.``
+  (the fine-tuned decoder) and ``refine_head.``; SAM files converted by FocSAM's converter have the same layout
+  without ``refine_head.``.
+* **napari-focsam** (``*.safetensors``): tensors only, already in our key layout (see :func:`save_lean`).
+
+Nothing in a file is ever executed: see :mod:`.safe_pickle`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .safe_pickle import UnsafeCheckpointError, load_restricted
+from .specs import SPECS, ModelSpec
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used, with a message that says why and what to do."""
+
+
+class UnsafeCheckpoint(CheckpointError):
+    """A checkpoint that tries to run code; it was refused and nothing from it was executed."""
+
+
+_OFFICIAL_PREFIXES = {
+    "backbone.": "image_encoder.",
+    "neck.": "prompt_encoder.",
+    "decode_head.": "mask_decoder.",
+    "refine_head.": "refiner.",
+}
+_NECK_RENAMES = (("pos_embed_layer.", "pe_layer."), ("point_embeds.", "point_embeddings."))
+_OUR_PREFIXES = ("image_encoder.", "prompt_encoder.", "mask_decoder.", "refiner.")
+LEAN_FORMAT = "napari-focsam"
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read the tensors of a checkpoint file (any supported layout, keys as stored), safely."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
+    size = path.stat().st_size
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path, size)
+    try:
+        obj = _torch_load(path)
+    except UnsafeCheckpointError as exc:
+        raise UnsafeCheckpoint(f"refused to load {path}: {exc}") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} ({size:,} bytes) is not a readable PyTorch checkpoint: it may be truncated or corrupt "
+            f"(re-download it, or check it with `napari-focsam models verify`). Details: {exc}"
+        ) from None
+    return _extract_state_dict(obj, path)
+
+
+def _torch_load(path: Path) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError:
+        # Not plain tensors: an mmengine training checkpoint (logging objects) or something hostile.
+        return load_restricted(path)
+
+
+def _read_safetensors(path: Path, size: int) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} ({size:,} bytes) is not a readable safetensors file: {exc}") from None
+
+
+def _extract_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    elif isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
+        obj = obj["model"]
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a model state dict")
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"{path} holds no tensors: it is not a model checkpoint")
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def to_model_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map any supported layout onto :class:`InteractiveModel`'s keys (unknown keys are kept as they are)."""
+    mapped: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        new = key
+        for official, ours in _OFFICIAL_PREFIXES.items():
+            if key.startswith(official):
+                new = ours + key[len(official):]
+                if official == "neck.":
+                    for old, replacement in _NECK_RENAMES:
+                        if new.startswith("prompt_encoder." + old):
+                            new = "prompt_encoder." + replacement + new[len("prompt_encoder." + old):]
+                break
+        mapped[new] = value
+    return mapped
+
+
+def describe_weights(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """A short human description of what a (mapped) state dict looks like, e.g. ``'SAM ViT-L (sam_vit_l)'``."""
+    match = best_matching_spec(state_dict)
+    if match is not None:
+        return f"{match.display_name} ({match.name})"
+    parts = sorted({k.split(".")[0] for k in state_dict})
+    pos = state_dict.get("image_encoder.pos_embed")
+    width = f", encoder width {pos.shape[-1]}" if pos is not None else ""
+    depth = len({m.group(1) for k in state_dict if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", k))})
+    blocks = f", {depth} encoder blocks" if depth else ""
+    return f"an unknown model (parts: {', '.join(parts)}{width}{blocks})"
+
+
+def best_matching_spec(state_dict: Mapping[str, torch.Tensor]) -> ModelSpec | None:
+    """The registered spec whose architecture exactly fits the (mapped) keys and shapes, if any."""
+    for spec in SPECS.values():
+        expected = _expected_shapes(spec)
+        if set(expected) == set(state_dict) and all(
+            tuple(state_dict[k].shape) == shape for k, shape in expected.items()
+        ):
+            return spec
+    return None
+
+
+_SHAPE_CACHE: dict[str, dict[str, tuple[int, ...]]] = {}
+
+
+def _expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    if spec.name not in _SHAPE_CACHE:
+        from .sam import InteractiveModel
+
+        with torch.device("meta"):
+            model = InteractiveModel(spec)
+        _SHAPE_CACHE[spec.name] = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return _SHAPE_CACHE[spec.name]
+
+
+def check_compatible(spec: ModelSpec, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise a :class:`CheckpointError` naming missing/unexpected keys and shape mismatches, and what the file
+    looks like, unless ``state_dict`` (mapped) fits ``spec`` exactly."""
+    expected = _expected_shapes(spec)
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = [
+        f"{k}: file {tuple(state_dict[k].shape)} vs model {expected[k]}"
+        for k in sorted(set(expected) & set(state_dict), key=lambda k: (k.count("."), k))  # top-level keys first
+        if tuple(state_dict[k].shape) != expected[k]
+    ]
+    if not (missing or unexpected or mismatched):
+        return
+    lines = [f"{source} does not fit {spec.display_name} ({spec.name}); the file looks like {describe_weights(state_dict)}."]
+    match = best_matching_spec(state_dict)
+    if match is not None and match.name != spec.name:
+        lines.append(f"Load it as {match.name!r} instead.")
+    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+        if items:
+            shown = ", ".join(items[:5]) + (f", … ({len(items) - 5} more)" if len(items) > 5 else "")
+            lines.append(f"{len(items)} {title}: {shown}")
+    raise CheckpointError("\n".join(lines))
+
+
+def weights_fingerprint(state_dict: Mapping[str, torch.Tensor], sample: int = 4096) -> str:
+    """A fast identifier of a set of weights: names, shapes, dtypes and an evenly spaced sample of each tensor.
+
+    Used in embedding cache keys; reading every byte of a 2.5 GB model would cost seconds for no practical gain.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach()
+        digest.update(f"{key}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+        flat = tensor.reshape(-1)
+        if flat.numel() > sample:
+            flat = flat[:: max(1, flat.numel() // sample)][:sample]
+        values = flat.to("cpu", torch.float64).numpy()
+        digest.update(np.ascontiguousarray(values).tobytes())
+    return digest.hexdigest()
+
+
+def save_lean(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, model_name: str) -> Path:
+    """Write weights as a tensors-only safetensors file in our key layout (loads fast, nothing to unpickle)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in to_model_keys(state_dict).items()}
+    tmp = path.with_name(path.name + ".partial")
+    save_file(tensors, str(tmp), metadata={"format": LEAN_FORMAT, "model": model_name})
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,87 @@
+"""SAM and FocSAM networks, built from segment-anything's own module classes.
+
+:class:`InteractiveModel` holds SAM's image encoder, prompt encoder and mask decoder under the same attribute names
+as segment-anything's ``Sam``, so an official SAM checkpoint's ``state_dict`` loads into it unchanged. A FocSAM model
+adds the :class:`~napari_focsam.models.refiner.FocusRefiner` as ``refiner``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
+from torch import nn
+
+from .refiner import FocusRefiner
+from .specs import ModelSpec
+
+PROMPT_EMBED_DIM = 256
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+class InteractiveModel(nn.Module):
+    """SAM's three modules (segment-anything classes) plus, for FocSAM, the focus refiner."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        enc = spec.encoder
+        self.spec = spec
+        self.image_encoder = ImageEncoderViT(
+            depth=enc.depth,
+            embed_dim=enc.embed_dim,
+            img_size=enc.img_size,
+            mlp_ratio=enc.mlp_ratio,
+            norm_layer=partial(nn.LayerNorm, eps=enc.layer_norm_eps),
+            num_heads=enc.num_heads,
+            patch_size=enc.patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=list(enc.global_attn_indexes),
+            window_size=enc.window_size,
+            out_chans=enc.out_chans,
+        )
+        size = enc.embedding_size
+        self.prompt_encoder = PromptEncoder(
+            embed_dim=PROMPT_EMBED_DIM,
+            image_embedding_size=(size, size),
+            input_image_size=(enc.img_size, enc.img_size),
+            mask_in_chans=16,
+        )
+        self.mask_decoder = MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=PROMPT_EMBED_DIM, mlp_dim=2048, num_heads=8),
+            transformer_dim=PROMPT_EMBED_DIM,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+        )
+        self.refiner = FocusRefiner(embed_dim=PROMPT_EMBED_DIM) if spec.refiner else None
+        self.eval()
+
+    @property
+    def input_size(self) -> int:
+        return self.spec.encoder.img_size
+
+
+def build_model(spec: ModelSpec, *, seed: int | None = None) -> InteractiveModel:
+    """Build a model with random weights (``seed`` makes them reproducible), ready for ``load_state_dict``.
+
+    The refiner's layer-scale ``gamma`` parameters start at zero in the official code, which would make a random
+    FocSAM refiner an identity; with a seed they are drawn like everything else so tests exercise every branch.
+    """
+    generator_state = None
+    if seed is not None:
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+    try:
+        model = InteractiveModel(spec)
+        if seed is not None:
+            with torch.no_grad():
+                for name, param in model.named_parameters():
+                    if name.startswith("refiner.") and "gamma" in name:
+                        param.normal_(0.0, 0.1)
+    finally:
+        if generator_state is not None:
+            torch.random.set_rng_state(generator_state)
+    return model

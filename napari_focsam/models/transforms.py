@@ -1,0 +1,148 @@
+"""Image, coordinate and mask transforms between the original image and a model's 1024² input frame.
+
+Two conventions exist and each model uses the one its weights were trained with:
+
+``SamTransform`` (segment-anything's ``SamPredictor``)
+    RGB; resize the uint8 image so its longest side is 1024 (``ResizeLongestSide``, PIL bilinear); normalise;
+    zero-pad to 1024². Masks: logits → bilinear to 1024² → crop the resized region → bilinear to the original size.
+
+``FocsamTransform`` (the official FocSAM pipeline, see the reference report §2)
+    BGR channel order with the RGB mean/std (the official data preprocessor never converts); normalise; zero-pad
+    bottom/right to a multiple of 32; bilinear resize of the normalised tensor *without antialiasing* so the longest
+    side of the padded image is 1024; zero-pad to 1024². Coordinates scale by resized/padded size in float32, as the
+    official code does. Masks: logits → bilinear to 1024² → crop → bilinear to the padded size → crop to the image.
+
+This module is also the single place where the package's (y, x) order becomes the models' (x, y) order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.utils.transforms import ResizeLongestSide
+
+from .geometry import ImageGeometry
+from .sam import PIXEL_MEAN, PIXEL_STD
+
+
+def longest_side_size(size: tuple[int, int], target: int) -> tuple[int, int]:
+    """(h, w) scaled so that the longest side is ``target``, rounded half up (both pipelines agree on this)."""
+    scale = float(target) / max(size)
+    return int(scale * size[0] + 0.5), int(scale * size[1] + 0.5)
+
+
+def yx_to_xy(points_yx: np.ndarray) -> np.ndarray:
+    """The one conversion from the package's (y, x) order to the models' (x, y) order."""
+    return np.asarray(points_yx, dtype=np.float64)[..., ::-1].copy()
+
+
+def box_yx_to_xy(box_yx: np.ndarray) -> np.ndarray:
+    """(y0, x0, y1, x1) → (x0, y0, x1, y1)."""
+    y0, x0, y1, x1 = np.asarray(box_yx, dtype=np.float64)
+    return np.array([x0, y0, x1, y1])
+
+
+def _normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = torch.tensor(PIXEL_MEAN, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(PIXEL_STD, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return mean, std
+
+
+class SamTransform:
+    """segment-anything's ``SamPredictor`` conventions (used with the official SAM checkpoints)."""
+
+    name = "sam-v1"
+
+    def __init__(self, input_size: int = 1024) -> None:
+        self.input_size = input_size
+        self._resize = ResizeLongestSide(input_size)
+
+    def geometry(self, original_size: tuple[int, int]) -> ImageGeometry:
+        size = (int(original_size[0]), int(original_size[1]))
+        return ImageGeometry(size, size, longest_side_size(size, self.input_size), self.input_size)
+
+    def image_to_input(self, image: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """(H, W, 3) uint8 RGB → normalised, padded (1, 3, S, S) tensor."""
+        resized = self._resize.apply_image(image)
+        x = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None]
+        mean, std = _normalisation(device)
+        x = (x - mean) / std
+        h, w = x.shape[-2:]
+        x = F.pad(x, (0, self.input_size - w, 0, self.input_size - h))
+        return x.to(dtype)
+
+    def points_to_input(self, points_yx: np.ndarray, geometry: ImageGeometry) -> np.ndarray:
+        (h, w), (new_h, new_w) = geometry.original_size, geometry.resized_size
+        xy = yx_to_xy(points_yx)
+        xy[..., 0] *= new_w / w
+        xy[..., 1] *= new_h / h
+        return xy.astype(np.float32)
+
+    def box_to_input(self, box_yx: np.ndarray, geometry: ImageGeometry) -> np.ndarray:
+        corners = np.asarray(box_yx, dtype=np.float64).reshape(2, 2)
+        return self.points_to_input(corners, geometry).reshape(4)
+
+    def logits_to_original(self, logits: torch.Tensor, geometry: ImageGeometry) -> torch.Tensor:
+        s = self.input_size
+        up = F.interpolate(logits, (s, s), mode="bilinear", align_corners=False)
+        h, w = geometry.resized_size
+        return F.interpolate(up[..., :h, :w], geometry.original_size, mode="bilinear", align_corners=False)
+
+
+class FocsamTransform:
+    """The official FocSAM pipeline's conventions (BGR + RGB statistics, /32 pre-padding, no antialiasing)."""
+
+    name = "focsam-v1"
+    size_divisor = 32
+
+    def __init__(self, input_size: int = 1024) -> None:
+        self.input_size = input_size
+
+    def geometry(self, original_size: tuple[int, int]) -> ImageGeometry:
+        h, w = (int(original_size[0]), int(original_size[1]))
+        d = self.size_divisor
+        padded = (-(-h // d) * d, -(-w // d) * d)
+        return ImageGeometry((h, w), padded, longest_side_size(padded, self.input_size), self.input_size)
+
+    def image_to_input(self, image: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """(H, W, 3) uint8 RGB → BGR, normalised with RGB statistics, /32-padded, resized, padded to S²."""
+        geometry = self.geometry(image.shape[:2])
+        bgr = np.ascontiguousarray(image[..., ::-1])
+        x = torch.as_tensor(bgr, device=device).permute(2, 0, 1)[None].float()
+        mean, std = _normalisation(device)
+        x = (x - mean) / std
+        (h, w), (ph, pw) = geometry.original_size, geometry.padded_size
+        x = F.pad(x, (0, pw - w, 0, ph - h)).to(dtype)
+        x = F.interpolate(x, geometry.resized_size, mode="bilinear", align_corners=False, antialias=False)
+        rh, rw = geometry.resized_size
+        return F.pad(x, (0, self.input_size - rw, 0, self.input_size - rh))
+
+    def points_to_input(self, points_yx: np.ndarray, geometry: ImageGeometry) -> np.ndarray:
+        (ph, pw), (rh, rw) = geometry.padded_size, geometry.resized_size
+        xy = torch.as_tensor(yx_to_xy(points_yx), dtype=torch.float32)
+        xy[..., 0] = xy[..., 0] * (rw / pw)
+        xy[..., 1] = xy[..., 1] * (rh / ph)
+        return xy.numpy()
+
+    def box_to_input(self, box_yx: np.ndarray, geometry: ImageGeometry) -> np.ndarray:
+        corners = np.asarray(box_yx, dtype=np.float64).reshape(2, 2)
+        return self.points_to_input(corners, geometry).reshape(4)
+
+    def logits_to_original(self, logits: torch.Tensor, geometry: ImageGeometry) -> torch.Tensor:
+        s = self.input_size
+        up = F.interpolate(logits, (s, s), mode="bilinear", align_corners=False)
+        rh, rw = geometry.resized_size
+        padded = F.interpolate(up[..., :rh, :rw], geometry.padded_size, mode="bilinear", align_corners=False)
+        h, w = geometry.original_size
+        return padded[..., :h, :w]
+
+
+TRANSFORMS = {"sam": SamTransform, "focsam": FocsamTransform}
+
+
+def make_transform(preprocessing: str, input_size: int = 1024) -> SamTransform | FocsamTransform:
+    try:
+        return TRANSFORMS[preprocessing](input_size)
+    except KeyError:
+        raise ValueError(f"unknown preprocessing {preprocessing!r}; known: {', '.join(TRANSFORMS)}") from None
