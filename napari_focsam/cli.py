@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     info = sub.add_parser("info", help="versions, devices and the known models")
     info.set_defaults(func=_info)
+    from .evaluation.cli import register as register_evaluate
+
+    register_evaluate(sub)
+    from .models.models_cli import register as register_models
+
+    register_models(sub)
     return parser
 
 

@@ -10,6 +10,7 @@ import torch
 
 from napari_focsam.engine.manager import ModelManager
 from napari_focsam.engine.types import CancelToken, Cancelled, Prompts
+from napari_focsam.models.checkpoint import CheckpointError
 from napari_focsam.models.decoding import decode, dense_positional_encoding, encode_prompts
 
 
@@ -26,9 +27,12 @@ def image() -> np.ndarray:
     return image
 
 
-def test_real_models_need_a_checkpoint():
-    with pytest.raises(ValueError, match="needs its checkpoint"):
-        ModelManager.load("sam_vit_b")
+def test_real_models_without_weights_say_where_to_put_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_FOCSAM_CACHE", str(tmp_path))
+    with pytest.raises(CheckpointError) as info:
+        ModelManager.load("sam_vit_b", download=False)
+    message = str(info.value)
+    assert "sam_vit_b_01ec64.pth" in message and "https://" in message and str(tmp_path) in message
     with pytest.raises(ValueError, match="unknown model"):
         ModelManager.load("sam_vit_x", allow_random_weights=True)
 

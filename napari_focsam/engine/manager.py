@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,11 +64,16 @@ class ModelManager:
         cache: EmbeddingCache | None = None,
         store: str | os.PathLike | None = None,
         allow_random_weights: bool = False,
+        download: bool = True,
+        progress: Callable[[int, int | None], None] | None = None,
     ) -> ModelManager:
-        """Load a model by name (``"sam_vit_b"``, ``"focsam_vit_h"``, …, or ``"fallback"``) and its checkpoint.
+        """Load a model by name (``"sam_vit_b"``, ``"focsam_vit_h"``, …, or ``"fallback"``) and its weights.
 
-        Real models need a checkpoint; ``allow_random_weights=True`` builds one with seeded random weights (for
-        tests and benchmarks: its masks mean nothing). ``store`` is an optional zarr directory for embeddings.
+        Without ``checkpoint``, the weights come from the model cache (downloaded there first if ``download``;
+        ``progress(done_bytes, total_bytes)`` follows the download). ``allow_random_weights=True`` builds the
+        model with seeded random weights instead (for tests and benchmarks: its masks mean nothing). ``store`` is
+        an optional zarr directory for embeddings. Raises ``CheckpointError`` (``ModelUnavailable`` when offline)
+        with a message that says what to do.
         """
         if cache is None:
             cache = EmbeddingCache(store=store)
@@ -79,10 +84,9 @@ class ModelManager:
         from .sam_predictor import SamFamilyPredictor
 
         if checkpoint is None and not allow_random_weights:
-            raise ValueError(
-                f"model {model!r} needs its checkpoint file (checkpoint=...); use model='fallback' to work "
-                "without weights"
-            )
+            from ..models.download import resolve_checkpoint
+
+            checkpoint = resolve_checkpoint(model, download=download, progress=progress)
         loaded = load_model(model, checkpoint, device=resolve_device(device), dtype=dtype)
         return cls(SamFamilyPredictor(loaded, encoder_autocast=encoder_autocast), cache=cache)
 

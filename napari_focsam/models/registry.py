@@ -1,0 +1,203 @@
+"""The model registry: which named models exist, where their weights come from and how they are checked.
+
+Every entry names the architecture it is built with (a :mod:`.specs` name), its preprocessing, where the official
+file is published, its SHA-256 when known (otherwise the downloaded checkpoint is checked by its structure: every key
+and shape must fit the architecture), its size and licence, and the file name it has in the cache.
+
+The cache folder is ``pooch.os_cache("napari-focsam")`` (``~/.cache/napari-focsam`` on Linux,
+``~/Library/Caches/napari-focsam`` on macOS, ``%LOCALAPPDATA%\\napari-focsam\\napari-focsam\\Cache`` on Windows) or
+the folder named by the environment variable ``NAPARI_FOCSAM_CACHE``. Checkpoints live in its ``models/``
+subfolder, where files can also be dropped by hand for offline use (see :func:`models_dir`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+#: the environment variable that moves the cache folder (models are under ``$NAPARI_FOCSAM_CACHE/models``)
+CACHE_ENV = "NAPARI_FOCSAM_CACHE"
+FALLBACK_NAME = "fallback"
+
+_SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/{}"
+_SAM_PAGE = "https://github.com/facebookresearch/segment-anything#model-checkpoints"
+_FOCSAM_DRIVE_ID = "1VOeMkY9LovfWYi66JMR8q79gFiC4n3Az"
+_SAM_LICENCE = "Apache-2.0"
+# The SAM SHA-256 values are not published by Meta. They were looked up in other projects' registries, which agree:
+# mazurowski-lab/SlicerSegmentWithSAM, SegmentWithSAM/SegmentWithSAM.py (3D Slicer's downloadFileIntoCache checksums,
+# "SHA256:..." for all three files), and several independent download scripts / registries that pin the same three
+# values together with the byte sizes recorded below (375,042,383 / 1,249,524,607 / 2,564,550,879 bytes).
+# (They could not be re-checked against Meta's server from the build machine, which has no internet access; a wrong
+# value would make every download fail its hash check loudly, never accept a wrong file.)
+_SHA256_SOURCE = "sha256 as pinned by mazurowski-lab/SlicerSegmentWithSAM (SegmentWithSAM.py) and other registries"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One downloadable (or weight-free) model."""
+
+    #: registry name, also the name used by ``ModelManager.load`` (e.g. ``"sam_vit_b"``)
+    name: str
+    display_name: str
+    #: the :mod:`.specs` architecture it is built with (None: no network at all, the fallback)
+    spec_name: str | None
+    #: "sam" (segment-anything's SamPredictor conventions), "focsam" (the official FocSAM pipeline) or "none"
+    preprocessing: str
+    #: the checkpoint's file name in the cache (``<models_dir>/<file_name>``); None: the entry has no weights
+    file_name: str | None = None
+    #: download URLs, tried in order (mirrors)
+    urls: tuple[str, ...] = ()
+    #: a page a person can open to download the file by hand (for offline instructions)
+    page_url: str | None = None
+    #: lower-case hex SHA-256 of the downloaded file (the zip for zipped models); None when unknown (the checkpoint's
+    #: structure is checked instead)
+    sha256: str | None = None
+    #: where the hash comes from, or why there is none
+    hash_note: str = ""
+    #: size in bytes of the downloaded file, when known
+    size: int | None = None
+    #: a human size for listings when the exact size is unknown (e.g. an estimate)
+    size_note: str = ""
+    licence: str = ""
+    #: "zip" when the download is an archive holding ``file_name`` (found anywhere inside it)
+    archive: str | None = None
+    #: the archive's file name in the cache (downloaded there, or dropped there by hand)
+    archive_name: str | None = None
+    description: str = ""
+
+    @property
+    def has_weights(self) -> bool:
+        return self.file_name is not None
+
+    @property
+    def checkpoint_sha256(self) -> str | None:
+        """The expected hash of the checkpoint file itself (for zipped models, ``sha256`` is the zip's)."""
+        return None if self.archive else self.sha256
+
+    @property
+    def lean_name(self) -> str:
+        """The file name of the optional lean (safetensors, tensors-only) copy made by ``make_lean``."""
+        return f"{self.name}.safetensors"
+
+    @property
+    def human_size(self) -> str:
+        if self.size is not None:
+            return format_bytes(self.size)
+        return self.size_note or "unknown"
+
+    @property
+    def download_name(self) -> str | None:
+        """The name the downloaded file gets: the archive for zipped models, the checkpoint otherwise."""
+        return self.archive_name if self.archive else self.file_name
+
+
+def _drive_urls(file_id: str) -> tuple[str, ...]:
+    # Google Drive's direct download endpoint (``confirm=t`` skips the "cannot scan for viruses" page of large files),
+    # then the classic one as a fallback; when Drive answers with that page anyway, the downloader follows its form.
+    return (f"https://drive.usercontent.google.com/download?id={file_id}&export=download&confirm=t",
+            f"https://drive.google.com/uc?export=download&id={file_id}")
+
+
+def _sam(name: str, display: str, file_name: str, sha256: str, size: int, description: str) -> ModelEntry:
+    return ModelEntry(
+        name=name, display_name=display, spec_name=name, preprocessing="sam", file_name=file_name,
+        urls=(_SAM_URL.format(file_name),), page_url=_SAM_PAGE, sha256=sha256, hash_note=_SHA256_SOURCE, size=size,
+        licence=_SAM_LICENCE, description=description,
+    )
+
+
+_BUILTIN: tuple[ModelEntry, ...] = (
+    _sam("sam_vit_b", "SAM ViT-B", "sam_vit_b_01ec64.pth",
+         "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", 375_042_383,
+         "Segment Anything, ViT-B image encoder (91M parameters): the fastest SAM."),
+    _sam("sam_vit_l", "SAM ViT-L", "sam_vit_l_0b3195.pth",
+         "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622", 1_249_524_607,
+         "Segment Anything, ViT-L image encoder (308M parameters)."),
+    _sam("sam_vit_h", "SAM ViT-H", "sam_vit_h_4b8939.pth",
+         "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e", 2_564_550_879,
+         "Segment Anything, ViT-H image encoder (636M parameters): SAM's most accurate model."),
+    ModelEntry(
+        name="focsam_vit_h", display_name="FocSAM ViT-H", spec_name="focsam_vit_h", preprocessing="focsam",
+        file_name="iter_160000.pth", urls=_drive_urls(_FOCSAM_DRIVE_ID),
+        page_url=f"https://drive.google.com/file/d/{_FOCSAM_DRIVE_ID}/view",
+        sha256=None,
+        hash_note=("no hash is published for the Google-Drive zip and it could not be downloaded here to record "
+                   "one: the extracted iter_160000.pth is checked by its structure (every key and shape of FocSAM "
+                   "ViT-H) instead"),
+        size=None, size_note="~2.7 GB (estimate)",
+        licence="MIT (README; no LICENSE file)",
+        archive="zip", archive_name="focsam_vit_h.zip",
+        description=("FocSAM (CVPR 2024): SAM ViT-H with a fine-tuned decoder and the focus refiner; the official "
+                     "mmengine checkpoint iter_160000.pth, published as a zip on Google Drive."),
+    ),
+    ModelEntry(
+        name=FALLBACK_NAME, display_name="weight-free fallback (scikit-image)", spec_name=None, preprocessing="none",
+        licence="Apache-2.0 (this package)", hash_note="no file",
+        description="Segments from the same clicks with classical image processing; needs no weights at all.",
+    ),
+)
+
+REGISTRY: dict[str, ModelEntry] = {entry.name: entry for entry in _BUILTIN}
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The registry entry of ``name``; the error lists the names that exist."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(REGISTRY)}") from None
+
+
+def register_entry(entry: ModelEntry, *, replace: bool = False) -> ModelEntry:
+    """Add an entry (e.g. a mirror, a fine-tuned model, or a test model served locally)."""
+    if entry.name in REGISTRY and not replace:
+        raise ValueError(f"model {entry.name!r} is already registered (pass replace=True to replace it)")
+    if entry.spec_name is not None:
+        from .specs import get_spec
+
+        get_spec(entry.spec_name)  # fail early on an unknown architecture
+    if entry.archive not in (None, "zip"):
+        raise ValueError(f"unsupported archive type {entry.archive!r} (only 'zip')")
+    if entry.archive and not (entry.archive_name and entry.file_name):
+        raise ValueError("an archive entry needs archive_name (the zip's name) and file_name (the member)")
+    REGISTRY[entry.name] = entry
+    return entry
+
+
+def unregister_entry(name: str) -> None:
+    """Remove an entry added with :func:`register_entry` (built-in entries can be removed too)."""
+    REGISTRY.pop(name, None)
+
+
+def cache_dir() -> Path:
+    """The cache folder: ``$NAPARI_FOCSAM_CACHE`` if set, else ``pooch.os_cache("napari-focsam")``.
+
+    Read at every call, so changing the variable takes effect at once.
+    """
+    override = os.environ.get(CACHE_ENV, "").strip()
+    if override:
+        return Path(override).expanduser()
+    import pooch
+
+    return Path(pooch.os_cache("napari-focsam")).expanduser()
+
+
+def models_dir() -> Path:
+    """Where checkpoints are downloaded to, and where files can be dropped by hand: ``<cache_dir>/models``.
+
+    A file placed there under its registry file name (e.g. ``sam_vit_b_01ec64.pth``, ``iter_160000.pth``, or the
+    FocSAM zip as ``focsam_vit_h.zip``) is found, verified once (by hash when known, else by structure) and used
+    without any network access.
+    """
+    return cache_dir() / "models"
+
+
+def format_bytes(size: int | float) -> str:
+    """``375042383`` → ``'375 MB'`` (decimal units, like download pages)."""
+    value = float(size)
+    for unit in ("B", "kB", "MB"):
+        if value < 1000:
+            return f"{value:.0f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"
