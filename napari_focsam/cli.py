@@ -48,9 +48,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
-        parser.print_help()
-        return 0
+        return _open_viewer()
     return int(args.func(args))
+
+
+def _open_viewer() -> int:
+    """``napari-focsam`` with no command: napari with the FocSAM annotator docked."""
+    import napari
+
+    viewer = napari.Viewer()
+    viewer.window.add_plugin_dock_widget("napari-focsam", "FocSAM annotator")
+    napari.run()
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,225 @@
+"""The "FocSAM annotator" dock widget: the view. All logic lives in :class:`AnnotationController`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from napari.layers import Image, Labels, Points
+from napari.viewer import Viewer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .controller import AnnotationController
+
+MODELS = (
+    ("FocSAM ViT-H", "focsam_vit_h"),
+    ("SAM ViT-B", "sam_vit_b"),
+    ("SAM ViT-L", "sam_vit_l"),
+    ("SAM ViT-H", "sam_vit_h"),
+    ("Fallback (no model: classical segmentation)", "fallback"),
+)
+DEVICES = ("auto", "cpu", "cuda", "mps")
+NEW_LAYER = "<new layer>"
+
+#: (action, key, description): bound on the viewer and on the clicks/labels layers, shown in tooltips and help
+SHORTCUTS = (
+    ("commit", "c", "commit the object and start the next one"),
+    ("commit", "n", "next object (same as commit)"),
+    ("cancel", "Escape", "cancel the current object"),
+    ("undo", "Control-Z", "undo the last click"),
+    ("redo", "Control-Shift-Z", "redo"),
+    ("toggle_sign", "t", "toggle the sign of the selected clicks (or of the next click)"),
+    ("reopen", "r", "re-open the selected label and keep refining it"),
+    ("delete_object", "Shift-Delete", "delete the selected label everywhere"),
+)
+HELP = (
+    "<b>Click</b> on the object: positive. <b>Shift+click</b> or <b>right click</b>: negative.<br>"
+    + "<br>".join(f"<b>{key.replace('Control', 'Ctrl')}</b>: {text}" for _, key, text in SHORTCUTS)
+)
+
+
+class FocsamWidget(QWidget):
+    """Pick a model, the layers, and annotate object by object."""
+
+    def __init__(self, napari_viewer: Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.controller = AnnotationController(napari_viewer)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self._model_box())
+        layout.addWidget(self._layers_box())
+        layout.addWidget(self._objects_box())
+        self.status = QLabel("no model loaded")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+        help_label = QLabel(HELP)
+        help_label.setWordWrap(True)
+        layout.addWidget(help_label)
+        layout.addStretch(1)
+
+        self.controller.status.connect(self._on_status)
+        self.controller.changed.connect(self._refresh)
+        for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            event.connect(self._refresh_layers)
+        self._bind_keys(napari_viewer)
+        self._refresh_layers()
+        self._refresh()
+
+    # ------------------------------------------------------------------ UI
+    def _model_box(self) -> QGroupBox:
+        box = QGroupBox("Model")
+        form = QFormLayout(box)
+        self.model_combo = QComboBox()
+        for text, name in MODELS:
+            self.model_combo.addItem(text, name)
+        self.checkpoint_edit = QLineEdit()
+        self.checkpoint_edit.setPlaceholderText("checkpoint file (empty: model cache / download)")
+        browse = QPushButton("…")
+        browse.setToolTip("choose a checkpoint file")
+        browse.clicked.connect(self._browse)
+        row = QHBoxLayout()
+        row.addWidget(self.checkpoint_edit)
+        row.addWidget(browse)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(DEVICES)
+        self.load_button = QPushButton("Load model")
+        self.load_button.clicked.connect(self.load_model)
+        self.model_label = QLabel("")
+        self.model_label.setWordWrap(True)
+        form.addRow("model", self.model_combo)
+        form.addRow("checkpoint", row)
+        form.addRow("device", self.device_combo)
+        form.addRow(self.load_button)
+        form.addRow(self.model_label)
+        return box
+
+    def _layers_box(self) -> QGroupBox:
+        box = QGroupBox("Layers")
+        form = QFormLayout(box)
+        self.image_combo, self.points_combo, self.labels_combo = QComboBox(), QComboBox(), QComboBox()
+        self.use_button = QPushButton("Use these layers")
+        self.use_button.setToolTip("attach to the chosen layers (missing clicks/labels layers are created)")
+        self.use_button.clicked.connect(self.use_layers)
+        form.addRow("image", self.image_combo)
+        form.addRow("clicks", self.points_combo)
+        form.addRow("labels", self.labels_combo)
+        form.addRow(self.use_button)
+        return box
+
+    def _objects_box(self) -> QGroupBox:
+        box = QGroupBox("Objects")
+        layout = QVBoxLayout(box)
+        self.object_label = QLabel("")
+        layout.addWidget(self.object_label)
+        self.buttons: dict[str, QPushButton] = {}
+        rows = (("commit", "Commit / next", "undo", "Undo", "redo", "Redo"),
+                ("cancel", "Cancel object", "reopen", "Re-open label", "delete_object", "Delete label"))
+        for row_spec in rows:
+            row = QHBoxLayout()
+            for action, text in zip(row_spec[::2], row_spec[1::2]):
+                button = QPushButton(text)
+                keys = [k.replace("Control", "Ctrl") for a, k, _ in SHORTCUTS if a == action]
+                descriptions = [d for a, _, d in SHORTCUTS if a == action]
+                button.setToolTip(f"{descriptions[0]} ({' / '.join(keys)})")
+                button.clicked.connect(getattr(self.controller, action))
+                self.buttons[action] = button
+                row.addWidget(button)
+            layout.addLayout(row)
+        self.overwrite_box = QCheckBox("overwrite committed objects")
+        self.overwrite_box.setToolTip("let a mask take pixels of other objects (off: other objects are kept)")
+        self.overwrite_box.toggled.connect(lambda on: setattr(self.controller, "overwrite", on))
+        self.prefetch_box = QCheckBox("prefetch neighbouring slices")
+        self.prefetch_box.setToolTip("embed the slices above and below in the background")
+        self.prefetch_box.toggled.connect(lambda on: setattr(self.controller, "prefetch", on))
+        layout.addWidget(self.overwrite_box)
+        layout.addWidget(self.prefetch_box)
+        return box
+
+    def _bind_keys(self, target: Any) -> None:
+        for action, key, _ in SHORTCUTS:
+            target.bind_key(key, self._shortcut(action), overwrite=True)
+
+    def _shortcut(self, action: str) -> Any:
+        def handler(_: Any) -> None:
+            getattr(self.controller, action)()
+
+        handler.__name__ = f"focsam_{action}"
+        return handler
+
+    # ------------------------------------------------------------------ actions
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "FocSAM / SAM checkpoint", "",
+                                              "Checkpoints (*.pth *.pt *.safetensors *.zip);;All files (*)")
+        if path:
+            self.checkpoint_edit.setText(path)
+
+    def load_model(self) -> Any:
+        name = self.model_combo.currentData()
+        checkpoint = self.checkpoint_edit.text().strip() or None
+        device = self.device_combo.currentText()
+        self.load_button.setEnabled(False)
+        worker = self.controller.load_model(name, checkpoint, device)
+        worker.finished.connect(lambda: self.load_button.setEnabled(True))
+        if self.controller.image is None and self.image_combo.currentData() is not None:
+            self.use_layers()
+        return worker
+
+    def use_layers(self) -> None:
+        image = self.image_combo.currentData()
+        if image is None:
+            self.status.setText("add an image layer first")
+            return
+        points, labels = self.points_combo.currentData(), self.labels_combo.currentData()
+        self.controller.attach(image, points, labels)
+        for layer in (self.controller.points, self.controller.labels):
+            self._bind_keys(layer)
+        self._refresh_layers()
+
+    # ------------------------------------------------------------------ refresh
+    def _refresh_layers(self, event: Any = None) -> None:
+        for combo, kind, optional in ((self.image_combo, Image, False), (self.points_combo, Points, True),
+                                      (self.labels_combo, Labels, True)):
+            current = combo.currentData()
+            combo.blockSignals(True)
+            combo.clear()
+            if optional:
+                combo.addItem(NEW_LAYER, None)
+            for layer in self.viewer.layers:
+                if isinstance(layer, kind):
+                    combo.addItem(layer.name, layer)
+            attached = {Image: self.controller.image, Points: self.controller.points,
+                        Labels: self.controller.labels}[kind]
+            wanted = attached if attached is not None else current
+            index = combo.findData(wanted) if wanted is not None else -1
+            combo.setCurrentIndex(max(index, 0))  # optional layers default to a new one
+            combo.blockSignals(False)
+
+    def _on_status(self, text: str) -> None:
+        self.status.setText(text)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        c = self.controller
+        if c.manager is not None:
+            text = f"<b>{c.manager.display_name}</b> on {c.manager.device}"
+            if c.last_embed_seconds is not None:
+                text += f"; last embedding {c.last_embed_seconds:.1f} s"
+            if c.last_click_seconds is not None:
+                text += f"; last click {1000 * c.last_click_seconds:.0f} ms"
+            self.model_label.setText(text)
+        session = c.session() if c.ready else None
+        self.object_label.setText(f"current object: {c.object_id}" + (" (refined)" if session and
+                                                                       session.is_refined else ""))
+        self.buttons["undo"].setEnabled(bool(session and session.can_undo))
+        self.buttons["redo"].setEnabled(bool(session and session.can_redo))

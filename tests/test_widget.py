@@ -1,0 +1,165 @@
+"""The napari plugin with a real viewer (Xvfb + OpenGL): manifest, clicks → Labels, objects, slices, failures."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO
+
+napari = pytest.importorskip("napari")
+
+from napari_focsam.engine.manager import ModelManager  # noqa: E402
+from napari_focsam.plugin.widget import FocsamWidget  # noqa: E402
+
+pytestmark = pytest.mark.gui
+
+
+def test_every_manifest_python_name_imports():
+    manifest = yaml.safe_load((REPO / "napari_focsam" / "napari.yaml").read_text())
+    names = [c["python_name"] for c in manifest["contributions"]["commands"]]
+    assert names
+    for name in names:
+        module, attr = name.split(":")
+        assert callable(getattr(importlib.import_module(module), attr)), name
+
+
+def _disc_image(shape=(120, 160), centre=(60, 70), radius=25) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    image = np.full(shape, 30, np.uint8)
+    image[(yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 < radius**2] = 200
+    return image
+
+
+@pytest.fixture(scope="module")
+def tiny_manager() -> ModelManager:
+    return ModelManager.load("focsam_tiny", device="cpu", allow_random_weights=True)
+
+
+def _widget(viewer, manager, image) -> FocsamWidget:
+    viewer.add_image(image, name="image")
+    widget = FocsamWidget(viewer)
+    widget.controller.set_manager(manager)
+    widget.use_layers()
+    widget.controller.wait()
+    return widget
+
+
+def test_clicks_update_labels_and_undo_redo_commit(make_napari_viewer, tiny_manager):
+    viewer = make_napari_viewer()
+    widget = _widget(viewer, tiny_manager, _disc_image())
+    c = widget.controller
+    labels = c.labels
+    assert c.object_id == 1 and c.points.mode == "add"
+
+    c.click(60, 70)
+    c.wait()
+    first = labels.data.copy()
+    assert (first == 1).any() and set(np.unique(first)) <= {0, 1}
+    assert c.session().n_steps == 1
+
+    c.click(20, 20, positive=False)
+    c.wait()
+    second = labels.data.copy()
+    assert c.session().is_refined and c.session().n_steps == 2
+    assert widget.buttons["undo"].isEnabled()
+
+    c.undo()
+    np.testing.assert_array_equal(labels.data, first)
+    assert len(c.points.data) == 1 and c.session().n_steps == 1
+    c.redo()
+    np.testing.assert_array_equal(labels.data, second)
+    assert len(c.points.data) == 2 and not bool(c.points.features["positive"].iloc[1])
+
+    c.commit()
+    assert c.object_id == 2 and len(c.points.data) == 0
+    c.click(100, 140)
+    c.wait()
+    assert (labels.data == 2).any()
+    # object 1 is never overwritten by object 2
+    assert ((second == 1) == (labels.data == 1)).all()
+
+
+def test_cancel_restores_the_labels_and_reopen_keeps_refining(make_napari_viewer, tiny_manager):
+    viewer = make_napari_viewer()
+    widget = _widget(viewer, tiny_manager, _disc_image())
+    c = widget.controller
+    c.labels.data[0:5, 0:5] = 7  # something the user painted before
+    c.labels.refresh()
+    c.object_id = 8
+    before = c.labels.data.copy()
+    c.click(60, 70)
+    c.wait()
+    assert (c.labels.data == 8).any()
+    assert (c.labels.data[0:5, 0:5] == 7).all()
+    c.cancel()
+    np.testing.assert_array_equal(c.labels.data, before)
+
+    c.click(60, 70)
+    c.click(40, 70, positive=False)
+    c.wait()
+    refined = c.session().state.features
+    c.commit()
+    assert c.object_id == 9
+    c.reopen(8)
+    assert c.object_id == 8 and len(c.points.data) == 2
+    assert c.session().state.features is refined
+    c.click(65, 90)
+    c.wait()
+    assert c.session().n_steps == 3 and c.session().state.features is refined
+
+
+def test_slices_of_a_stack_have_their_own_objects(make_napari_viewer, tiny_manager):
+    viewer = make_napari_viewer()
+    stack = np.stack([_disc_image(centre=(60, 40 + 5 * z)) for z in range(6)])
+    widget = _widget(viewer, tiny_manager, stack)
+    c = widget.controller
+    assert c.labels.data.shape == stack.shape and c.points.ndim == 3
+    viewer.dims.set_current_step(0, 3)
+    assert c.index == (3,)
+    c.click(60, 55)
+    c.wait()
+    assert (c.labels.data[3] == 1).any() and not np.delete(c.labels.data, 3, axis=0).any()
+    viewer.dims.set_current_step(0, 1)
+    c.click(60, 45)
+    c.wait()
+    assert (c.labels.data[1] == 1).any()
+    key3, key1 = c._keys[(3,)], c._keys[(1,)]
+    assert key3 != key1
+    assert tiny_manager.get_object(key3, 1).n_steps == 1 and tiny_manager.get_object(key1, 1).n_steps == 1
+
+
+def test_removed_layer_mid_job_gives_a_message_and_no_crash(make_napari_viewer, tiny_manager):
+    viewer = make_napari_viewer()
+    widget = _widget(viewer, tiny_manager, _disc_image())
+    c = widget.controller
+    labels = c.labels
+    c.click(60, 70)
+    viewer.layers.remove(labels)
+    c.wait()
+    assert c.labels is None and not (labels.data != 0).any()
+    # the widget can be attached again and keeps working
+    widget._refresh_layers()
+    widget.use_layers()
+    c.click(60, 70)
+    c.wait()
+    assert (c.labels.data == 1).any()
+
+
+def test_failed_job_leaves_layers_untouched(make_napari_viewer, tiny_manager, monkeypatch):
+    viewer = make_napari_viewer()
+    widget = _widget(viewer, tiny_manager, _disc_image())
+    c = widget.controller
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("decoder exploded")
+
+    monkeypatch.setattr(tiny_manager.predictor, "predict", broken)
+    c.commit()  # a fresh object: nothing cached for it
+    c.click(60, 70)
+    c.wait()
+    assert not c.labels.data.any()
+    assert "decoder exploded" in widget.status.text()
