@@ -56,7 +56,7 @@ class InteractiveModel(nn.Module):
             iou_head_depth=3,
             iou_head_hidden_dim=256,
         )
-        self.refiner = FocusRefiner(embed_dim=PROMPT_EMBED_DIM) if spec.refiner else None
+        self.refiner = FocusRefiner(embed_dim=PROMPT_EMBED_DIM, depth=spec.refiner_depth) if spec.refiner else None
         self.eval()
 
     @property

@@ -41,6 +41,8 @@ class ModelSpec:
     #: "sam": segment-anything's ``SamPredictor`` conventions; "focsam": the official FocSAM pipeline (BGR, /32 pad)
     preprocessing: str
     refiner: bool = False
+    #: number of refiner blocks (12 in FocSAM; the tiny test spec uses 2: one plain and one shifted block)
+    refiner_depth: int = 12
     #: the file name of the official checkpoint, for messages and the model registry
     checkpoint_name: str | None = None
 
@@ -68,7 +70,8 @@ SPECS: dict[str, ModelSpec] = {
         ModelSpec("focsam_vit_h", "FocSAM ViT-H", VIT_H_FOCSAM, "focsam", refiner=True,
                   checkpoint_name="iter_160000.pth"),
         ModelSpec("sam_tiny", "SAM tiny (random weights, for tests)", VIT_TINY, "sam"),
-        ModelSpec("focsam_tiny", "FocSAM tiny (random weights, for tests)", VIT_TINY_FOCSAM, "focsam", refiner=True),
+        ModelSpec("focsam_tiny", "FocSAM tiny (random weights, for tests)", VIT_TINY_FOCSAM, "focsam", refiner=True,
+                  refiner_depth=2),
     )
 }
 

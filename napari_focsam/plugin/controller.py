@@ -98,6 +98,8 @@ class AnnotationController:
         L.style_points(self.points)
         self.points.events.data.connect(self._on_points_data)
         self.points.mouse_drag_callbacks.insert(0, self._sign_from_mouse)
+        self.points.mode = "add"
+        self.viewer.layers.selection.active = self.points  # clicks on the canvas go to the active layer
         self._start_new_object()
         self.changed.emit()
         self.embed_current()
