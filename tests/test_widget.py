@@ -163,3 +163,20 @@ def test_failed_job_leaves_layers_untouched(make_napari_viewer, tiny_manager, mo
     c.wait()
     assert not c.labels.data.any()
     assert "decoder exploded" in widget.status.text()
+
+
+@pytest.mark.parametrize("key", ["coins", "ihc", "nuclei_3d"])
+def test_sample_data_opens_in_a_real_viewer(make_napari_viewer, key):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-focsam", key)
+    assert len(viewer.layers) == 1
+    layer = viewer.layers[0]
+    assert layer.data.size > 0 and layer.name
+    if key == "nuclei_3d":
+        assert layer.data.ndim == 3
+
+
+def test_the_widget_docks_through_the_manifest(make_napari_viewer):
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-focsam", "FocSAM annotator")
+    assert isinstance(widget, FocsamWidget)
