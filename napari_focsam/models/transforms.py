@@ -49,7 +49,19 @@ def _normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, std
 
 
-class SamTransform:
+class _Transform:
+    """What both conventions share: a box is its two corners, transformed as points."""
+
+    def points_to_input(self, points_yx: np.ndarray, geometry: ImageGeometry) -> np.ndarray:
+        raise NotImplementedError
+
+    def box_to_input(self, box_yx: np.ndarray, geometry: ImageGeometry) -> np.ndarray:
+        """(y0, x0, y1, x1) in original pixels → (x0, y0, x1, y1) in the model's input frame."""
+        corners = np.asarray(box_yx, dtype=np.float64).reshape(2, 2)
+        return self.points_to_input(corners, geometry).reshape(4)
+
+
+class SamTransform(_Transform):
     """segment-anything's ``SamPredictor`` conventions (used with the official SAM checkpoints)."""
 
     name = "sam-v1"
@@ -79,10 +91,6 @@ class SamTransform:
         xy[..., 1] *= new_h / h
         return xy.astype(np.float32)
 
-    def box_to_input(self, box_yx: np.ndarray, geometry: ImageGeometry) -> np.ndarray:
-        corners = np.asarray(box_yx, dtype=np.float64).reshape(2, 2)
-        return self.points_to_input(corners, geometry).reshape(4)
-
     def logits_to_original(self, logits: torch.Tensor, geometry: ImageGeometry) -> torch.Tensor:
         s = self.input_size
         up = F.interpolate(logits, (s, s), mode="bilinear", align_corners=False)
@@ -90,7 +98,7 @@ class SamTransform:
         return F.interpolate(up[..., :h, :w], geometry.original_size, mode="bilinear", align_corners=False)
 
 
-class FocsamTransform:
+class FocsamTransform(_Transform):
     """The official FocSAM pipeline's conventions (BGR + RGB statistics, /32 pre-padding, no antialiasing)."""
 
     name = "focsam-v1"
@@ -124,10 +132,6 @@ class FocsamTransform:
         xy[..., 0] = xy[..., 0] * (rw / pw)
         xy[..., 1] = xy[..., 1] * (rh / ph)
         return xy.numpy()
-
-    def box_to_input(self, box_yx: np.ndarray, geometry: ImageGeometry) -> np.ndarray:
-        corners = np.asarray(box_yx, dtype=np.float64).reshape(2, 2)
-        return self.points_to_input(corners, geometry).reshape(4)
 
     def logits_to_original(self, logits: torch.Tensor, geometry: ImageGeometry) -> torch.Tensor:
         s = self.input_size
