@@ -61,7 +61,7 @@ def test_second_click_is_coarse_pass_refiner_then_decoder_on_refined(focsam, ima
     geometry = obj.embedding.geometry
     xy = predictor.transform.points_to_input(obj.prompts.points, geometry)
     coords = torch.as_tensor(xy)[None]
-    labels = torch.as_tensor(obj.prompts.labels)[None]
+    labels = torch.tensor(obj.prompts.labels)[None]
     with torch.inference_mode():
         sparse, dense = encode_prompts(model.prompt_encoder, coords, labels, None, first.logits)
         pe = dense_positional_encoding(model.prompt_encoder)
