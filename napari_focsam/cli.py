@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .models.models_cli import register as register_models
 
     register_models(sub)
+    from .stack.cli import register as register_stack
+
+    register_stack(sub)
     return parser
 
 

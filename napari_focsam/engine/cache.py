@@ -32,6 +32,12 @@ store of a newer ``format_version``) is *foreign*: it is reported once and never
 then keeps embeddings in memory only. Inside our store only entry directories and staging directories are ever
 deleted; other files someone put there are left alone.
 
+Read-only sources: :meth:`EmbeddingCache.add_source` registers objects with a ``lookup(key) -> ImageEmbedding | None``
+method (e.g. a precomputed stack store, :class:`napari_focsam.stack.store.StackStore`). They are consulted after
+memory and the cache's own store and before computing; a hit is verified by the source, counted in ``hits_source`` and
+kept in memory (never copied into the cache's own store). A source that raises or answers for another key is reported
+and treated as a miss.
+
 Problems are never raised to the caller: each is passed as a human-readable message to ``on_problem`` (by default
 ``warnings.warn(message, CacheWarning)``), and the cache goes on working (from memory, and by recomputing).
 
@@ -57,7 +63,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -66,7 +72,7 @@ import zarr
 from .._version import __version__
 from .types import ImageEmbedding, ImageGeometry
 
-__all__ = ["CacheStats", "CacheWarning", "EmbeddingCache"]
+__all__ = ["CacheStats", "CacheWarning", "EmbeddingCache", "EmbeddingSource"]
 
 FORMAT = "napari-focsam-embeddings"
 FORMAT_VERSION = 1
@@ -112,6 +118,7 @@ class CacheStats:
     shared: int = 0  #: get_or_compute callers that received another caller's computation
     corrupt: int = 0  #: store entries found corrupt (reported, deleted, recomputed)
     disk_writes: int = 0  #: entries written to the store
+    hits_source: int = 0  #: lookups answered by a read-only source (see add_source), then promoted into memory
 
     def __getitem__(self, name: str) -> int:
         if name not in self.as_dict():
@@ -120,6 +127,15 @@ class CacheStats:
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: int(getattr(self, f.name)) for f in fields(self)}
+
+
+@runtime_checkable
+class EmbeddingSource(Protocol):
+    """A read-only provider of verified embeddings by key (e.g. a precomputed stack store)."""
+
+    def lookup(self, key: str) -> ImageEmbedding | None:
+        """The embedding of ``key`` (its features verified by the source), or None when the source has none."""
+        ...
 
 
 class _Flight:
@@ -203,6 +219,7 @@ class EmbeddingCache:
         self._reported_key_names = False
         self._store_path: Path | None = None
         self._store_usable = False
+        self._sources: tuple[EmbeddingSource, ...] = ()
         if store is not None:
             self._store_path = Path(os.fspath(store)).expanduser().absolute()
             problem = self._open_store(self._store_path)
@@ -224,7 +241,8 @@ class EmbeddingCache:
 
     @property
     def stats(self) -> CacheStats:
-        """A snapshot of the counters: hits_memory, hits_disk, misses, evictions (and shared, corrupt, disk_writes)."""
+        """A snapshot of the counters: hits_memory, hits_disk, misses, evictions (shared, corrupt, disk_writes,
+        hits_source)."""
         with self._lock:
             return CacheStats(**self._counts)
 
@@ -238,7 +256,26 @@ class EmbeddingCache:
         """Whether the store is ours and in use; ``False`` for no store and for a foreign or unopenable one."""
         return self._store_usable
 
+    @property
+    def sources(self) -> tuple[EmbeddingSource, ...]:
+        """The read-only sources consulted after memory and the store, in the order they were added."""
+        with self._lock:
+            return self._sources
+
     # ------------------------------------------------------------------ public API
+
+    def add_source(self, source: EmbeddingSource) -> None:
+        """Consult ``source.lookup(key)`` after memory and the store, before computing (added once, kept in order)."""
+        if not callable(getattr(source, "lookup", None)):
+            raise TypeError(f"an embedding source needs a lookup(key) method, got {type(source).__name__}")
+        with self._lock:
+            if not any(s is source for s in self._sources):
+                self._sources = (*self._sources, source)
+
+    def remove_source(self, source: EmbeddingSource) -> None:
+        """Stop consulting ``source`` (embeddings it gave that are in memory stay there); unknown ones are ignored."""
+        with self._lock:
+            self._sources = tuple(s for s in self._sources if s is not source)
 
     def get(self, key: str, device: torch.device | str | None = None) -> ImageEmbedding | None:
         """The embedding of ``key`` from memory, else from the store (verified, then promoted into memory), or None.
@@ -250,6 +287,8 @@ class EmbeddingCache:
         if embedding is not None:
             return _on_device(embedding, device)
         embedding = self._disk_lookup(key, device)
+        if embedding is None:
+            embedding = self._source_lookup(key, device)
         if embedding is None:
             self._count("misses")
         return embedding
@@ -294,6 +333,8 @@ class EmbeddingCache:
                 continue  # the computing caller failed: try again, computing it ourselves if nobody else does
             try:
                 embedding = self._disk_lookup(key, device)
+                if embedding is None:
+                    embedding = self._source_lookup(key, device)
                 if embedding is None:
                     self._count("misses")
                     result = compute()
@@ -532,6 +573,26 @@ class EmbeddingCache:
                     _remove_path(Path(child.path))
         except OSError:
             pass  # leftovers cost only disk space; never fail opening for them
+
+    def _source_lookup(self, key: str, device: torch.device | str | None) -> ImageEmbedding | None:
+        """The first answer of the read-only sources for ``key``, promoted into memory; None if none has it."""
+        for source in self.sources:
+            try:
+                embedding = source.lookup(key)
+            except Exception as exc:  # noqa: BLE001 - a failing source must not break the caller
+                self._report(f"embedding source {source!r} failed for {key}: {type(exc).__name__}: {exc}")
+                continue
+            if embedding is None:
+                continue
+            if not isinstance(embedding, ImageEmbedding) or embedding.key != key:
+                got = getattr(embedding, "key", type(embedding).__name__)
+                self._report(f"embedding source {source!r} answered {got!r} for {key}; ignored")
+                continue
+            embedding = _on_device(embedding, device)
+            self._remember(embedding)
+            self._count("hits_source")
+            return embedding
+        return None
 
     def _disk_lookup(self, key: str, device: torch.device | str | None) -> ImageEmbedding | None:
         """Read, verify and promote the store's entry for ``key``; a corrupt entry is reported, deleted, None."""

@@ -1,0 +1,126 @@
+"""Batch segmentation from a prompts file: every object on every slice it has prompts on → one label stack."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from ..engine.types import CancelToken
+from .common import (ModelLike, Progress, ProgressCallback, dask_config, describe_model, local_manager,
+                     normalise_limits, prepare, runner_for)
+from .distributed import SerialRunner
+from .labels_io import LabelWriter, label_dtype
+from .precompute import attach_store
+from .prompts_file import PromptRecord, PromptSet, PromptsFileError, build_prompt_set, read_prompts
+from .reader import StackReader, open_stack
+from .store import StackStore, StackStoreWarning
+from .worker import paint_objects, task_segment, thread_count_invariant
+
+__all__ = ["load_prompt_set", "segment_from_prompts"]
+
+
+def load_prompt_set(prompts: str | os.PathLike[str] | PromptSet | Iterable[PromptRecord],
+                    reader: StackReader) -> PromptSet:
+    """A prompts file (CSV/JSON), records or a ready :class:`PromptSet`, checked against the stack."""
+    if isinstance(prompts, PromptSet):
+        return prompts
+    records = read_prompts(prompts) if isinstance(prompts, (str, os.PathLike)) else list(prompts)
+    return build_prompt_set(records, reader.leading_shape, reader.image_shape)
+
+
+def check_boxes(prompt_set: PromptSet, supports_boxes: bool, display_name: str) -> None:
+    if prompt_set.has_boxes and not supports_boxes:
+        raise PromptsFileError(f"the prompts have boxes, but {display_name} takes clicks only "
+                               "(use a SAM model for boxes, or give clicks)")
+
+
+@thread_count_invariant()
+def segment_from_prompts(
+    stack: Any,
+    prompts: str | os.PathLike[str] | PromptSet | Iterable[PromptRecord],
+    model: ModelLike = "fallback",
+    *,
+    output: str | os.PathLike[str] | None = None,
+    store: str | os.PathLike[str] | None = None,
+    rgb: bool | None = None,
+    contrast_limits: Sequence[float] | None = None,
+    key: str | None = None,
+    overwrite: bool = False,
+    client: Any = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    window: int | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> Any:
+    """Segment every object of a prompts file on its slices; returns the label stack.
+
+    Each object's clicks on a slice are applied in file order (exactly as clicking them in the widget), its mask
+    written with its id; where two masks overlap, the smaller id keeps the pixel; an object with only negative
+    clicks on a slice gets no pixels there; slices without prompts are 0. ``output``: ``None`` returns a numpy
+    array; a ``.zarr`` path returns the zarr array; a ``.tif`` path returns the path. ``store``: a precomputed stack
+    store (see :func:`precompute_stack`), used for the slices it holds for this model. Dask and progress/cancel as in
+    :func:`precompute_stack`; results are identical to the serial run.
+    """
+    limits = normalise_limits(contrast_limits)
+    reader = open_stack(stack, rgb=rgb, key=key)
+    try:
+        prompt_set = load_prompt_set(prompts, reader)
+        dtype = label_dtype(max(prompt_set.object_ids, default=1))
+        with runner_for(client, workers, scheduler, window) as runner:
+            serial = isinstance(runner, SerialRunner)
+            manager = local_manager(model) if serial else None
+            config = None if serial else dask_config(model, runner)
+            info = describe_model(manager, runner, config)
+            check_boxes(prompt_set, info["supports_boxes"], info["display_name"])
+            opened = _open_store(store, info["fingerprint"])
+            attached = attach_store(manager, opened) if serial and opened is not None else None
+            writer = LabelWriter(output, reader.leading_shape, reader.image_shape, dtype, overwrite=overwrite)
+            tracker = Progress(len(prompt_set.slices), progress, cancel)
+            try:
+                for index in prompt_set.slices:
+                    tracker.check()
+                    image = prepare(reader, index, limits)
+                    objects = prompt_set.objects(index)
+                    if serial:
+                        runner.submit(lambda i, im, objs: (i, paint_objects(manager, im, objs, dtype)),
+                                      index, image, objects)
+                    else:
+                        runner.submit(task_segment, config, None if opened is None else str(opened.path),
+                                      None if opened is None else opened.store_id, index, image, objects, str(dtype))
+                    while runner.full:
+                        _write(runner.results(wait=True), writer, tracker)
+                    _write(runner.results(wait=False), writer, tracker)
+                _write(runner.drain(), writer, tracker)
+                return writer.finish()
+            except BaseException:
+                runner.cancel()
+                writer.abort()
+                raise
+            finally:
+                if attached is not None:
+                    manager.cache.remove_source(attached)
+    finally:
+        if reader is not stack:
+            reader.close()
+
+
+def _write(results: Iterable[tuple[int, Any]], writer: LabelWriter, tracker: Progress) -> None:
+    for index, labels in results:
+        writer.write(index, labels)
+        tracker.report()
+
+
+def _open_store(store: str | os.PathLike[str] | None, fingerprint: str) -> StackStore | None:
+    """The precomputed store, if given and made with this model (else reported and not used)."""
+    if store is None:
+        return None
+    opened = StackStore.open(store)
+    if opened.spec.fingerprint != fingerprint:
+        import warnings
+
+        warnings.warn(f"{opened.path} holds embeddings of {opened.spec.display_name}, not of this model; "
+                      "it is not used", StackStoreWarning, stacklevel=3)
+        return None
+    return opened

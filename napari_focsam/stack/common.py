@@ -1,0 +1,114 @@
+"""Shared by the stack jobs: model resolution, slice preparation, progress and cancellation."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..engine.image import to_model_rgb
+from ..engine.manager import ModelManager
+from ..engine.signature import data_signature, embedding_key
+from ..engine.types import CancelToken, check_cancel
+from .distributed import DaskRunner, Runner, SerialRunner, dask_client
+from .reader import StackReader
+from .worker import ModelConfig, manager_for
+
+#: ``progress(done, total)``, called after every slice; it may raise to interrupt the job (the store stays resumable)
+ProgressCallback = Callable[[int, int], None]
+
+ModelLike = ModelManager | ModelConfig | str
+
+
+def as_config(model: ModelLike, device: str = "auto") -> ModelConfig | None:
+    """The :class:`ModelConfig` of a name or config; None for a ready :class:`ModelManager`."""
+    if isinstance(model, ModelManager):
+        return None
+    if isinstance(model, str):
+        return ModelConfig(model, device=device)
+    if isinstance(model, ModelConfig):
+        return model
+    raise TypeError(f"model must be a name, a ModelConfig or a ModelManager, got {type(model).__name__}")
+
+
+def local_manager(model: ModelLike) -> ModelManager:
+    """A manager in this process: the one given, or the config's (loaded once per process)."""
+    return model if isinstance(model, ModelManager) else manager_for(as_config(model))
+
+
+def normalise_limits(contrast_limits: Sequence[float] | None) -> tuple[float, float] | None:
+    if contrast_limits is None:
+        return None
+    low, high = (float(v) for v in contrast_limits)
+    if not (np.isfinite(low) and np.isfinite(high)) or high <= low:
+        raise ValueError(f"contrast limits must be two finite numbers, low < high; got {tuple(contrast_limits)}")
+    return low, high
+
+
+def prepare(reader: StackReader, index: int, contrast_limits: tuple[float, float] | None) -> np.ndarray:
+    """Slice ``index`` as the (H, W, 3) uint8 RGB image the model sees (what ``ModelManager.embed`` prepares)."""
+    return to_model_rgb(reader.read(index), rgb=reader.rgb, contrast_limits=contrast_limits)
+
+
+def slice_key(image: np.ndarray, fingerprint: str) -> str:
+    """The embedding key of a prepared slice: the same as ``ModelManager.key_for`` with that model."""
+    return embedding_key(data_signature(image), fingerprint)
+
+
+@contextlib.contextmanager
+def runner_for(
+    client: Any, workers: int | None, scheduler: str | None, window: int | None = None
+) -> Iterator[Runner]:
+    """A serial runner, or a Dask runner on ``client`` / a new cluster (``workers``) / ``scheduler``."""
+    if client is not None:
+        yield DaskRunner(client, window)
+    elif workers or scheduler:
+        with dask_client(workers, scheduler) as new_client:
+            yield DaskRunner(new_client, window)
+    else:
+        yield SerialRunner()
+
+
+def dask_config(model: ModelLike, runner: Runner) -> ModelConfig:
+    """The config the Dask workers load; a ready manager cannot travel to them."""
+    config = as_config(model)
+    if config is None:
+        raise ValueError("running on Dask needs the model as a name or ModelConfig (each worker loads it), "
+                         "not a loaded ModelManager")
+    if config.torch_threads is None and isinstance(runner, DaskRunner):
+        from .distributed import cluster_torch_threads
+
+        config = config.with_threads(cluster_torch_threads(runner.client))  # share each host's cores
+    return config
+
+
+def describe_model(manager: ModelManager | None, runner: Runner, config: ModelConfig | None) -> dict[str, Any]:
+    """Name, fingerprint and abilities of the model: from the local manager, or asked of a Dask worker."""
+    if manager is not None:
+        predictor = manager.predictor
+        return {"name": predictor.name, "display_name": predictor.display_name,
+                "fingerprint": predictor.fingerprint, "supports_boxes": bool(predictor.supports_boxes)}
+    from .worker import model_info
+
+    return runner.client.submit(model_info, config, pure=False).result()
+
+
+class Progress:
+    """Counts finished slices, calls the user's callback and checks the cancel token between slices."""
+
+    def __init__(self, total: int, callback: ProgressCallback | None, cancel: CancelToken | None) -> None:
+        self.total = int(total)
+        self.done = 0
+        self._callback = callback
+        self._cancel = cancel
+        self.report(0)
+
+    def report(self, n: int = 1) -> None:
+        self.done += n
+        if self._callback is not None:
+            self._callback(self.done, self.total)
+
+    def check(self) -> None:
+        check_cancel(self._cancel)

@@ -1,0 +1,172 @@
+"""Segmentation by propagation from a prompts file: the prompted slices are keyframes, propagated through z.
+
+For every object (and time point of a (T, Z, Y, X) stack): its slices with a positive click or a box are segmented
+from their prompts (keyframes); its slices with negative clicks only mark it absent; then it is propagated through z
+from the keyframes (:func:`~napari_focsam.stack.propagate.propagate_object`). The objects are independent, so on
+Dask each object is one task.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..engine.session import ObjectSession
+from ..engine.types import CancelToken, Prompts
+from .batch import _open_store, check_boxes, load_prompt_set
+from .common import (ModelLike, Progress, ProgressCallback, dask_config, describe_model, local_manager,
+                     normalise_limits, prepare, runner_for)
+from .distributed import DaskRunner, SerialRunner
+from .labels_io import LabelWriter, label_dtype
+from .precompute import attach_store
+from .prompts_file import PromptRecord, PromptSet
+from .propagate import DEFAULT_IOU_THRESHOLD, DEFAULT_MIN_CONTRAST, Crop, propagate_object
+from .reader import open_stack
+from .worker import ModelConfig, manager_for, store_for, thread_count_invariant
+
+__all__ = ["segment_with_propagation"]
+
+Job = tuple[tuple[int, ...], int, dict[int, Prompts], list[int]]  # prefix, object id, keyframe prompts, absent z
+
+
+def _jobs(prompt_set: PromptSet, leading_shape: tuple[int, ...]) -> list[Job]:
+    grouped: dict[tuple[tuple[int, ...], int], tuple[dict[int, Prompts], list[int]]] = {}
+    for index in prompt_set.slices:
+        lead = np.unravel_index(index, leading_shape) if leading_shape else (0,)
+        prefix, z = tuple(int(i) for i in lead[:-1]), int(lead[-1])
+        for object_id, prompts in prompt_set.objects(index):
+            frames, absent = grouped.setdefault((prefix, object_id), ({}, []))
+            if prompts.labels.any() or prompts.box is not None:
+                frames[z] = prompts
+            else:
+                absent.append(z)
+    return [(prefix, oid, frames, absent) for (prefix, oid), (frames, absent) in sorted(grouped.items())]
+
+
+def run_job(manager: Any, stack: Any, job: Job, limits: tuple[float, float] | None, options: dict[str, Any],
+            cancel: CancelToken | None = None) -> tuple[tuple[int, ...], int, dict[int, Crop], list[str]]:
+    """Segment one object's keyframes from their prompts and propagate it; returns its crops by z."""
+    prefix, object_id, frames, absent = job
+    reader = open_stack(stack, rgb=options.get("rgb"), key=options.get("key"))
+    try:
+        masks = {}
+        for z, prompts in frames.items():
+            image = prepare(reader, reader.flat((*prefix, z)), limits)
+            masks[z] = ObjectSession(manager.predictor, manager.embed(image, cancel=cancel)).sync(prompts,
+                                                                                                   cancel=cancel)
+        result = propagate_object(reader, masks, manager, absent=absent, prefix=prefix,
+                                  contrast_limits=limits, cancel=cancel, **{k: v for k, v in options.items()
+                                                                            if k not in ("rgb", "key")})
+        return prefix, object_id, result.masks, result.stops
+    finally:
+        if reader is not stack:
+            reader.close()
+
+
+@thread_count_invariant()
+def task_propagate(config: ModelConfig, store: tuple[str, str] | None, stack: Any, job: Job,
+                   limits: tuple[float, float] | None, options: dict[str, Any]) -> Any:
+    """The Dask task: one object on one worker (model and store loaded once per worker)."""
+    manager = manager_for(config)
+    if store is not None:
+        opened = store_for(*store)
+        if opened.spec.fingerprint == manager.predictor.fingerprint:
+            manager.cache.add_source(opened)
+    return run_job(manager, stack, job, limits, options)
+
+
+@thread_count_invariant()
+def segment_with_propagation(
+    stack: Any,
+    prompts: str | os.PathLike[str] | PromptSet | Iterable[PromptRecord],
+    model: ModelLike = "fallback",
+    *,
+    output: str | os.PathLike[str] | None = None,
+    store: str | os.PathLike[str] | None = None,
+    strategy: str = "auto",
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
+    min_contrast: float = DEFAULT_MIN_CONTRAST,
+    max_distance: int | None = None,
+    rgb: bool | None = None,
+    contrast_limits: Sequence[float] | None = None,
+    key: str | None = None,
+    overwrite: bool = False,
+    client: Any = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> Any:
+    """Segment the prompted slices of every object and propagate each through z; returns the label stack.
+
+    Output, store, model, Dask, progress (one step per object) and cancel as in
+    :func:`~napari_focsam.stack.batch.segment_from_prompts`; strategy, IoU threshold, min contrast, max distance as in
+    :func:`~napari_focsam.stack.propagate.propagate_object`. Where objects overlap, the smaller id keeps the pixel.
+    """
+    limits = normalise_limits(contrast_limits)
+    reader = open_stack(stack, rgb=rgb, key=key)
+    try:
+        prompt_set = load_prompt_set(prompts, reader)
+        jobs = _jobs(prompt_set, reader.leading_shape)
+        options = {"strategy": strategy, "iou_threshold": iou_threshold, "min_contrast": min_contrast,
+                   "max_distance": max_distance, "rgb": reader.rgb, "key": key}
+        crops: dict[int, list[tuple[int, Crop]]] = {}
+        with runner_for(client, workers, scheduler, None) as runner:
+            serial = isinstance(runner, SerialRunner)
+            manager = local_manager(model) if serial else None
+            config = None if serial else dask_config(model, runner)
+            info = describe_model(manager, runner, config)
+            check_boxes(prompt_set, info["supports_boxes"], info["display_name"])
+            opened = _open_store(store, info["fingerprint"])
+            attached = attach_store(manager, opened) if serial and opened is not None else None
+            tracker = Progress(len(jobs), progress, cancel)
+            try:
+                remote_stack = _for_workers(runner, stack, reader) if not serial else reader
+                for job in jobs:
+                    tracker.check()
+                    if serial:
+                        runner.submit(run_job, manager, reader, job, limits, options, cancel)
+                    else:
+                        runner.submit(task_propagate, config, None if opened is None else
+                                      (str(opened.path), opened.store_id), remote_stack, job, limits, options)
+                    for done in runner.results(wait=runner.full):
+                        _collect(done, reader, crops, tracker)
+                for done in runner.drain():
+                    _collect(done, reader, crops, tracker)
+            except BaseException:
+                runner.cancel()
+                raise
+            finally:
+                if attached is not None:
+                    manager.cache.remove_source(attached)
+        writer = LabelWriter(output, reader.leading_shape, reader.image_shape,
+                             label_dtype(max(prompt_set.object_ids, default=1)), overwrite=overwrite)
+        for index in sorted(crops):
+            labels = np.zeros(reader.image_shape, writer.dtype)
+            for object_id, crop in sorted(crops[index], key=lambda item: item[0]):
+                region = labels[crop.y0:crop.y0 + crop.data.shape[0], crop.x0:crop.x0 + crop.data.shape[1]]
+                region[crop.data & (region == 0)] = object_id
+            writer.write(index, labels)
+        return writer.finish()
+    finally:
+        if reader is not stack:
+            reader.close()
+
+
+def _collect(done: Any, reader: Any, crops: dict[int, list[tuple[int, Crop]]], tracker: Progress) -> None:
+    prefix, object_id, masks, _stops = done
+    for z, crop in masks.items():
+        crops.setdefault(reader.flat((*prefix, z)), []).append((object_id, crop))
+    tracker.report()
+
+
+def _for_workers(runner: DaskRunner, stack: Any, reader: Any) -> Any:
+    """What the workers read the stack from: its path, or the array itself (a numpy array is sent once)."""
+    if isinstance(stack, (str, os.PathLike)):
+        return os.fspath(stack)
+    if isinstance(stack, np.ndarray):
+        return runner.client.scatter(stack, broadcast=True)
+    return reader.array if reader._tiff is None else reader.source  # noqa: SLF001

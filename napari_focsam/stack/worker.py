@@ -1,0 +1,208 @@
+"""Which model to load, and the per-process caches that let every Dask worker load it exactly once.
+
+A :class:`ModelConfig` names a model the way :meth:`ModelManager.load` takes it; it is small, hashable and
+picklable, so it travels with every task. :func:`manager_for` keeps one manager per config in each process (a Dask
+worker process, or the client for the serial path): the first task on a worker loads the model, every later task
+reuses it. The task functions at the bottom are what the Dask workers run; the serial path calls the same
+functions in-process, so both give identical results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..engine.manager import ModelManager
+from ..engine.session import ObjectSession
+from ..engine.types import Prompts
+from .store import StackStore
+
+__all__ = ["ModelConfig", "manager_for", "model_info", "paint_objects", "thread_count_invariant"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A model to load: name, checkpoint, device, and (for tests and benchmarks) random weights.
+
+    ``torch_threads``: intra-op threads torch may use in a process that loads this config (Dask workers start with
+    one: ``OMP_NUM_THREADS=1``); ``None`` leaves torch's setting alone.
+    """
+
+    name: str = "fallback"
+    checkpoint: str | None = None
+    device: str = "auto"
+    allow_random_weights: bool = False
+    torch_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.checkpoint is not None:
+            object.__setattr__(self, "checkpoint", os.fspath(self.checkpoint))
+        object.__setattr__(self, "device", str(self.device))
+
+    def load(self) -> ModelManager:
+        """A new manager for this model (in this process, on its device)."""
+        if self.torch_threads:
+            torch.set_num_threads(int(self.torch_threads))
+        return ModelManager.load(self.name, self.checkpoint, device=self.device,
+                                 allow_random_weights=self.allow_random_weights)
+
+    def with_threads(self, torch_threads: int | None) -> ModelConfig:
+        return replace(self, torch_threads=torch_threads)
+
+
+_FLAG_LOCK = threading.Lock()
+_FLAG_USERS = 0
+_FLAG_SAVED = True
+
+
+@contextlib.contextmanager
+def thread_count_invariant() -> Iterator[None]:
+    """Make CPU results independent of the number of torch threads, so serial and Dask runs agree bit for bit.
+
+    oneDNN's convolutions (SAM's neck, the decoder's upscaling) give results that depend on the thread count (ViT-B
+    neck: up to 4e-6 between 1 and 2 threads), while torch's own kernels used instead do not and are as fast here.
+    ``torch.backends.mkldnn`` is process-wide, so the switch is reference counted: it is off while any stack job in
+    this process runs and restored after the last one.
+    """
+    global _FLAG_USERS, _FLAG_SAVED
+    with _FLAG_LOCK:
+        if _FLAG_USERS == 0:
+            _FLAG_SAVED = torch.backends.mkldnn.enabled
+            torch.backends.mkldnn.enabled = False
+        _FLAG_USERS += 1
+    try:
+        yield
+    finally:
+        with _FLAG_LOCK:
+            _FLAG_USERS -= 1
+            if _FLAG_USERS == 0:
+                torch.backends.mkldnn.enabled = _FLAG_SAVED
+
+
+_LOCK = threading.Lock()
+_MANAGERS: dict[ModelConfig, ModelManager] = {}
+_STORES: dict[tuple[str, str], StackStore] = {}
+_LOADS: list[ModelConfig] = []
+
+
+def manager_for(config: ModelConfig) -> ModelManager:
+    """The manager of ``config`` in this process, loaded on first use (concurrent first uses load it once)."""
+    with _LOCK:
+        manager = _MANAGERS.get(config)
+        if manager is None:
+            manager = config.load()
+            _MANAGERS[config] = manager
+            _LOADS.append(config)
+        return manager
+
+
+def store_for(path: str, store_id: str, *, writable: bool = False) -> StackStore:
+    """The stack store at ``path`` in this process, opened once; refuses a store replaced since (another id)."""
+    with _LOCK:
+        store = _STORES.get((path, store_id))
+        if store is None:
+            store = StackStore.open(path, writable=writable)
+            if store.store_id != store_id:
+                raise RuntimeError(f"the stack store {path} was replaced while this job ran")
+            _STORES[(path, store_id)] = store
+        return store
+
+
+def loads_in_this_process() -> int:
+    """How many models this process has loaded through :func:`manager_for` (the tests check: once per worker)."""
+    with _LOCK:
+        return len(_LOADS)
+
+
+def model_info(config: ModelConfig) -> dict[str, Any]:
+    """What the client needs to know about the model without loading it itself."""
+    manager = manager_for(config)
+    predictor = manager.predictor
+    return {
+        "name": predictor.name,
+        "display_name": predictor.display_name,
+        "fingerprint": predictor.fingerprint,
+        "supports_boxes": bool(predictor.supports_boxes),
+        "is_fallback": bool(predictor.is_fallback),
+        "pid": os.getpid(),
+    }
+
+
+def paint_objects(
+    manager: ModelManager, image: np.ndarray, objects: Sequence[tuple[int, Prompts]], dtype: Any
+) -> np.ndarray:
+    """The label image of ``objects`` (id, prompts) on one prepared slice: each object is clicked in file order.
+
+    Objects whose prompts have no positive click and no box are absent from the slice (left out). Where masks
+    overlap, the smaller id keeps the pixel (objects are painted in ascending id order, never over another).
+    """
+    embedding = manager.embed(image)
+    labels = np.zeros(embedding.geometry.original_size, dtype=dtype)
+    for object_id, prompts in sorted(objects, key=lambda item: item[0]):
+        if not prompts.labels.any() and prompts.box is None:
+            continue
+        mask = ObjectSession(manager.predictor, embedding, object_id=object_id).sync(prompts)
+        labels[mask & (labels == 0)] = object_id
+    return labels
+
+
+# ---------------------------------------------------------------------- Dask tasks (also run in-process)
+@thread_count_invariant()
+def task_embed_return(config: ModelConfig, image: np.ndarray, key: str) -> tuple[np.ndarray, dict[str, Any], str]:
+    """Embed one prepared slice and return (features as numpy, geometry attrs, torch dtype name)."""
+    manager = manager_for(config)
+    _check_key(manager, image, key)
+    features, geometry = manager.predictor.embed(image)
+    tensor = features.detach().cpu()
+    dtype = str(tensor.dtype).removeprefix("torch.")
+    array = (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+    return array, geometry.to_attrs(), dtype
+
+
+@thread_count_invariant()
+def task_embed_write(
+    config: ModelConfig, store_path: str, store_id: str, index: int, key: str, image: np.ndarray
+) -> tuple[int, int]:
+    """Embed one prepared slice and write it into the store; returns (slice index, worker pid)."""
+    manager = manager_for(config)
+    _check_key(manager, image, key)
+    store = store_for(store_path, store_id, writable=True)
+    features, geometry = manager.predictor.embed(image)
+    if geometry != store.geometry:
+        raise RuntimeError(f"slice {index}: geometry {geometry} differs from the store's {store.geometry}")
+    store.write_slice(index, key, features)
+    return index, os.getpid()
+
+
+@thread_count_invariant()
+def task_segment(
+    config: ModelConfig,
+    store_path: str | None,
+    store_id: str | None,
+    index: int,
+    image: np.ndarray,
+    objects: Sequence[tuple[int, Prompts]],
+    dtype: str,
+) -> tuple[int, np.ndarray]:
+    """Segment the objects of one prepared slice (embedding from the stack store when it has it)."""
+    manager = manager_for(config)
+    if store_path is not None and store_id is not None:
+        store = store_for(store_path, store_id)
+        if store.spec.fingerprint == manager.predictor.fingerprint:
+            manager.cache.add_source(store)
+    return index, paint_objects(manager, image, objects, np.dtype(dtype))
+
+
+def _check_key(manager: ModelManager, image: np.ndarray, key: str) -> None:
+    if manager.key_for(image) != key:
+        raise RuntimeError(
+            f"this worker's model gives another embedding key than the client expected (model "
+            f"{manager.predictor.fingerprint}); the workers must load identical weights"
+        )
