@@ -13,6 +13,7 @@ from _golden import golden_weights, load_npz
 
 from napari_focsam.models.checkpoint import to_model_keys
 from napari_focsam.models.decoding import decode, dense_positional_encoding, encode_prompts
+from napari_focsam.models.fast_decoder import FastDecoder
 from napari_focsam.models.sam import InteractiveModel
 from napari_focsam.models.specs import get_spec
 
@@ -35,8 +36,9 @@ def embeds() -> torch.Tensor:
     return torch.from_numpy(load_npz("image_embeds.npz")["image_embeds"]).double()
 
 
+@pytest.mark.parametrize("implementation", ["reference", "fast"])
 @pytest.mark.parametrize("case", ["a", "b"])
-def test_prompt_encoder_and_decoder_match_the_official_code(model, embeds, case):
+def test_prompt_encoder_and_decoder_match_the_official_code(model, embeds, case, implementation):
     golden = load_npz("decoder_case.npz")
     coords = torch.from_numpy(golden[f"coords_{case}"])
     labels = torch.from_numpy(golden[f"labels_{case}"])
@@ -44,7 +46,10 @@ def test_prompt_encoder_and_decoder_match_the_official_code(model, embeds, case)
     with torch.inference_mode():
         sparse, dense = encode_prompts(model.prompt_encoder, coords, labels, None, prev)
         image_pe = dense_positional_encoding(model.prompt_encoder)
-        out = decode(model.mask_decoder, embeds, image_pe, sparse, dense)
+        if implementation == "fast":
+            out = FastDecoder(model.mask_decoder, image_pe)(embeds, sparse, dense)
+        else:
+            out = decode(model.mask_decoder, embeds, image_pe, sparse, dense)
 
     assert sparse.dtype == torch.float64
     np.testing.assert_allclose(sparse.numpy(), golden[f"sparse_embeds_{case}"], rtol=0, atol=TOLERANCE)

@@ -20,7 +20,9 @@ Implementation notes:
   bottom/right border hold tokens of the opposite border;
 * attention appends an all-zero key and value to every sequence (a "null" slot with logit 0);
 * the deformable convolution samples with an ``embedding_bag`` of the four bilinear corners and one GEMM
-  (:func:`modulated_deform_conv3x3`); ``dcn_backend="torchvision"`` uses ``torchvision.ops.deform_conv2d`` instead.
+  (:func:`modulated_deform_conv3x3`), the default; ``dcn_backend="torchvision"`` uses ``torchvision.ops.deform_conv2d``
+  instead (the same im2col algorithm as mmcv's CPU kernel, which the official code uses; 5-8x slower on CPU as
+  measured by ``benchmarks/bench_engine.py``).
   Both use mmcv's offset layout (channel ``2k`` = dy, ``2k + 1`` = dx of tap ``k = 3 * ki + kj``);
 * nothing assumes a dtype: the model runs in whatever dtype its parameters have (float32 in use, float64 for parity).
 """
@@ -48,6 +50,7 @@ __all__ = [
     "DeformableConvLayer",
     "ModulatedDeformConv3x3",
     "modulated_deform_conv3x3",
+    "gemm_kernel",
 ]
 
 
@@ -222,8 +225,18 @@ def _corner_gather_plan(
     return indices.view(-1, 4), weights.view(-1, 4)
 
 
+def gemm_kernel(weight: torch.Tensor) -> torch.Tensor:
+    """The ``(C_out, C, 3, 3)`` kernel as the ``(9 * C, C_out)`` matrix that :func:`modulated_deform_conv3x3` uses."""
+    return weight.permute(2, 3, 1, 0).reshape(9 * weight.shape[1], weight.shape[0])
+
+
 def modulated_deform_conv3x3(
-    image: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor
+    image: torch.Tensor,
+    offset: torch.Tensor,
+    mask: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    kernel: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Modulated deformable 3x3 convolution (DCNv2; stride 1, padding 1, dilation 1, one group, no bias).
 
@@ -235,6 +248,7 @@ def modulated_deform_conv3x3(
         offset: ``(n, 18, H, W)``; channel ``2k`` = dy, ``2k + 1`` = dx of tap ``k = 3 * ki + kj`` (mmcv layout).
         mask: ``(n, 9, H, W)`` modulation of each tap.
         weight: ``(C_out, C, 3, 3)`` kernel.
+        kernel: ``gemm_kernel(weight)`` when the caller keeps it (saves a copy of the weights per call).
 
     Returns:
         ``(n, H, W, C_out)``.
@@ -243,24 +257,37 @@ def modulated_deform_conv3x3(
     indices, weights = _corner_gather_plan(offset, mask, height, width)
     table = image.reshape(n * height * width, channels)
     columns = F.embedding_bag(indices, table, mode="sum", per_sample_weights=weights)
-    kernel = weight.permute(2, 3, 1, 0).reshape(9 * channels, weight.shape[0])
+    if kernel is None:
+        kernel = gemm_kernel(weight)
     return (columns.view(n * height * width, 9 * channels) @ kernel).view(n, height, width, -1)
 
 
 class ModulatedDeformConv3x3(nn.Module):
     """Holds the deformable kernel ``weight`` ``(C_out, C_in, 3, 3)`` (no bias) and applies it (see ``backend``)."""
 
-    def __init__(self, in_channels: int, out_channels: int, backend: DcnBackend = "torchvision") -> None:
+    def __init__(self, in_channels: int, out_channels: int, backend: DcnBackend = "gather") -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 3, 3))
         self.backend: DcnBackend = backend
         fan_in, fan_out = in_channels * 9, out_channels
         nn.init.normal_(self.weight, std=(2.0 / (fan_in + fan_out)) ** 0.5)
+        self._kernel: tuple[tuple, torch.Tensor] | None = None
+
+    def _gemm_kernel(self) -> torch.Tensor:
+        """``gemm_kernel(weight)``, kept until the weight changes (loading, ``.to()``, in-place edits)."""
+        weight = self.weight
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, weight.requires_grad)
+        if weight.requires_grad and torch.is_grad_enabled():
+            return gemm_kernel(weight)  # training: the kernel must stay in the autograd graph
+        if self._kernel is None or self._kernel[0] != key:
+            with torch.no_grad():
+                self._kernel = (key, gemm_kernel(weight).contiguous())
+        return self._kernel[1]
 
     def forward(self, image: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``image`` ``(n, H, W, C)`` channel-last, ``offset`` ``(n, 18, H, W)``, ``mask`` ``(n, 9, H, W)``."""
         if self.backend == "gather":
-            return modulated_deform_conv3x3(image, offset, mask, self.weight)
+            return modulated_deform_conv3x3(image, offset, mask, self.weight, kernel=self._gemm_kernel())
         if self.backend == "torchvision":
             from torchvision.ops import deform_conv2d
 
@@ -275,7 +302,7 @@ class DeformableConvLayer(nn.Module):
     The 27 predicted channels are 18 offsets (as is) and 9 modulation logits (sigmoid).
     """
 
-    def __init__(self, channels: int, backend: DcnBackend = "torchvision") -> None:
+    def __init__(self, channels: int, backend: DcnBackend = "gather") -> None:
         super().__init__()
         self.dcn_offset = nn.Conv2d(channels, 27, kernel_size=3, padding=1)
         self.dcn = ModulatedDeformConv3x3(channels, channels, backend)
@@ -296,7 +323,7 @@ class WindowMixer(nn.Module):
     with zero padding.
     """
 
-    def __init__(self, embed_dim: int, num_heads: int, dcn_backend: DcnBackend = "torchvision") -> None:
+    def __init__(self, embed_dim: int, num_heads: int, dcn_backend: DcnBackend = "gather") -> None:
         super().__init__()
         self.gamma1 = nn.Parameter(torch.ones(1, embed_dim, 1, 1))
         self.gamma2 = nn.Parameter(torch.ones(1, embed_dim, 1, 1))
@@ -334,7 +361,7 @@ class FocusBlock(nn.Module):
         mlp_ratio: float,
         shifted: bool,
         rescale_query: bool,
-        dcn_backend: DcnBackend = "torchvision",
+        dcn_backend: DcnBackend = "gather",
     ) -> None:
         super().__init__()
         self.shifted = shifted
@@ -384,8 +411,9 @@ class FocusRefiner(nn.Module):
         mlp_ratio: hidden width of the query MLP relative to ``embed_dim``.
         window_size: window side in embedding cells (16 on SAM's 64x64 grid gives 4x4 windows).
         expand_ratio: focus-box scale, one value or ``(height_ratio, width_ratio)``.
-        dcn_backend: ``"torchvision"`` (default: ``torchvision.ops.deform_conv2d``) or ``"gather"`` (our corner-gather
-            + one matmul, equal to 1e-12 in float64 and about 1.6x faster on CPU) for the deformable convolution.
+        dcn_backend: ``"gather"`` (default: our corner gather + one GEMM, equal to ``torchvision`` within 1e-12 in
+            float64) or ``"torchvision"`` (``torchvision.ops.deform_conv2d``) for the deformable convolution. The
+            default was chosen by measurement: on a 2-core CPU the gather kernel makes the whole refiner 5-8x faster.
     """
 
     def __init__(
@@ -397,7 +425,7 @@ class FocusRefiner(nn.Module):
         window_size: int = 16,
         expand_ratio: float | Sequence[float] = 1.4,
         *,
-        dcn_backend: DcnBackend = "torchvision",
+        dcn_backend: DcnBackend = "gather",
     ) -> None:
         super().__init__()
         self.window_size = window_size

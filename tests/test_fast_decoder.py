@@ -1,0 +1,73 @@
+"""The fused mask-decoder pass (``FastDecoder``) against the plain one (``decode``) on the same weights.
+
+The official golden data check both in float64 (``test_golden_decoder.py``); here: float32 tolerance, batches,
+boxes, mask input, the degenerate shapes it refuses, and that a model's predictor uses it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_focsam.models.decoding import decode, dense_positional_encoding, encode_prompts
+from napari_focsam.models.fast_decoder import FastDecoder
+from napari_focsam.models.sam import build_model
+from napari_focsam.models.specs import get_spec
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model(get_spec("sam_tiny"), seed=3)
+
+
+def _prompts(model, batch: int, *, box: bool, mask: bool, dtype=torch.float32, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    coords = torch.rand(batch, 3, 2, generator=generator, dtype=torch.float64).to(dtype) * 1000
+    labels = torch.tensor([[1, 0, 1]] * batch)
+    boxes = torch.tensor([[100.0, 200.0, 600.0, 700.0]] * batch, dtype=dtype) if box else None
+    logits = torch.randn(batch, 1, 256, 256, generator=generator, dtype=torch.float64).to(dtype) if mask else None
+    return encode_prompts(model.prompt_encoder, coords, labels, boxes, logits)
+
+
+@pytest.mark.parametrize("box", [False, True])
+@pytest.mark.parametrize("mask", [False, True])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_fast_decoder_equals_the_reference_in_float32(model, box, mask, batch):
+    generator = torch.Generator().manual_seed(1)
+    embeds = torch.randn(1, 256, 64, 64, generator=generator)
+    with torch.inference_mode():
+        sparse, dense = _prompts(model, batch, box=box, mask=mask)
+        image_pe = dense_positional_encoding(model.prompt_encoder)
+        reference = decode(model.mask_decoder, embeds, image_pe, sparse, dense)
+        fast = FastDecoder(model.mask_decoder, image_pe)(embeds, sparse, dense)
+    assert fast.logits.shape == reference.logits.shape == (batch, 1, 256, 256)
+    assert fast.logits.is_contiguous()
+    scale = reference.logits.abs().max()
+    torch.testing.assert_close(fast.logits, reference.logits, rtol=0, atol=1e-5 * float(scale))
+    torch.testing.assert_close(fast.token, reference.token, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.iou, reference.iou, rtol=1e-5, atol=1e-6)
+    # the masks themselves: every pixel away from the zero crossing agrees
+    confident = reference.logits.abs() > 1e-4 * scale
+    assert torch.equal((fast.logits > 0)[confident], (reference.logits > 0)[confident])
+
+
+def test_fast_decoder_in_float64_is_exact_to_rounding(model):
+    model64 = build_model(get_spec("sam_tiny"), seed=3).double()
+    embeds = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    with torch.inference_mode():
+        sparse, dense = _prompts(model64, 1, box=True, mask=True, dtype=torch.float64)
+        image_pe = dense_positional_encoding(model64.prompt_encoder)
+        reference = decode(model64.mask_decoder, embeds, image_pe, sparse, dense)
+        fast = FastDecoder(model64.mask_decoder, image_pe)(embeds, sparse, dense)
+    assert fast.logits.dtype == torch.float64
+    torch.testing.assert_close(fast.logits, reference.logits, rtol=0, atol=1e-10)
+    torch.testing.assert_close(fast.token, reference.token, rtol=0, atol=1e-12)
+
+
+def test_other_upscaling_layers_are_refused(model):
+    import copy
+
+    decoder = copy.deepcopy(model.mask_decoder)
+    decoder.output_upscaling[0] = torch.nn.ConvTranspose2d(256, 64, kernel_size=3, stride=2)
+    with pytest.raises(ValueError, match="2x2 stride-2"):
+        FastDecoder(decoder, dense_positional_encoding(model.prompt_encoder))
