@@ -7,16 +7,21 @@ Rules it keeps:
 * the latest click wins: a newer request cancels the older one (it stops at its next stage boundary) and a stale
   result is dropped;
 * a failed job shows a notification and leaves every layer as it was.
+
+Box prompts come from a Shapes layer: the latest rectangle on a slice is the current object's box there (models that
+take boxes only; for the others it is ignored with one message).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from napari.layers import Image, Labels, Points
+from napari.layers import Image, Labels, Points, Shapes
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from napari.viewer import Viewer
@@ -53,6 +58,7 @@ class AnnotationController:
         self.image: Image | None = None
         self.points: Points | None = None
         self.labels: Labels | None = None
+        self.boxes: Shapes | None = None
         self.object_id = 1
         self.overwrite = False
         self.prefetch = False
@@ -65,6 +71,8 @@ class AnnotationController:
         self._token: CancelToken | None = None
         self._workers: set[Any] = set()
         self._muted = False
+        self._boxes_warned = False  # "this model takes no boxes" was shown for the current manager
+        self._box_ignored = False  # the latest request had a box the model does not take
         viewer.layers.events.removed.connect(self._on_layer_removed)
         viewer.dims.events.current_step.connect(self._on_slice_changed)
 
@@ -72,6 +80,7 @@ class AnnotationController:
     def set_manager(self, manager: ModelManager) -> None:
         self.cancel_jobs()
         self.manager = manager
+        self._boxes_warned = False
         self._keys.clear()
         self.status.emit(f"{manager.display_name} on {manager.device}")
         self.changed.emit()
@@ -87,16 +96,20 @@ class AnnotationController:
         return self._start(ModelManager.load, (name, checkpoint), {"device": device, **kwargs}, done,
                            progress=f"Loading {name}")
 
-    def attach(self, image: Image, points: Points | None = None, labels: Labels | None = None) -> None:
-        """Work on ``image``, reading clicks from ``points`` and writing into ``labels`` (created if missing)."""
+    def attach(self, image: Image, points: Points | None = None, labels: Labels | None = None,
+               boxes: Shapes | None = None) -> None:
+        """Work on ``image``, reading clicks from ``points``, boxes from ``boxes`` and writing into ``labels``
+        (missing layers are created)."""
         self.detach()
         self.image = image
-        self.points = points if points is not None else L.make_points_layer(self.viewer, image)
         self.labels = labels if labels is not None else L.make_labels_layer(self.viewer, image)
+        self.boxes = boxes if boxes is not None else L.make_shapes_layer(self.viewer, image)
+        self.points = points if points is not None else L.make_points_layer(self.viewer, image)
         if L.SIGN_FEATURE not in self.points.features:
             self.points.features = {L.SIGN_FEATURE: np.ones(len(self.points.data), dtype=bool)}
         L.style_points(self.points)
         self.points.events.data.connect(self._on_points_data)
+        self.boxes.events.data.connect(self._on_boxes_data)
         self.points.mouse_drag_callbacks.insert(0, self._sign_from_mouse)
         self.points.mode = "add"
         self.viewer.layers.selection.active = self.points  # clicks on the canvas go to the active layer
@@ -110,7 +123,9 @@ class AnnotationController:
             self.points.events.data.disconnect(self._on_points_data)
             if self._sign_from_mouse in self.points.mouse_drag_callbacks:
                 self.points.mouse_drag_callbacks.remove(self._sign_from_mouse)
-        self.image = self.points = self.labels = None
+        if self.boxes is not None:
+            self.boxes.events.data.disconnect(self._on_boxes_data)
+        self.image = self.points = self.labels = self.boxes = None
         self._bases.clear()
         self._keys.clear()
 
@@ -133,6 +148,16 @@ class AnnotationController:
         self.points.add(self.points.world_to_data(world))
         self.points.feature_defaults = {L.SIGN_FEATURE: self.next_positive}
 
+    def box(self, y0: float, x0: float, y1: float, x1: float, index: tuple[int, ...] | None = None) -> None:
+        """Draw a box (image pixel coordinates, corners inclusive) exactly as the rectangle tool would: via the
+        boxes layer. It becomes the current object's box on that slice (the latest rectangle there wins)."""
+        if self.image is None or self.boxes is None:
+            raise RuntimeError("attach an image first")
+        index = self.index if index is None else tuple(index)
+        corners = [(*index, y, x) for y, x in ((y0, x0), (y0, x1), (y1, x1), (y1, x0))]
+        self.boxes.add(L.image_to_layer(self.boxes, self.image, np.asarray(corners, dtype=float)),
+                       shape_type="rectangle")
+
     def _sign_from_mouse(self, layer: Points, event: Any) -> None:
         if layer.mode == "add":
             negative = "Shift" in event.modifiers or event.button == 2
@@ -145,6 +170,34 @@ class AnnotationController:
         with self._mute():
             L.style_points(self.points)
         self.update()
+
+    def _on_boxes_data(self, event: Any) -> None:
+        action = str(getattr(event, "action", "changed"))
+        if self._muted or action.endswith(("adding", "removing", "changing")):
+            return
+        self.update()
+
+    @property
+    def takes_boxes(self) -> bool:
+        return self.manager is not None and bool(self.manager.predictor.supports_boxes)
+
+    def _prompts(self, index: tuple[int, ...]) -> Prompts:
+        """The current object's prompts on slice ``index``: its clicks there, and its box there if the model takes
+        boxes (otherwise the box is ignored, with one message per model)."""
+        prompts, _ = L.prompts_for_slice(self.points, self.image, index)
+        box = L.box_for_slice(self.boxes, self.image, index) if self.boxes is not None else None
+        self._box_ignored = box is not None and not self.takes_boxes
+        if box is None:
+            return prompts
+        if self.takes_boxes:
+            return prompts.with_box(box)
+        if not self._boxes_warned:
+            self._boxes_warned = True
+            message = (f"{self.manager.display_name} takes clicks only: the box is ignored "
+                       "(load a SAM model to use boxes)")
+            show_warning(f"FocSAM: {message}")
+            self.status.emit(message)
+        return prompts
 
     def toggle_sign(self) -> None:
         """Flip the sign of the selected clicks, or, with none selected, of the next click."""
@@ -167,7 +220,7 @@ class AnnotationController:
                 show_info("FocSAM: load a model first (or choose the fallback)")
             return
         index, object_id = self.index, self.object_id
-        prompts, _ = L.prompts_for_slice(self.points, self.image, index)
+        prompts = self._prompts(index)
         key = (index, object_id)
         if key not in self._bases:
             self._bases[key] = L.slice_copy(self.labels, index)
@@ -193,6 +246,8 @@ class AnnotationController:
             self.last_embed_seconds = result.embedded
         parts = [f"click {1000 * result.seconds:.0f} ms"]
         parts += [f"{k} {1000 * v:.0f} ms" for k, v in result.timings.items()]
+        if self._box_ignored:
+            parts.append(f"box ignored: {self.manager.display_name} takes clicks only")
         self.status.emit(", ".join(parts))
         self.changed.emit()
 
@@ -218,6 +273,8 @@ class AnnotationController:
         index = self.index
         with self._mute():
             L.replace_slice_points(self.points, self.image, index, session.prompts)
+            if self.boxes is not None and self.takes_boxes:
+                L.replace_slice_box(self.boxes, self.image, index, session.prompts.box)
         base = self._bases.setdefault((index, self.object_id), L.slice_copy(self.labels, index))
         L.write_object(self.labels, index, mask, self.object_id, base, overwrite=self.overwrite)
         self.changed.emit()
@@ -227,9 +284,7 @@ class AnnotationController:
         if self.labels is None:
             return
         self.cancel_jobs()
-        with self._mute():
-            self.points.data = np.zeros((0, self.points.ndim))
-            self.points.features = {L.SIGN_FEATURE: np.zeros(0, dtype=bool)}
+        self._clear_prompts()
         self._bases = {k: v for k, v in self._bases.items() if k[1] != self.object_id}
         self._start_new_object()
         self.status.emit(f"committed; now object {self.object_id}")
@@ -251,10 +306,16 @@ class AnnotationController:
                 L.write_object(self.labels, index, np.zeros(base.shape, bool), object_id, base, overwrite=True)
                 del self._bases[(index, object_id)]
         self._close_sessions(self.object_id)
+        self._clear_prompts()
+        self.changed.emit()
+
+    def _clear_prompts(self) -> None:
+        """Remove every click and box (a new object starts from none)."""
         with self._mute():
             self.points.data = np.zeros((0, self.points.ndim))
             self.points.features = {L.SIGN_FEATURE: np.zeros(0, dtype=bool)}
-        self.changed.emit()
+            if self.boxes is not None and len(self.boxes.data):
+                self.boxes.data = []
 
     def reopen(self, label: int | None = None) -> None:
         """Continue refining a committed object (the selected label by default), its refined embedding kept."""
@@ -271,6 +332,8 @@ class AnnotationController:
         prompts = session.prompts if session is not None else Prompts()
         with self._mute():
             L.replace_slice_points(self.points, self.image, self.index, prompts)
+            if self.boxes is not None and self.takes_boxes:
+                L.replace_slice_box(self.boxes, self.image, self.index, prompts.box)
         self.status.emit(f"re-opened object {label}" + ("" if session else " (no clicks recorded: new clicks replace it)"))
         self.changed.emit()
 
@@ -286,6 +349,51 @@ class AnnotationController:
         if label == self.object_id:
             self.cancel()
         self.changed.emit()
+
+    def write_masks(self, label: int, masks: Mapping[tuple[int, ...], np.ndarray]) -> int:
+        """Write ``label``'s mask on several slices (e.g. a propagation through z) as one undoable step of the
+        Labels layer. On each slice the label's pixels become the mask; other objects keep theirs unless
+        ``overwrite``. For the current object, :meth:`cancel` still restores every slice. Returns pixels changed."""
+        if self.labels is None:
+            return 0
+        changed = 0
+        with _history_step(self.labels):
+            for index, mask in masks.items():
+                index = tuple(int(i) for i in index)
+                base = L.slice_copy(self.labels, index)
+                if label == self.object_id:
+                    base = self._bases.setdefault((index, label), base)
+                changed += L.write_object(self.labels, index, np.asarray(mask, bool), label, base,
+                                          overwrite=self.overwrite)
+        self.changed.emit()
+        return changed
+
+    def merge_labels(self, stack: np.ndarray) -> int:
+        """Add a label stack (e.g. a batch result; its ids as they are) to the Labels layer as one undoable step.
+
+        The current object is committed first. Only background pixels are filled, unless ``overwrite``: committed
+        objects are never changed otherwise. The next object gets an id above every id now present. Returns the
+        number of pixels changed."""
+        if self.labels is None:
+            return 0
+        stack = np.asarray(stack)
+        if stack.shape != self.labels.data.shape:
+            raise ValueError(f"labels of shape {stack.shape} do not fit the Labels layer {self.labels.data.shape}")
+        self.commit()
+        changed = 0
+        with _history_step(self.labels):
+            for index in np.ndindex(*stack.shape[:-2]):
+                new = stack[index]
+                view = np.asarray(self.labels.data[index] if index else self.labels.data)
+                take = (new != 0) & (new != view) & (self.overwrite | (view == 0))
+                if take.any():
+                    ys, xs = np.nonzero(take)
+                    where = tuple(np.full(len(ys), i) for i in index) + (ys, xs)
+                    self.labels.data_setitem(where, new[ys, xs].astype(self.labels.data.dtype))
+                    changed += len(ys)
+        self._start_new_object()
+        self.changed.emit()
+        return changed
 
     def _close_sessions(self, label: int) -> None:
         if self.manager is not None:
@@ -365,7 +473,7 @@ class AnnotationController:
         self.status.emit(f"error: {exc}")
 
     def _on_layer_removed(self, event: Any) -> None:
-        if event.value in (self.image, self.points, self.labels):
+        if event.value in (self.image, self.points, self.labels, self.boxes):
             name = event.value.name
             self.detach()
             show_warning(f"FocSAM: layer '{name}' was removed; choose the layers again to continue")
@@ -385,6 +493,12 @@ class AnnotationController:
             QApplication.processEvents()
             time.sleep(0.005)
         QApplication.processEvents()
+
+
+def _history_step(labels: Labels) -> Any:
+    """Group several writes into one undo step of the Labels layer where napari supports it."""
+    block = getattr(labels, "block_history", None)
+    return block() if callable(block) else contextlib.nullcontext()
 
 
 @dataclass

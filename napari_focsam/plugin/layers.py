@@ -1,5 +1,5 @@
-"""Adapters between napari layers and the engine: which slice is shown, which clicks belong to it, and how a mask
-is written into a Labels layer without touching anything else.
+"""Adapters between napari layers and the engine: which slice is shown, which clicks and which box (rectangle of a
+Shapes layer) belong to it, and how a mask is written into a Labels layer without touching anything else.
 
 Everything here runs on the main (GUI) thread.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from napari.layers import Image, Labels, Points
+from napari.layers import Image, Labels, Points, Shapes
 from napari.viewer import Viewer
 
 from ..engine.types import Prompts
@@ -18,11 +18,17 @@ POSITIVE_COLOR = (0.2, 0.9, 0.3, 1.0)  # green disc
 NEGATIVE_COLOR = (1.0, 0.25, 0.25, 1.0)  # red cross
 POSITIVE_SYMBOL, NEGATIVE_SYMBOL = "disc", "cross"
 SIGN_FEATURE = "positive"
+BOX_COLOR = (1.0, 0.8, 0.1, 1.0)  # yellow outline, no fill
 
 
 def spatial_ndim(image: Image) -> int:
     """Number of leading (slice) axes before the 2D plane (and the RGB axis) of an image layer."""
     return image.ndim - 2
+
+
+def grid_ndim(image: Image) -> int:
+    """Number of data axes of an image layer without its colour axis (napari's ``Image.ndim`` never counts it)."""
+    return image.ndim
 
 
 def current_index(viewer: Viewer, image: Image) -> tuple[int, ...]:
@@ -39,7 +45,7 @@ def current_index(viewer: Viewer, image: Image) -> tuple[int, ...]:
 
 def make_points_layer(viewer: Viewer, image: Image, name: str = "FocSAM clicks") -> Points:
     """A Points layer for clicks on ``image``, in add mode, with the sign as a feature."""
-    ndim = image.ndim - (1 if image.rgb else 0)
+    ndim = grid_ndim(image)
     layer = viewer.add_points(
         np.zeros((0, ndim)),
         name=name,
@@ -53,6 +59,28 @@ def make_points_layer(viewer: Viewer, image: Image, name: str = "FocSAM clicks")
         translate=image.translate[:ndim],
     )
     layer.mode = "add"
+    return layer
+
+
+def make_shapes_layer(viewer: Viewer, image: Image, name: str = "FocSAM boxes") -> Shapes:
+    """An empty Shapes layer for box prompts on ``image`` (same grid), ready to draw rectangles."""
+    ndim = grid_ndim(image)
+    width = max(1.0, 0.004 * max(image.data.shape[-3 if image.rgb else -2:][:2]))
+    layer = viewer.add_shapes(
+        None,
+        ndim=ndim,
+        name=name,
+        shape_type="rectangle",
+        edge_color=list(BOX_COLOR),
+        face_color=[0.0, 0.0, 0.0, 0.0],
+        edge_width=width,
+        scale=image.scale[:ndim],
+        translate=image.translate[:ndim],
+    )
+    layer.current_edge_color = list(BOX_COLOR)
+    layer.current_face_color = [0.0, 0.0, 0.0, 0.0]
+    layer.current_edge_width = width
+    layer.mode = "add_rectangle"
     return layer
 
 
@@ -95,10 +123,8 @@ def set_signs(points: Points, indices: Sequence[int], positive: np.ndarray | boo
 def points_in_image_coords(points: Points, image: Image) -> np.ndarray:
     """Point positions in ``image``'s data coordinates (N, image spatial ndim)."""
     if len(points.data) == 0:
-        return np.zeros((0, image.ndim - (1 if image.rgb else 0)))
-    world = np.array([points.data_to_world(p) for p in points.data])
-    ndim = image.ndim
-    return np.array([image.world_to_data(w)[: ndim - (1 if image.rgb else 0)] for w in world])
+        return np.zeros((0, grid_ndim(image)))
+    return layer_to_image(points, image, np.asarray(points.data, dtype=float))
 
 
 def prompts_for_slice(points: Points, image: Image, index: tuple[int, ...]) -> tuple[Prompts, np.ndarray]:
@@ -112,6 +138,58 @@ def prompts_for_slice(points: Points, image: Image, index: tuple[int, ...]) -> t
     rows = np.nonzero(on_slice)[0]
     yx = coords[rows][:, leading: leading + 2]
     return Prompts(yx, signs(points)[rows].astype(int)), rows
+
+
+def layer_to_image(layer: Points | Shapes, image: Image, coords: np.ndarray) -> np.ndarray:
+    """Data coordinates of ``layer`` (N, layer ndim) as ``image`` data coordinates (N, image spatial ndim)."""
+    ndim = grid_ndim(image)
+    return np.array([image.world_to_data(layer.data_to_world(c))[:ndim] for c in coords]).reshape(-1, ndim)
+
+
+def image_to_layer(layer: Points | Shapes, image: Image, coords: np.ndarray) -> np.ndarray:
+    """``image`` data coordinates (N, image spatial ndim) as data coordinates of ``layer`` (N, layer ndim)."""
+    world = [image.data_to_world(np.asarray(c, dtype=float)) for c in coords]
+    return np.array([layer.world_to_data(w) for w in world]).reshape(-1, layer.ndim)
+
+
+def box_rows(shapes: Shapes, image: Image, index: tuple[int, ...]) -> list[tuple[int, np.ndarray]]:
+    """The rectangles of ``shapes`` on slice ``index``, in the order they were drawn: (row, (y0, x0, y1, x1) in
+    ``image`` pixels, unclipped). Other shape types (ellipses, polygons, ...) are not boxes and are skipped."""
+    leading = len(index)
+    out = []
+    for row, (vertices, kind) in enumerate(zip(shapes.data, shapes.shape_type)):
+        if kind != "rectangle" or len(vertices) == 0:
+            continue
+        coords = layer_to_image(shapes, image, np.asarray(vertices, dtype=float))
+        if leading and not np.all(np.round(coords[:, :leading]).astype(int) == np.asarray(index, dtype=int)):
+            continue
+        yx = coords[:, leading: leading + 2]
+        out.append((row, np.concatenate([yx.min(axis=0), yx.max(axis=0)])))
+    return out
+
+
+def box_for_slice(shapes: Shapes, image: Image, index: tuple[int, ...]) -> np.ndarray | None:
+    """The box prompt on slice ``index``: the latest rectangle there, (y0, x0, y1, x1) in ``image`` pixels clipped
+    to the image; None when there is none (or it lies entirely outside the image)."""
+    height, width = image.data.shape[-3:-1] if image.rgb else image.data.shape[-2:]
+    for _, box in reversed(box_rows(shapes, image, index)):
+        y0, x0 = max(box[0], 0.0), max(box[1], 0.0)
+        y1, x1 = min(box[2], height - 1.0), min(box[3], width - 1.0)
+        if y0 <= y1 and x0 <= x1:
+            return np.array([y0, x0, y1, x1])
+    return None
+
+
+def replace_slice_box(shapes: Shapes, image: Image, index: tuple[int, ...], box: np.ndarray | None) -> None:
+    """Make the rectangles on slice ``index`` one rectangle for ``box`` (none for None); other slices stay."""
+    rows = [row for row, _ in box_rows(shapes, image, index)]
+    if rows:
+        shapes.selected_data = set(rows)
+        shapes.remove_selected()
+    if box is not None:
+        y0, x0, y1, x1 = (float(v) for v in box)
+        corners = [(*index, y, x) for y, x in ((y0, x0), (y0, x1), (y1, x1), (y1, x0))]
+        shapes.add(image_to_layer(shapes, image, np.asarray(corners, dtype=float)), shape_type="rectangle")
 
 
 def replace_slice_points(points: Points, image: Image, index: tuple[int, ...], prompts: Prompts) -> None:

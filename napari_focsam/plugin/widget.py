@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from napari.layers import Image, Labels, Points
+from napari.layers import Image, Labels, Points, Shapes
 from napari.viewer import Viewer
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -21,6 +21,7 @@ from qtpy.QtWidgets import (
 )
 
 from .controller import AnnotationController
+from .stack_panel import StackPanel
 
 MODELS = (
     ("FocSAM ViT-H", "focsam_vit_h"),
@@ -45,6 +46,9 @@ SHORTCUTS = (
 )
 HELP = (
     "<b>Click</b> on the object: positive. <b>Shift+click</b> or <b>right click</b>: negative.<br>"
+    "<b>Box</b> (SAM models): select the boxes layer, draw a rectangle (the latest one on a slice is the box; "
+    "delete it to drop the box); select the clicks layer again to click.<br>"
+    "<b>Stacks</b> (3D, time series): <i>Stack tools</i> below: precompute, propagate through z, batch.<br>"
     + "<br>".join(f"<b>{key.replace('Control', 'Ctrl')}</b>: {text}" for _, key, text in SHORTCUTS)
 )
 
@@ -60,6 +64,8 @@ class FocsamWidget(QWidget):
         layout.addWidget(self._model_box())
         layout.addWidget(self._layers_box())
         layout.addWidget(self._objects_box())
+        self.stack_panel = StackPanel(self.controller, lambda: self.image_combo.currentData())
+        layout.addWidget(self.stack_panel)
         self.status = QLabel("no model loaded")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
@@ -108,12 +114,15 @@ class FocsamWidget(QWidget):
         box = QGroupBox("Layers")
         form = QFormLayout(box)
         self.image_combo, self.points_combo, self.labels_combo = QComboBox(), QComboBox(), QComboBox()
+        self.boxes_combo = QComboBox()
+        self.boxes_combo.setToolTip("a Shapes layer: the latest rectangle on a slice is the object's box (SAM models)")
         self.use_button = QPushButton("Use these layers")
-        self.use_button.setToolTip("attach to the chosen layers (missing clicks/labels layers are created)")
+        self.use_button.setToolTip("attach to the chosen layers (missing clicks/labels/boxes layers are created)")
         self.use_button.clicked.connect(self.use_layers)
         form.addRow("image", self.image_combo)
         form.addRow("clicks", self.points_combo)
         form.addRow("labels", self.labels_combo)
+        form.addRow("boxes", self.boxes_combo)
         form.addRow(self.use_button)
         return box
 
@@ -181,7 +190,7 @@ class FocsamWidget(QWidget):
             self.status.setText("add an image layer first")
             return
         points, labels = self.points_combo.currentData(), self.labels_combo.currentData()
-        self.controller.attach(image, points, labels)
+        self.controller.attach(image, points, labels, self.boxes_combo.currentData())
         for layer in (self.controller.points, self.controller.labels):
             self._bind_keys(layer)
         self._refresh_layers()
@@ -189,7 +198,7 @@ class FocsamWidget(QWidget):
     # ------------------------------------------------------------------ refresh
     def _refresh_layers(self, event: Any = None) -> None:
         for combo, kind, optional in ((self.image_combo, Image, False), (self.points_combo, Points, True),
-                                      (self.labels_combo, Labels, True)):
+                                      (self.labels_combo, Labels, True), (self.boxes_combo, Shapes, True)):
             current = combo.currentData()
             combo.blockSignals(True)
             combo.clear()
@@ -199,7 +208,7 @@ class FocsamWidget(QWidget):
                 if isinstance(layer, kind):
                     combo.addItem(layer.name, layer)
             attached = {Image: self.controller.image, Points: self.controller.points,
-                        Labels: self.controller.labels}[kind]
+                        Labels: self.controller.labels, Shapes: self.controller.boxes}[kind]
             wanted = attached if attached is not None else current
             index = combo.findData(wanted) if wanted is not None else -1
             combo.setCurrentIndex(max(index, 0))  # optional layers default to a new one
