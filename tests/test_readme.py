@@ -25,3 +25,10 @@ def test_readme_starts_with_the_two_setup_commands():
     assert block[0].startswith('pip install -e ".[testing]"')
     assert block[1].startswith("xvfb-run -a python -m pytest")
     assert "xvfb-run -a python -m pytest" in (REPO / ".ci" / "run").read_text().splitlines()[-1]
+
+
+def test_readme_images_exist():
+    images = re.findall(r"\]\((docs/images/[^)]+)\)", (REPO / "README.md").read_text())
+    assert images, "the README shows its screenshot and figures"
+    missing = [path for path in images if not (REPO / path).is_file()]
+    assert not missing, missing
