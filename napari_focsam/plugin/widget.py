@@ -28,7 +28,7 @@ MODELS = (
     ("SAM ViT-B", "sam_vit_b"),
     ("SAM ViT-L", "sam_vit_l"),
     ("SAM ViT-H", "sam_vit_h"),
-    ("Fallback (no model: classical segmentation)", "fallback"),
+    ("Fallback (no model: watershed)", "fallback"),
 )
 DEVICES = ("auto", "cpu", "cuda", "mps")
 NEW_LAYER = "<new layer>"
