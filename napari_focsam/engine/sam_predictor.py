@@ -17,7 +17,9 @@ import time
 import numpy as np
 import torch
 
-from ..models.decoding import decode, dense_positional_encoding, encode_prompts
+from ..models.decoding import DecoderOutput, decode, dense_positional_encoding, encode_prompts
+from ..models.fast_decoder import FastDecoder
+from ..models.fast_encoder import ATTENTION_MODES, FAST_ENCODER_VERSION, FastImageEncoder, default_encoder_dtype
 from ..models.loader import LoadedModel
 from ..models.transforms import make_transform
 from .types import CancelToken, ImageEmbedding, ImageGeometry, ObjectState, Prediction, Prompts, check_cancel
@@ -26,12 +28,57 @@ from .types import CancelToken, ImageEmbedding, ImageGeometry, ObjectState, Pred
 REFINE_STEP = 1
 
 
+def _as_dtype(value: torch.dtype | str | None) -> torch.dtype | None:
+    """``torch.bfloat16``, ``"bfloat16"``/``"bf16"``, or None/``"auto"`` (None)."""
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    name = {"auto": None, "bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32",
+            "float": "float32", "fp64": "float64", "double": "float64"}.get(str(value), str(value))
+    if name is None:
+        return None
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"unknown encoder dtype {value!r}; use e.g. 'float32', 'bfloat16', 'float16' or 'auto'")
+    return dtype
+
+
 class SamFamilyPredictor:
-    """A SAM or FocSAM model on one device, in one dtype; stateless between calls and safe to share by threads."""
+    """A SAM or FocSAM model on one device, in one dtype; stateless between calls and safe to share by threads.
+
+    The image encoder runs one of two ways (the rest of the pipeline is the same):
+
+    ``encoder_attention="reference"`` (the default here)
+        segment-anything's own ``ImageEncoderViT`` blocks, in the model's dtype, optionally under
+        ``torch.autocast(encoder_autocast)``; in float32 the embedding is bit-identical to ``SamPredictor``'s.
+    ``encoder_attention="fast"``
+        :class:`~napari_focsam.models.fast_encoder.FastImageEncoder`: the same function of the same weights, with
+        fused attention and compute in ``encoder_dtype`` (``None``/``"auto"``: the device's fast dtype, see
+        :func:`~napari_focsam.models.fast_encoder.default_encoder_dtype`). In float32 it equals the reference
+        within 1e-6 (relative); in bfloat16 within about 0.5 % (relative L2 of the embedding).
+        :meth:`ModelManager.load <napari_focsam.engine.manager.ModelManager.load>` uses this by default.
+
+    The decoder: ``decoder="fast"`` (default) is :class:`~napari_focsam.models.fast_decoder.FastDecoder` (the same
+    function with fused image-side projections; logits within float rounding of ``decoder="reference"``,
+    segment-anything's forward as written). ``decoder_autocast=torch.bfloat16`` runs it under autocast (about 1.5x
+    faster on CPUs with AVX512-BF16; logits within about 1 % relative L2, see ``benchmarks/bench_engine.py``); off
+    by default.
+
+    Passing ``encoder_autocast`` without ``encoder_attention`` selects the reference path, as before these options
+    existed. The choice is part of :attr:`fingerprint`, so embeddings of different numerics never share a cache key.
+    """
 
     is_fallback = False
 
-    def __init__(self, loaded: LoadedModel, *, encoder_autocast: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        encoder_attention: str | None = None,
+        encoder_dtype: torch.dtype | str | None = None,
+        encoder_autocast: torch.dtype | None = None,
+        decoder: str = "fast",
+        decoder_autocast: torch.dtype | None = None,
+    ) -> None:
         self._loaded = loaded
         self.model = loaded.model
         spec = loaded.spec
@@ -41,11 +88,32 @@ class SamFamilyPredictor:
         self.supports_boxes = not spec.refiner
         self.uses_refiner = spec.refiner
         self.transform = make_transform(spec.preprocessing, self.model.input_size)
-        self.encoder_autocast = encoder_autocast
         param = next(self.model.parameters())
         self._device, self.dtype = param.device, param.dtype
+        attention = encoder_attention or "reference"
+        if attention not in ATTENTION_MODES:
+            raise ValueError(f"encoder_attention must be one of {ATTENTION_MODES}, got {encoder_attention!r}")
+        dtype = _as_dtype(encoder_dtype)
+        self.fast_encoder: FastImageEncoder | None = None
+        if attention == "fast":
+            if encoder_autocast is not None:
+                raise ValueError("encoder_autocast applies to encoder_attention='reference'; the fast path takes "
+                                 "encoder_dtype (e.g. torch.bfloat16)")
+            dtype = dtype or default_encoder_dtype(self._device, self.dtype)
+            self.fast_encoder = FastImageEncoder(self.model.image_encoder, dtype)
+        elif dtype is not None and dtype != self.dtype:
+            raise ValueError(f"the reference encoder runs in the model's dtype ({self.dtype}); use encoder_autocast "
+                             f"or encoder_attention='fast' for {dtype}")
+        self.encoder_attention = attention
+        self.encoder_dtype = dtype or self.dtype  # the encoder's compute dtype (autocast aside)
+        self.encoder_autocast = encoder_autocast
         with torch.inference_mode():
             self._image_pe = dense_positional_encoding(self.model.prompt_encoder)
+        if decoder not in ("fast", "reference"):
+            raise ValueError(f"decoder must be 'fast' or 'reference', got {decoder!r}")
+        self.decoder = decoder
+        self.decoder_autocast = decoder_autocast
+        self._fast_decoder = FastDecoder(self.model.mask_decoder, self._image_pe) if decoder == "fast" else None
 
     @property
     def device(self) -> torch.device:
@@ -56,9 +124,19 @@ class SamFamilyPredictor:
         return self._loaded.source
 
     @property
+    def encoder_numerics(self) -> str:
+        """The encoder's numerics, as they appear in :attr:`fingerprint`.
+
+        ``float32`` / ``bfloat16`` (reference path, model dtype or autocast dtype: the strings used before the fast
+        path existed, so existing caches stay valid) or ``fast1-bfloat16`` (the fast path, its version and dtype).
+        """
+        if self.fast_encoder is not None:
+            return f"fast{FAST_ENCODER_VERSION}-{str(self.fast_encoder.dtype).replace('torch.', '')}"
+        return str(self.encoder_autocast or self.dtype).replace("torch.", "")
+
+    @property
     def fingerprint(self) -> str:
-        precision = str(self.encoder_autocast or self.dtype).replace("torch.", "")
-        return f"{self.name}|weights={self._loaded.weights_id}|{self.transform.name}|encoder={precision}"
+        return f"{self.name}|weights={self._loaded.weights_id}|{self.transform.name}|encoder={self.encoder_numerics}"
 
     # ------------------------------------------------------------------ embedding
     def embed(self, image: np.ndarray, *, cancel: CancelToken | None = None) -> tuple[torch.Tensor, ImageGeometry]:
@@ -67,7 +145,9 @@ class SamFamilyPredictor:
         geometry = self.transform.geometry(image.shape[:2])
         with torch.inference_mode():
             x = self.transform.image_to_input(image, self.device, self.dtype)
-            if self.encoder_autocast is not None:
+            if self.fast_encoder is not None:
+                features = self.fast_encoder(x, cancel_check=lambda: check_cancel(cancel))
+            elif self.encoder_autocast is not None:
                 with torch.autocast(self.device.type, dtype=self.encoder_autocast):
                     features = self._encode(x, cancel)
             else:
@@ -75,7 +155,8 @@ class SamFamilyPredictor:
         return features.to(self.dtype), geometry
 
     def _encode(self, x: torch.Tensor, cancel: CancelToken | None) -> torch.Tensor:
-        """segment-anything's ``ImageEncoderViT.forward``, with a cancellation point before every block."""
+        """segment-anything's ``ImageEncoderViT.forward`` (the reference path), with a cancellation point before every
+        block."""
         encoder = self.model.image_encoder
         x = encoder.patch_embed(x)
         if encoder.pos_embed is not None:
@@ -108,7 +189,7 @@ class SamFamilyPredictor:
             features = state.features
             start = time.perf_counter()
             if refine_now:
-                coarse = decode(self.model.mask_decoder, embedding.features, self._image_pe, sparse, dense)
+                coarse = self._decode(embedding.features, sparse, dense)
                 timings["decoder"] = time.perf_counter() - start
                 check_cancel(cancel)
                 start = time.perf_counter()
@@ -120,7 +201,7 @@ class SamFamilyPredictor:
                 check_cancel(cancel)
                 start = time.perf_counter()
             current = embedding.features if features is None else features
-            out = decode(self.model.mask_decoder, current, self._image_pe, sparse, dense)
+            out = self._decode(current, sparse, dense)
             timings["decoder"] = timings.get("decoder", 0.0) + time.perf_counter() - start
             check_cancel(cancel)
             start = time.perf_counter()
@@ -128,6 +209,20 @@ class SamFamilyPredictor:
             timings["postprocess"] = time.perf_counter() - start
         next_state = ObjectState(logits=out.logits, features=features, step=state.step + 1)
         return Prediction(mask=mask, state=next_state, score=float(out.iou[0, 0]), timings=timings)
+
+    def _decode(self, features: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> DecoderOutput:
+        """The single-mask decoder pass: :class:`FastDecoder` (default; equal to the reference within float
+        rounding, 1e-9 against the official golden data in float64) or segment-anything's forward as written."""
+        if self.decoder_autocast is not None:
+            with torch.autocast(self.device.type, dtype=self.decoder_autocast):
+                out = self._decode_plain(features, sparse, dense)
+            return DecoderOutput(out.logits.to(self.dtype), out.iou.to(self.dtype), out.token.to(self.dtype))
+        return self._decode_plain(features, sparse, dense)
+
+    def _decode_plain(self, features: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> DecoderOutput:
+        if self._fast_decoder is not None:
+            return self._fast_decoder(features, sparse, dense)
+        return decode(self.model.mask_decoder, features, self._image_pe, sparse, dense)
 
     def _encode_prompts(
         self, prompts: Prompts, geometry: ImageGeometry, prev_logits: torch.Tensor | None
