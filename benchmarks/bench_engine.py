@@ -3,16 +3,23 @@
     python benchmarks/bench_engine.py                 # ViT-B sized model, random weights
     python benchmarks/bench_engine.py --model sam_vit_h --embed-repeats 1
 
-Prints one table: the ViT embedding (ours vs ``SamPredictor.set_image``, fp32 and, where the CPU supports it, bf16
-autocast with its deviation from fp32), the per-click latency with a cached embedding up to the mask at image
-resolution (ours vs ``SamPredictor.predict``, single-mask and SAM's default multi-mask), and the FocSAM refiner's
-time per object (an object inside 4 windows, and one covering all 16).
-Random weights give meaningless masks but the same arithmetic as real ones.
+Prints one table: the ViT embedding, every variant against ``SamPredictor.set_image`` (fp32) timed interleaved in
+the same run (reference, fast fp32, fast bf16 where the device has native bf16, and the reference under bf16
+autocast), each with its relative L2 deviation from SamPredictor's embedding and the pixel agreement of the masks
+its embedding gives after a few clicks (decoded by the same fp32 decoder); the per-click latency with a cached
+embedding up to the mask at image resolution (ours vs ``SamPredictor.predict``, single-mask and SAM's default
+multi-mask), with the fused decoder (default), segment-anything's decoder forward and the fused decoder under bf16
+autocast; and the FocSAM refiner's time per object (objects in 4 plain windows, in 4 shifted windows, and covering
+all 16) against the official algorithm with a standard deformable-convolution kernel.
+Random weights give meaningless masks but the same arithmetic as real ones; the relative-position tables, which
+segment-anything initialises to zero, are drawn at random (``--rel-pos-std``) so that their term is exercised.
+Times are the minimum over the repeats; the load average is printed because other processes inflate them.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -25,6 +32,7 @@ from segment_anything.modeling import Sam
 from napari_focsam.engine.sam_predictor import SamFamilyPredictor
 from napari_focsam.engine.session import ObjectSession
 from napari_focsam.engine.types import ImageEmbedding
+from napari_focsam.models.fast_encoder import default_encoder_dtype
 from napari_focsam.models.loader import load_model
 from napari_focsam.models.refiner import FocusRefiner
 
@@ -51,33 +59,88 @@ def test_image(height: int = 768, width: int = 1024, seed: int = 0) -> np.ndarra
     return np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
 
 
-def bench_embedding(loaded, image, repeats: int, rows: list) -> ImageEmbedding:
+def mask_agreement(predictor: SamFamilyPredictor, reference: ImageEmbedding, other: ImageEmbedding,
+                   image: np.ndarray, n: int = 5) -> tuple[float, float]:
+    """The smallest pixel agreement over ``n`` clicks between the masks of two embeddings (same decoder, same
+    clicks, logits fed back), and the mean foreground fraction of the reference masks (0 or 1 would make the
+    agreement meaningless)."""
+    rng = np.random.default_rng(2)
+    clicks = [(rng.uniform(0, image.shape[0] - 1), rng.uniform(0, image.shape[1] - 1), bool(i % 3 != 1))
+              for i in range(n)]
+    ref_session, other_session = ObjectSession(predictor, reference), ObjectSession(predictor, other)
+    agreement, foreground = [], []
+    for y, x, positive in clicks:
+        a = ref_session.click(y, x, positive=positive)
+        b = other_session.click(y, x, positive=positive)
+        agreement.append(float((a == b).mean()))
+        foreground.append(float(a.mean()))
+    return min(agreement), float(np.mean(foreground))
+
+
+def bench_embedding(loaded, image, repeats: int, rows: list, autocast: bool = True) -> ImageEmbedding:
     model = loaded.model
     reference = SamPredictor(Sam(model.image_encoder, model.prompt_encoder, model.mask_decoder).eval())
-    with torch.inference_mode():
-        ref_times = timed(lambda: reference.set_image(image), repeats, warmup=0)
-    ours = SamFamilyPredictor(loaded)
-    our_times = timed(lambda: ours.embed(image), repeats, warmup=0)
-    features, geometry = ours.embed(image)
-    ref_t, our_t = min(ref_times), min(our_times)
-    rows.append(("embedding fp32 (s)", our_t, ref_t))
-    if torch.backends.cpu.get_cpu_capability() in ("AVX512", "AVX512_BF16") or torch.cuda.is_available():
-        bf16 = SamFamilyPredictor(loaded, encoder_autocast=torch.bfloat16)
-        bf_times = timed(lambda: bf16.embed(image), repeats, warmup=0)
-        bf_features, _ = bf16.embed(image)
-        rel = float((bf_features - features).norm() / features.norm())
-        rows.append((f"embedding bf16 autocast (s) [rel. L2 diff {rel:.2%}]", min(bf_times), ref_t))
-    return ImageEmbedding(features, geometry, "bench")
+    fast_dtype = default_encoder_dtype(loaded.model.image_encoder.pos_embed.device)
+    variants: dict[str, Callable[[], object]] = {}
+    ours: dict[str, SamFamilyPredictor] = {
+        "reference fp32 (segment-anything blocks)": SamFamilyPredictor(loaded, encoder_attention="reference"),
+        "fast fp32": SamFamilyPredictor(loaded, encoder_attention="fast", encoder_dtype=torch.float32),
+    }
+    if fast_dtype != torch.float32:
+        name = str(fast_dtype).replace("torch.", "").replace("bfloat16", "bf16").replace("float16", "fp16")
+        ours[f"fast {name} (default)"] = SamFamilyPredictor(loaded, encoder_attention="fast",
+                                                          encoder_dtype=fast_dtype)
+        if autocast:
+            ours[f"reference, {name} autocast"] = SamFamilyPredictor(loaded, encoder_autocast=fast_dtype)
+
+    def set_image() -> None:
+        with torch.inference_mode():
+            reference.set_image(image)
+
+    for label, predictor in ours.items():
+        if predictor.fast_encoder is not None:
+            start = time.perf_counter()
+            predictor.fast_encoder.prepare()
+            print(f"{label}: derived weights made in {time.perf_counter() - start:.2f} s (once per model load)")
+    variants["SamPredictor.set_image fp32"] = set_image
+    results: dict[str, tuple[torch.Tensor, object]] = {}
+    for label, predictor in ours.items():
+        def run(label=label, predictor=predictor) -> None:
+            results[label] = predictor.embed(image)
+        variants[label] = run
+    times: dict[str, list[float]] = {label: [] for label in variants}
+    for _ in range(repeats):  # interleaved, so that a change in the machine's load hits every variant alike
+        for label, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            times[label].append(time.perf_counter() - start)
+    ref_t = min(times["SamPredictor.set_image fp32"])
+    ref_features = reference.features
+    decoder = ours["reference fp32 (segment-anything blocks)"]
+    geometry = results["reference fp32 (segment-anything blocks)"][1]
+    ref_embedding = ImageEmbedding(ref_features, geometry, "reference")
+    for label, (features, geometry) in results.items():
+        rel = float((features.double() - ref_features.double()).norm() / ref_features.double().norm())
+        agree, fg = mask_agreement(decoder, ref_embedding, ImageEmbedding(features, geometry, label), image)
+        rows.append((f"embedding (s), {label} [rel. L2 {rel:.2e}, masks ≥{agree:.2%} (fg {fg:.0%})]",
+                     min(times[label]), ref_t))
+    return ref_embedding
 
 
 def bench_clicks(loaded, embedding: ImageEmbedding, image, n: int, rows: list) -> None:
+    """Median time per click over ``n`` clicks (fed-back logits), the mask at image resolution, interleaved runs."""
     model = loaded.model
     reference = SamPredictor(Sam(model.image_encoder, model.prompt_encoder, model.mask_decoder).eval())
     reference.features = embedding.features
     reference.original_size = image.shape[:2]
     reference.input_size = embedding.geometry.resized_size
     reference.is_image_set = True
-    ours = SamFamilyPredictor(loaded)
+    variants = {
+        "fused decoder, fp32 (default)": SamFamilyPredictor(loaded),
+        "segment-anything's decoder forward, fp32": SamFamilyPredictor(loaded, decoder="reference"),
+    }
+    if default_encoder_dtype("cpu") == torch.bfloat16:
+        variants["fused decoder, bf16 autocast"] = SamFamilyPredictor(loaded, decoder_autocast=torch.bfloat16)
     rng = np.random.default_rng(1)
     clicks = np.stack([rng.uniform(0, image.shape[0] - 1, n), rng.uniform(0, image.shape[1] - 1, n)], 1)
 
@@ -93,25 +156,41 @@ def bench_clicks(loaded, embedding: ImageEmbedding, image, n: int, rows: list) -
             low_res = low[:1]
         return times
 
-    def our_clicks() -> list[float]:
-        session = ObjectSession(ours, embedding)
-        times = []
+    def our_clicks(predictor: SamFamilyPredictor) -> tuple[list[float], list[np.ndarray]]:
+        session = ObjectSession(predictor, embedding)
+        times, masks = [], []
         for y, x in clicks:
             start = time.perf_counter()
-            session.click(y, x)
+            masks.append(session.click(y, x).copy())
             times.append(time.perf_counter() - start)
-        return times
+        return times, masks
 
-    reference_clicks(False)  # warm-up
-    our_clicks()
-    ref_single = statistics.median(reference_clicks(False))
-    ref_multi = statistics.median(reference_clicks(True))
-    our = statistics.median(our_clicks())
-    rows.append(("click, cached embedding → mask (s) vs predict(multimask_output=False)", our, ref_single))
-    rows.append(("click, cached embedding → mask (s) vs predict() default multimask", our, ref_multi))
+    single, multi = [], []
+    ours: dict[str, list[float]] = {name: [] for name in variants}
+    masks: dict[str, list[np.ndarray]] = {}
+    for round_ in range(3):  # interleaved; round 0 is the warm-up
+        t_single, t_multi = reference_clicks(False), reference_clicks(True)
+        if round_:
+            single += t_single
+            multi += t_multi
+        for name, predictor in variants.items():
+            times, masks[name] = our_clicks(predictor)
+            if round_:
+                ours[name] += times
+    ref_single, ref_multi = statistics.median(single), statistics.median(multi)
+    default = masks["fused decoder, fp32 (default)"]
+    for name, times in ours.items():
+        agree = min(float((a == b).mean()) for a, b in zip(masks[name], default))
+        label = f"click → mask at image size (s), {name} [masks ≥{agree:.3%} of default]"
+        rows.append((label + " vs predict(multimask_output=False)", statistics.median(times), ref_single))
+    rows.append(("click, default vs predict() (SAM's default multimask)", statistics.median(ours[next(iter(ours))]),
+                 ref_multi))
 
 
 def bench_refiner(rows: list, repeats: int) -> None:
+    """The refiner per object: ours (gather DCN, the default) against the official algorithm's structure with a
+    standard DCN kernel (``torchvision.ops.deform_conv2d``, the im2col algorithm of mmcv's CPU kernel that the
+    official code calls), interleaved, same weights and inputs."""
     refiner = FocusRefiner().eval()
     torch.manual_seed(0)
     with torch.no_grad():
@@ -120,13 +199,29 @@ def bench_refiner(rows: list, repeats: int) -> None:
                 p.normal_(0, 0.1)
     embeds = torch.randn(1, 256, 64, 64)
     token = torch.randn(1, 1, 256)
-    for label, (y0, y1, x0, x1) in (("object inside 4 windows", (300, 420, 300, 420)),
-                                    ("object covering all 16 windows", (100, 900, 100, 900))):
+    cases = (("object in 4 windows (4 plain + 1 shifted)", (480, 544, 480, 544)),
+             ("object in 1 plain + 4 shifted windows", (300, 420, 300, 420)),
+             ("object covering all 16 windows", (100, 900, 100, 900)))
+    for label, (y0, y1, x0, x1) in cases:
         logits = torch.full((1, 1, 256, 256), -5.0)
         logits[..., y0 // 4: y1 // 4, x0 // 4: x1 // 4] = 5.0
+        ours, official = [], []
         with torch.inference_mode():
-            times = timed(lambda: refiner(embeds, logits, token), repeats)
-        rows.append((f"refiner per object, {label} (s)", min(times), None))
+            for round_ in range(repeats + 1):
+                refiner.set_dcn_backend("gather")
+                start = time.perf_counter()
+                out = refiner(embeds, logits, token)
+                if round_:
+                    ours.append(time.perf_counter() - start)
+                refiner.set_dcn_backend("torchvision")
+                start = time.perf_counter()
+                ref = refiner(embeds, logits, token)
+                if round_:
+                    official.append(time.perf_counter() - start)
+        refiner.set_dcn_backend("gather")
+        diff = float((out - ref).abs().max())
+        rows.append((f"refiner per object, {label} (s) vs official algorithm [max |diff| {diff:.1e}]",
+                     min(ours), min(official)))
 
 
 def main() -> None:
@@ -135,19 +230,31 @@ def main() -> None:
     parser.add_argument("--embed-repeats", type=int, default=2)
     parser.add_argument("--clicks", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--rel-pos-std", type=float, default=0.1,
+                        help="std of the random relative-position tables (segment-anything initialises them to 0)")
+    parser.add_argument("--refiner-repeats", type=int, default=5)
+    parser.add_argument("--no-autocast", action="store_true", help="leave out the reference under bf16 autocast")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu capability "
-          f"{torch.backends.cpu.get_cpu_capability()}, model {args.model} (random weights)")
+          f"{torch.backends.cpu.get_cpu_capability()}, fast encoder dtype {default_encoder_dtype('cpu')}, "
+          f"model {args.model} (random weights, rel-pos std {args.rel_pos_std})")
+    print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())} ({os.cpu_count()} cpus)")
     loaded = load_model(args.model, device="cpu")
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(0)
+        for name, param in loaded.model.image_encoder.named_parameters():
+            if "rel_pos" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * args.rel_pos_std)
     image = test_image()
     rows: list = []
-    embedding = bench_embedding(loaded, image, args.embed_repeats, rows)
+    embedding = bench_embedding(loaded, image, args.embed_repeats, rows, autocast=not args.no_autocast)
     bench_clicks(loaded, embedding, image, args.clicks, rows)
-    bench_refiner(rows, repeats=5)
+    bench_refiner(rows, repeats=args.refiner_repeats)
+    print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     width = max(len(r[0]) for r in rows)
-    print(f"\n{'measure':<{width}}  {'ours':>9}  {'SamPredictor':>12}  {'ratio':>6}")
+    print(f"\n{'measure (peer: SamPredictor unless named)':<{width}}  {'ours':>9}  {'peer':>12}  {'ratio':>6}")
     for name, ours, ref in rows:
         ref_s = f"{ref:12.4f}" if ref is not None else f"{'-':>12}"
         ratio = f"{ours / ref:6.2f}" if ref else f"{'-':>6}"

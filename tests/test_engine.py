@@ -64,12 +64,15 @@ def test_second_click_is_coarse_pass_refiner_then_decoder_on_refined(focsam, ima
     labels = torch.tensor(obj.prompts.labels)[None]
     with torch.inference_mode():
         sparse, dense = encode_prompts(model.prompt_encoder, coords, labels, None, first.logits)
-        pe = dense_positional_encoding(model.prompt_encoder)
-        coarse = decode(model.mask_decoder, obj.embedding.features, pe, sparse, dense)
+        coarse = predictor._decode(obj.embedding.features, sparse, dense)  # the predictor's decoder (fused)
         refined = model.refiner(obj.embedding.features, coarse.logits, coarse.token)
-        final = decode(model.mask_decoder, refined, pe, sparse, dense)
+        final = predictor._decode(refined, sparse, dense)
+        # and the fused decoder is segment-anything's decoder up to float rounding
+        pe = dense_positional_encoding(model.prompt_encoder)
+        reference = decode(model.mask_decoder, refined, pe, sparse, dense)
     assert torch.equal(obj.state.features, refined)
     assert torch.equal(obj.state.logits, final.logits)
+    torch.testing.assert_close(final.logits, reference.logits, rtol=1e-4, atol=1e-4)
 
 
 def test_undo_redo_restore_identical_state(focsam, image):

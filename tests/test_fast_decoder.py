@@ -29,17 +29,18 @@ def _prompts(model, batch: int, *, box: bool, mask: bool, dtype=torch.float32, s
     return encode_prompts(model.prompt_encoder, coords, labels, boxes, logits)
 
 
+@pytest.mark.parametrize("fold_limit", [0, 10**6], ids=["fused", "folded"])
 @pytest.mark.parametrize("box", [False, True])
 @pytest.mark.parametrize("mask", [False, True])
 @pytest.mark.parametrize("batch", [1, 2])
-def test_fast_decoder_equals_the_reference_in_float32(model, box, mask, batch):
+def test_fast_decoder_equals_the_reference_in_float32(model, box, mask, batch, fold_limit):
     generator = torch.Generator().manual_seed(1)
     embeds = torch.randn(1, 256, 64, 64, generator=generator)
     with torch.inference_mode():
         sparse, dense = _prompts(model, batch, box=box, mask=mask)
         image_pe = dense_positional_encoding(model.prompt_encoder)
         reference = decode(model.mask_decoder, embeds, image_pe, sparse, dense)
-        fast = FastDecoder(model.mask_decoder, image_pe)(embeds, sparse, dense)
+        fast = FastDecoder(model.mask_decoder, image_pe, fold_limit=fold_limit)(embeds, sparse, dense)
     assert fast.logits.shape == reference.logits.shape == (batch, 1, 256, 256)
     assert fast.logits.is_contiguous()
     scale = reference.logits.abs().max()
@@ -51,17 +52,46 @@ def test_fast_decoder_equals_the_reference_in_float32(model, box, mask, batch):
     assert torch.equal((fast.logits > 0)[confident], (reference.logits > 0)[confident])
 
 
-def test_fast_decoder_in_float64_is_exact_to_rounding(model):
+@pytest.mark.parametrize("fold_limit", [0, 10**6], ids=["fused", "folded"])
+def test_fast_decoder_in_float64_is_exact_to_rounding(model, fold_limit):
     model64 = build_model(get_spec("sam_tiny"), seed=3).double()
     embeds = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     with torch.inference_mode():
         sparse, dense = _prompts(model64, 1, box=True, mask=True, dtype=torch.float64)
         image_pe = dense_positional_encoding(model64.prompt_encoder)
         reference = decode(model64.mask_decoder, embeds, image_pe, sparse, dense)
-        fast = FastDecoder(model64.mask_decoder, image_pe)(embeds, sparse, dense)
+        fast = FastDecoder(model64.mask_decoder, image_pe, fold_limit=fold_limit)(embeds, sparse, dense)
     assert fast.logits.dtype == torch.float64
     torch.testing.assert_close(fast.logits, reference.logits, rtol=0, atol=1e-10)
     torch.testing.assert_close(fast.token, reference.token, rtol=0, atol=1e-12)
+
+
+def test_the_path_follows_the_number_of_tokens(model):
+    """Few prompt tokens: attention folded onto the tokens' side; many: fused projections of the image tokens."""
+    image_pe = dense_positional_encoding(model.prompt_encoder)
+    fast = FastDecoder(model.mask_decoder, image_pe)
+    embeds = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(4))
+    calls = []
+    original = FastDecoder._layer_folded
+
+    def spy(self, *args):
+        calls.append(True)
+        return original(self, *args)
+
+    for clicks in (2, 30):
+        coords = torch.rand(1, clicks, 2, generator=torch.Generator().manual_seed(clicks)) * 1000
+        labels = torch.ones(1, clicks, dtype=torch.long)
+        with torch.inference_mode():
+            sparse, dense = encode_prompts(model.prompt_encoder, coords, labels, None, None)
+            calls.clear()
+            FastDecoder._layer_folded = spy
+            try:
+                out = fast(embeds, sparse, dense)
+            finally:
+                FastDecoder._layer_folded = original
+            reference = decode(model.mask_decoder, embeds, image_pe, sparse, dense)
+        assert bool(calls) == (clicks == 2)
+        torch.testing.assert_close(out.logits, reference.logits, rtol=0, atol=1e-5 * float(reference.logits.abs().max()))
 
 
 def test_other_upscaling_layers_are_refused(model):

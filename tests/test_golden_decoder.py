@@ -36,7 +36,7 @@ def embeds() -> torch.Tensor:
     return torch.from_numpy(load_npz("image_embeds.npz")["image_embeds"]).double()
 
 
-@pytest.mark.parametrize("implementation", ["reference", "fast"])
+@pytest.mark.parametrize("implementation", ["reference", "fast-fused", "fast-folded"])
 @pytest.mark.parametrize("case", ["a", "b"])
 def test_prompt_encoder_and_decoder_match_the_official_code(model, embeds, case, implementation):
     golden = load_npz("decoder_case.npz")
@@ -46,8 +46,9 @@ def test_prompt_encoder_and_decoder_match_the_official_code(model, embeds, case,
     with torch.inference_mode():
         sparse, dense = encode_prompts(model.prompt_encoder, coords, labels, None, prev)
         image_pe = dense_positional_encoding(model.prompt_encoder)
-        if implementation == "fast":
-            out = FastDecoder(model.mask_decoder, image_pe)(embeds, sparse, dense)
+        if implementation.startswith("fast"):
+            fold_limit = 10**6 if implementation == "fast-folded" else 0
+            out = FastDecoder(model.mask_decoder, image_pe, fold_limit=fold_limit)(embeds, sparse, dense)
         else:
             out = decode(model.mask_decoder, embeds, image_pe, sparse, dense)
 
