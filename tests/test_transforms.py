@@ -104,3 +104,29 @@ def test_focsam_postprocess_crops_resizes_to_padded_then_crops():
     ref = F.interpolate(up, (352, 512), mode="bilinear", align_corners=False)[..., :321, :481]
     assert out.shape == (1, 1, 321, 481)
     assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("shape", [(768, 1024), (1024, 1024), (300, 1024), (1024, 17), (1, 1024), (1023, 1023)])
+def test_upsampled_crop_is_the_full_upsampling_cropped(shape):
+    from napari_focsam.models.transforms import upsampled_crop
+
+    logits = torch.randn(1, 1, 256, 256, generator=torch.Generator().manual_seed(0))
+    full = torch.nn.functional.interpolate(logits, (1024, 1024), mode="bilinear", align_corners=False)
+    assert torch.equal(upsampled_crop(logits, 1024, shape), full[..., : shape[0], : shape[1]])
+
+
+@pytest.mark.parametrize("original", [(768, 1024), (512, 512), (300, 2000), (4000, 3000)])
+def test_post_processing_equals_the_plain_interpolation_chain(original):
+    from napari_focsam.models.transforms import FocsamTransform, SamTransform
+
+    logits = torch.randn(1, 1, 256, 256, generator=torch.Generator().manual_seed(1))
+    interp = torch.nn.functional.interpolate
+    for transform in (SamTransform(), FocsamTransform()):
+        geometry = transform.geometry(original)
+        up = interp(logits, (1024, 1024), mode="bilinear", align_corners=False)
+        (rh, rw), (h, w) = geometry.resized_size, geometry.original_size
+        if isinstance(transform, SamTransform):
+            expected = interp(up[..., :rh, :rw], (h, w), mode="bilinear", align_corners=False)
+        else:
+            expected = interp(up[..., :rh, :rw], geometry.padded_size, mode="bilinear", align_corners=False)[..., :h, :w]
+        assert torch.equal(transform.logits_to_original(logits, geometry), expected)

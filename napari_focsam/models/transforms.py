@@ -61,6 +61,31 @@ class _Transform:
         return self.points_to_input(corners, geometry).reshape(4)
 
 
+def upsampled_crop(logits: torch.Tensor, size: int, crop: tuple[int, int]) -> torch.Tensor:
+    """``F.interpolate(logits, (size, size), bilinear)[..., :h, :w]``, computing only the rows and columns kept.
+
+    With an integer factor ``f = size / logits_size`` an output pixel reads input rows ``floor((i + 0.5) / f - 0.5)``
+    and the next one, so the first ``ceil(h / f) + 1`` input rows give the same values at the same scale
+    (bit-identical: same sizes ratio, same weights, no clamping difference).
+    """
+    low_h, low_w = logits.shape[-2:]
+    h, w = crop
+    if size % low_h or size % low_w:
+        return F.interpolate(logits, (size, size), mode="bilinear", align_corners=False)[..., :h, :w]
+    fh, fw = size // low_h, size // low_w
+    keep_h, keep_w = min(low_h, -(-h // fh) + 1), min(low_w, -(-w // fw) + 1)
+    part = F.interpolate(logits[..., :keep_h, :keep_w], (keep_h * fh, keep_w * fw), mode="bilinear",
+                         align_corners=False)
+    return part[..., :h, :w]
+
+
+def resized(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize (align_corners=False), skipped when the size is already right (it would be the identity)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size, mode="bilinear", align_corners=False)
+
+
 class SamTransform(_Transform):
     """segment-anything's ``SamPredictor`` conventions (used with the official SAM checkpoints)."""
 
@@ -92,10 +117,8 @@ class SamTransform(_Transform):
         return xy.astype(np.float32)
 
     def logits_to_original(self, logits: torch.Tensor, geometry: ImageGeometry) -> torch.Tensor:
-        s = self.input_size
-        up = F.interpolate(logits, (s, s), mode="bilinear", align_corners=False)
-        h, w = geometry.resized_size
-        return F.interpolate(up[..., :h, :w], geometry.original_size, mode="bilinear", align_corners=False)
+        """``SamPredictor``'s post-processing: upsample to S², crop the resized image, resize to the original."""
+        return resized(upsampled_crop(logits, self.input_size, geometry.resized_size), geometry.original_size)
 
 
 class FocsamTransform(_Transform):
@@ -134,10 +157,9 @@ class FocsamTransform(_Transform):
         return xy.numpy()
 
     def logits_to_original(self, logits: torch.Tensor, geometry: ImageGeometry) -> torch.Tensor:
-        s = self.input_size
-        up = F.interpolate(logits, (s, s), mode="bilinear", align_corners=False)
-        rh, rw = geometry.resized_size
-        padded = F.interpolate(up[..., :rh, :rw], geometry.padded_size, mode="bilinear", align_corners=False)
+        """The official post-processing: upsample to S², crop the resized image, resize to the /32-padded size,
+        crop the original."""
+        padded = resized(upsampled_crop(logits, self.input_size, geometry.resized_size), geometry.padded_size)
         h, w = geometry.original_size
         return padded[..., :h, :w]
 
