@@ -100,7 +100,11 @@ def manager_for(config: ModelConfig) -> ModelManager:
             manager = config.load()
             _MANAGERS[config] = manager
             _LOADS.append(config)
-        return manager
+    if config.torch_threads and torch.get_num_threads() != int(config.torch_threads):
+        # OpenMP's thread count is per OS thread: a Dask task thread starts from OMP_NUM_THREADS (1), whatever the
+        # thread that loaded the model set, so every task thread sets it again
+        torch.set_num_threads(int(config.torch_threads))
+    return manager
 
 
 def store_for(path: str, store_id: str, *, writable: bool = False) -> StackStore:
