@@ -15,6 +15,8 @@ napari = pytest.importorskip("napari")
 from napari_focsam.engine.manager import ModelManager  # noqa: E402
 from napari_focsam.plugin.widget import FocsamWidget  # noqa: E402
 
+from _widget_support import annotator, disc_image  # noqa: E402
+
 pytestmark = pytest.mark.gui
 
 
@@ -27,30 +29,16 @@ def test_every_manifest_python_name_imports():
         assert callable(getattr(importlib.import_module(module), attr)), name
 
 
-def _disc_image(shape=(120, 160), centre=(60, 70), radius=25) -> np.ndarray:
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    image = np.full(shape, 30, np.uint8)
-    image[(yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 < radius**2] = 200
-    return image
-
 
 @pytest.fixture(scope="module")
 def tiny_manager() -> ModelManager:
     return ModelManager.load("focsam_tiny", device="cpu", allow_random_weights=True)
 
 
-def _widget(viewer, manager, image) -> FocsamWidget:
-    viewer.add_image(image, name="image")
-    widget = FocsamWidget(viewer)
-    widget.controller.set_manager(manager)
-    widget.use_layers()
-    widget.controller.wait()
-    return widget
-
 
 def test_clicks_update_labels_and_undo_redo_commit(make_napari_viewer, tiny_manager):
     viewer = make_napari_viewer()
-    widget = _widget(viewer, tiny_manager, _disc_image())
+    widget = annotator(viewer, tiny_manager, disc_image())
     c = widget.controller
     labels = c.labels
     assert c.object_id == 1 and c.points.mode == "add"
@@ -85,7 +73,7 @@ def test_clicks_update_labels_and_undo_redo_commit(make_napari_viewer, tiny_mana
 
 def test_cancel_restores_the_labels_and_reopen_keeps_refining(make_napari_viewer, tiny_manager):
     viewer = make_napari_viewer()
-    widget = _widget(viewer, tiny_manager, _disc_image())
+    widget = annotator(viewer, tiny_manager, disc_image())
     c = widget.controller
     c.labels.data[0:5, 0:5] = 7  # something the user painted before
     c.labels.refresh()
@@ -114,8 +102,8 @@ def test_cancel_restores_the_labels_and_reopen_keeps_refining(make_napari_viewer
 
 def test_slices_of_a_stack_have_their_own_objects(make_napari_viewer, tiny_manager):
     viewer = make_napari_viewer()
-    stack = np.stack([_disc_image(centre=(60, 40 + 5 * z)) for z in range(6)])
-    widget = _widget(viewer, tiny_manager, stack)
+    stack = np.stack([disc_image(centre=(60, 40 + 5 * z)) for z in range(6)])
+    widget = annotator(viewer, tiny_manager, stack)
     c = widget.controller
     assert c.labels.data.shape == stack.shape and c.points.ndim == 3
     viewer.dims.set_current_step(0, 3)
@@ -134,7 +122,7 @@ def test_slices_of_a_stack_have_their_own_objects(make_napari_viewer, tiny_manag
 
 def test_removed_layer_mid_job_gives_a_message_and_no_crash(make_napari_viewer, tiny_manager):
     viewer = make_napari_viewer()
-    widget = _widget(viewer, tiny_manager, _disc_image())
+    widget = annotator(viewer, tiny_manager, disc_image())
     c = widget.controller
     labels = c.labels
     c.click(60, 70)
@@ -151,7 +139,7 @@ def test_removed_layer_mid_job_gives_a_message_and_no_crash(make_napari_viewer, 
 
 def test_failed_job_leaves_layers_untouched(make_napari_viewer, tiny_manager, monkeypatch):
     viewer = make_napari_viewer()
-    widget = _widget(viewer, tiny_manager, _disc_image())
+    widget = annotator(viewer, tiny_manager, disc_image())
     c = widget.controller
 
     def broken(*args, **kwargs):

@@ -12,14 +12,10 @@ from napari_focsam.engine.manager import ModelManager  # noqa: E402
 from napari_focsam.plugin import controller as controller_module  # noqa: E402
 from napari_focsam.plugin.widget import FocsamWidget  # noqa: E402
 
+from _widget_support import annotator, disc_image  # noqa: E402
+
 pytestmark = pytest.mark.gui
 
-
-def _disc_image(shape=(120, 160), centre=(60, 70), radius=25) -> np.ndarray:
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    image = np.full(shape, 30, np.uint8)
-    image[(yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 < radius**2] = 200
-    return image
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +27,6 @@ def sam_manager() -> ModelManager:
 def focsam_manager() -> ModelManager:
     return ModelManager.load("focsam_tiny", device="cpu", allow_random_weights=True)
 
-
-def _widget(viewer, manager, image, **image_kwargs) -> FocsamWidget:
-    viewer.add_image(image, name="image", **image_kwargs)
-    widget = FocsamWidget(viewer)
-    widget.controller.set_manager(manager)
-    widget.use_layers()
-    widget.controller.wait()
-    return widget
 
 
 def _expected(manager, image, points=(), labels=None, box=None) -> np.ndarray:
@@ -54,7 +42,7 @@ def _remove_rows(layer, rows) -> None:
 
 def test_the_boxes_layer_is_created_beside_the_clicks_layer(make_napari_viewer, sam_manager):
     viewer = make_napari_viewer()
-    widget = _widget(viewer, sam_manager, _disc_image())
+    widget = annotator(viewer, sam_manager, disc_image())
     c = widget.controller
     assert isinstance(c.boxes, napari.layers.Shapes) and c.boxes.name == "FocSAM boxes"
     assert c.boxes.mode == "add_rectangle" and len(c.boxes.data) == 0
@@ -64,8 +52,8 @@ def test_the_boxes_layer_is_created_beside_the_clicks_layer(make_napari_viewer, 
 
 def test_a_box_alone_segments_through_the_same_path_as_a_click(make_napari_viewer, sam_manager):
     viewer = make_napari_viewer()
-    image = _disc_image()
-    widget = _widget(viewer, sam_manager, image)
+    image = disc_image()
+    widget = annotator(viewer, sam_manager, image)
     c = widget.controller
     c.box(30, 40, 90, 100)
     c.wait()
@@ -88,8 +76,8 @@ def test_a_box_alone_segments_through_the_same_path_as_a_click(make_napari_viewe
 
 def test_box_then_clicks_undo_redo_and_removing_the_box(make_napari_viewer, sam_manager):
     viewer = make_napari_viewer()
-    image = _disc_image()
-    widget = _widget(viewer, sam_manager, image)
+    image = disc_image()
+    widget = annotator(viewer, sam_manager, image)
     c = widget.controller
     box = (30, 40, 90, 100)
     c.box(*box)
@@ -120,7 +108,7 @@ def test_box_then_clicks_undo_redo_and_removing_the_box(make_napari_viewer, sam_
 
 def test_removing_the_only_box_empties_the_object(make_napari_viewer, sam_manager):
     viewer = make_napari_viewer()
-    widget = _widget(viewer, sam_manager, _disc_image())
+    widget = annotator(viewer, sam_manager, disc_image())
     c = widget.controller
     c.labels.data[0:4, 0:4] = 5  # a committed object elsewhere
     c.labels.refresh()
@@ -135,7 +123,7 @@ def test_removing_the_only_box_empties_the_object(make_napari_viewer, sam_manage
 
 def test_commit_and_cancel_clear_the_boxes(make_napari_viewer, sam_manager):
     viewer = make_napari_viewer()
-    widget = _widget(viewer, sam_manager, _disc_image())
+    widget = annotator(viewer, sam_manager, disc_image())
     c = widget.controller
     c.box(30, 40, 90, 100)
     c.wait()
@@ -152,7 +140,7 @@ def test_commit_and_cancel_clear_the_boxes(make_napari_viewer, sam_manager):
 
 def test_box_on_a_slice_of_a_scaled_stack_from_a_users_shapes_layer(make_napari_viewer, sam_manager):
     viewer = make_napari_viewer()
-    stack = np.stack([_disc_image(centre=(60, 40 + 5 * z)) for z in range(4)])
+    stack = np.stack([disc_image(centre=(60, 40 + 5 * z)) for z in range(4)])
     viewer.add_image(stack, name="image", scale=(3.0, 2.0, 2.0), translate=(0.0, 10.0, -4.0))
     shapes = viewer.add_shapes(None, ndim=3, name="my boxes")  # scale 1, no offset: world = data coordinates
     widget = FocsamWidget(viewer)
@@ -181,8 +169,8 @@ def test_a_model_without_boxes_says_so_once_and_ignores_the_box(make_napari_view
     shown = []
     monkeypatch.setattr(controller_module, "show_warning", shown.append)
     viewer = make_napari_viewer()
-    image = _disc_image()
-    widget = _widget(viewer, focsam_manager, image)
+    image = disc_image()
+    widget = annotator(viewer, focsam_manager, image)
     c = widget.controller
     assert not focsam_manager.predictor.supports_boxes
     c.box(30, 40, 90, 100)
@@ -205,7 +193,7 @@ def test_the_fallback_box_follows_what_the_fallback_supports(make_napari_viewer,
     monkeypatch.setattr(controller_module, "show_warning", shown.append)
     viewer = make_napari_viewer()
     manager = ModelManager.load("fallback")
-    widget = _widget(viewer, manager, _disc_image())
+    widget = annotator(viewer, manager, disc_image())
     c = widget.controller
     c.box(30, 40, 90, 100)
     c.wait()
@@ -222,8 +210,8 @@ def test_a_rectangle_drawn_with_the_mouse_is_the_box(make_napari_viewer, sam_man
     from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
 
     viewer = make_napari_viewer()
-    stack = np.stack([_disc_image(centre=(60, 40 + 5 * z)) for z in range(3)])
-    widget = _widget(viewer, sam_manager, stack)
+    stack = np.stack([disc_image(centre=(60, 40 + 5 * z)) for z in range(3)])
+    widget = annotator(viewer, sam_manager, stack)
     c = widget.controller
     viewer.dims.set_current_step(0, 1)
     c.wait()

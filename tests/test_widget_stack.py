@@ -14,8 +14,9 @@ from napari_focsam.engine.image import to_model_rgb  # noqa: E402
 from napari_focsam.engine.manager import ModelManager  # noqa: E402
 from napari_focsam.plugin import stack_panel as stack_panel_module  # noqa: E402
 from napari_focsam.plugin.stack_panel import BATCH_LAYER, store_path  # noqa: E402
-from napari_focsam.plugin.widget import FocsamWidget  # noqa: E402
 from napari_focsam.stack import segment_from_prompts  # noqa: E402
+
+from _widget_support import annotator  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
@@ -40,14 +41,6 @@ def _manager(name: str) -> ModelManager:
     return ModelManager.load(name, device="cpu", allow_random_weights=True)
 
 
-def _widget(viewer, manager, image) -> FocsamWidget:
-    viewer.add_image(image, name="image")
-    widget = FocsamWidget(viewer)
-    widget.controller.set_manager(manager)
-    widget.use_layers()
-    widget.controller.wait()
-    return widget
-
 
 def _key(manager, image_slice) -> str:
     return manager.key_for(to_model_rgb(image_slice, contrast_limits=(0, 255)))
@@ -64,7 +57,7 @@ def test_precompute_fills_the_cache_and_later_clicks_embed_nothing(make_napari_v
     viewer = make_napari_viewer()
     stack, _ = _blob_stack()
     manager = _manager(model)
-    widget = _widget(viewer, manager, stack)
+    widget = annotator(viewer, manager, stack)
     c, panel = widget.controller, widget.stack_panel
     shown = c.index[0]
     assert _key(manager, stack[shown]) in manager.cache  # the shown slice, embedded when the layers were chosen
@@ -97,7 +90,7 @@ def test_precompute_into_a_store_folder_resumes_after_cancel(make_napari_viewer,
     viewer = make_napari_viewer()
     stack, _ = _blob_stack()
     manager = _manager("fallback")
-    widget = _widget(viewer, manager, stack)
+    widget = annotator(viewer, manager, stack)
     c, panel = widget.controller, widget.stack_panel
     panel.store_edit.setText(str(tmp_path))
     real_embed, calls = manager.predictor.embed, []
@@ -138,7 +131,7 @@ def test_precompute_into_a_store_folder_resumes_after_cancel(make_napari_viewer,
 def test_propagate_writes_the_object_on_neighbouring_slices_as_one_step(make_napari_viewer, model):
     viewer = make_napari_viewer()
     stack, truth = _blob_stack()
-    widget = _widget(viewer, _manager(model), stack)
+    widget = annotator(viewer, _manager(model), stack)
     c, panel = widget.controller, widget.stack_panel
     c.labels.data[3, 0:6, 0:6] = 9  # another object, on a slice the propagation reaches
     c.labels.refresh()
@@ -181,7 +174,7 @@ def test_propagate_writes_the_object_on_neighbouring_slices_as_one_step(make_nap
 def test_propagate_needs_the_object_on_the_shown_slice(make_napari_viewer):
     viewer = make_napari_viewer()
     stack, _ = _blob_stack()
-    widget = _widget(viewer, _manager("fallback"), stack)
+    widget = annotator(viewer, _manager("fallback"), stack)
     assert widget.stack_panel.propagate() is None
     assert "no pixels on this slice" in widget.status.text()
     assert not widget.controller.labels.data.any()
@@ -201,7 +194,7 @@ def test_batch_from_a_prompts_file_makes_a_new_labels_layer(make_napari_viewer, 
     viewer = make_napari_viewer()
     stack, _ = _blob_stack()
     manager = _manager(model)
-    widget = _widget(viewer, manager, stack)
+    widget = annotator(viewer, manager, stack)
     c, panel = widget.controller, widget.stack_panel
     c.click(*CENTRE)  # an object in progress in the annotation labels: never touched by the batch
     c.wait()
@@ -225,7 +218,7 @@ def test_batch_into_the_labels_layer_fills_only_the_background(make_napari_viewe
     viewer = make_napari_viewer()
     stack, _ = _blob_stack()
     manager = _manager("fallback")
-    widget = _widget(viewer, manager, stack)
+    widget = annotator(viewer, manager, stack)
     c, panel = widget.controller, widget.stack_panel
     c.labels.data[1, CENTRE[0] - 3:CENTRE[0] + 3, :] = 7  # a committed object across the blob on slice 1
     c.labels.refresh()
@@ -253,7 +246,7 @@ def test_removing_the_image_mid_job_stops_it_with_a_message(make_napari_viewer, 
     viewer = make_napari_viewer()
     stack, _ = _blob_stack()
     manager = _manager("fallback")
-    widget = _widget(viewer, manager, stack)
+    widget = annotator(viewer, manager, stack)
     c, panel = widget.controller, widget.stack_panel
     image, labels = c.image, c.labels
     entered, release = threading.Event(), threading.Event()
@@ -296,7 +289,7 @@ def test_removing_the_image_mid_job_stops_it_with_a_message(make_napari_viewer, 
 def test_failures_become_messages_and_change_nothing(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     stack, _ = _blob_stack()
-    widget = _widget(viewer, _manager("focsam_tiny"), stack)
+    widget = annotator(viewer, _manager("focsam_tiny"), stack)
     c, panel = widget.controller, widget.stack_panel
     n_layers = len(viewer.layers)
     bad = tmp_path / "bad.csv"
