@@ -8,9 +8,11 @@ the same run (reference, fast fp32, fast bf16 where the device has native bf16, 
 autocast), each with its relative L2 deviation from SamPredictor's embedding and the pixel agreement of the masks
 its embedding gives after a few clicks (decoded by the same fp32 decoder); the per-click latency with a cached
 embedding up to the mask at image resolution (ours vs ``SamPredictor.predict``, single-mask and SAM's default
-multi-mask), with the fused decoder (default), segment-anything's decoder forward and the fused decoder under bf16
-autocast; and the FocSAM refiner's time per object (objects in 4 plain windows, in 4 shifted windows, and covering
-all 16) against the official algorithm with a standard deformable-convolution kernel.
+multi-mask), with the fused decoder (its default: output upscaling in bf16 on CPUs with native bf16; and in fp32),
+segment-anything's decoder forward and the fused decoder under bf16 autocast, each with the pixel agreement of its
+masks with the fused fp32 decoder's over the 20 clicks (logits fed back, so differences compound); and the FocSAM
+refiner's time per object (objects in 4 plain windows, in 4 shifted windows, and covering all 16) against the
+official algorithm with a standard deformable-convolution kernel.
 Random weights give meaningless masks but the same arithmetic as real ones; the relative-position tables, which
 segment-anything initialises to zero, are drawn at random (``--rel-pos-std``) so that their term is exercised.
 Times are the minimum over the repeats; the load average is printed because other processes inflate them.
@@ -32,6 +34,7 @@ from segment_anything.modeling import Sam
 from napari_focsam.engine.sam_predictor import SamFamilyPredictor
 from napari_focsam.engine.session import ObjectSession
 from napari_focsam.engine.types import ImageEmbedding
+from napari_focsam.models.fast_decoder import default_upscale_dtype
 from napari_focsam.models.fast_encoder import default_encoder_dtype
 from napari_focsam.models.loader import load_model
 from napari_focsam.models.refiner import FocusRefiner
@@ -135,10 +138,13 @@ def bench_clicks(loaded, embedding: ImageEmbedding, image, n: int, rows: list) -
     reference.original_size = image.shape[:2]
     reference.input_size = embedding.geometry.resized_size
     reference.is_image_set = True
-    variants = {
-        "fused decoder, fp32 (default)": SamFamilyPredictor(loaded),
-        "segment-anything's decoder forward, fp32": SamFamilyPredictor(loaded, decoder="reference"),
-    }
+    fp32 = "fused decoder, fp32"
+    variants = {}
+    if default_upscale_dtype("cpu") != torch.float32:
+        variants["fused decoder, bf16 upscaling (default here)"] = SamFamilyPredictor(
+            loaded, decoder_upscale_dtype="auto")
+    variants[fp32 if variants else fp32 + " (default here)"] = SamFamilyPredictor(loaded)
+    variants["segment-anything's decoder forward, fp32"] = SamFamilyPredictor(loaded, decoder="reference")
     if default_encoder_dtype("cpu") == torch.bfloat16:
         variants["fused decoder, bf16 autocast"] = SamFamilyPredictor(loaded, decoder_autocast=torch.bfloat16)
     rng = np.random.default_rng(1)
@@ -178,10 +184,10 @@ def bench_clicks(loaded, embedding: ImageEmbedding, image, n: int, rows: list) -
             if round_:
                 ours[name] += times
     ref_single, ref_multi = statistics.median(single), statistics.median(multi)
-    default = masks["fused decoder, fp32 (default)"]
+    exact = next(masks[name] for name in masks if name.startswith(fp32))
     for name, times in ours.items():
-        agree = min(float((a == b).mean()) for a, b in zip(masks[name], default))
-        label = f"click → mask at image size (s), {name} [masks ≥{agree:.3%} of default]"
+        agree = min(float((a == b).mean()) for a, b in zip(masks[name], exact))
+        label = f"click → mask at image size (s), {name} [masks ≥{agree:.3%} of fused fp32]"
         rows.append((label + " vs predict(multimask_output=False)", statistics.median(times), ref_single))
     rows.append(("click, default vs predict() (SAM's default multimask)", statistics.median(ours[next(iter(ours))]),
                  ref_multi))

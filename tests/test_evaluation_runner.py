@@ -224,6 +224,25 @@ def test_cli_with_oracle(dataset: SegmentationDataset, tmp_path: Path, capsys: p
     assert args.func is not None and args.clicks == 20 and args.limit == 3 and args.ignore_mode == "clicks"
 
 
+def test_float32_flag_turns_the_fast_defaults_off() -> None:
+    import argparse
+
+    import torch
+
+    from napari_focsam.evaluation.cli import load_predictor, register
+    from napari_focsam.models.fast_decoder import default_upscale_dtype
+    from napari_focsam.models.fast_encoder import default_encoder_dtype
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    common = ["evaluate", "--dataset", "x", "--model", "sam_tiny", "--allow-random-weights", "--device", "cpu"]
+    fast = load_predictor(parser.parse_args(common))
+    exact = load_predictor(parser.parse_args(common + ["--float32"]))
+    assert fast.encoder_dtype == default_encoder_dtype("cpu")
+    assert fast.decoder_upscale_dtype == default_upscale_dtype("cpu")
+    assert exact.encoder_dtype == torch.float32 and exact.decoder_upscale_dtype == torch.float32
+
+
 # ---------------------------------------------------------------------------------------------- a real backend
 def _real_predictor() -> tuple[object, int]:
     """The weight-free fallback when it exists (20 clicks), else tiny SAM with random weights (3 clicks)."""

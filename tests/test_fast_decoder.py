@@ -101,3 +101,23 @@ def test_other_upscaling_layers_are_refused(model):
     decoder.output_upscaling[0] = torch.nn.ConvTranspose2d(256, 64, kernel_size=3, stride=2)
     with pytest.raises(ValueError, match="2x2 stride-2"):
         FastDecoder(decoder, dense_positional_encoding(model.prompt_encoder))
+
+
+@pytest.mark.parametrize("fold_limit", [0, 10**6], ids=["fused", "folded"])
+def test_bfloat16_upscaling_stays_within_the_stated_tolerance(model, fold_limit):
+    """Only the output upscaling in bfloat16: logits within 1 % (relative L2) of float32, float32 out, and every
+    pixel whose logit is clear of zero by 2 % of the scale keeps its side."""
+    embeds = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        sparse, dense = _prompts(model, 1, box=False, mask=True)
+        image_pe = dense_positional_encoding(model.prompt_encoder)
+        reference = FastDecoder(model.mask_decoder, image_pe, fold_limit=fold_limit)(embeds, sparse, dense)
+        low = FastDecoder(model.mask_decoder, image_pe, fold_limit=fold_limit, upscale_dtype=torch.bfloat16)
+        out = low(embeds, sparse, dense)
+    assert out.logits.dtype == torch.float32 and out.logits.is_contiguous()
+    assert low.upscale1[0].dtype == torch.bfloat16
+    relative = float((out.logits - reference.logits).norm() / reference.logits.norm())
+    assert 0 < relative < 0.01
+    torch.testing.assert_close(out.token, reference.token)  # the transformer is untouched
+    confident = reference.logits.abs() > 0.02 * reference.logits.abs().max()
+    assert torch.equal((out.logits > 0)[confident], (reference.logits > 0)[confident])

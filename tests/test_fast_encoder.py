@@ -15,6 +15,7 @@ from napari_focsam.engine.manager import ModelManager
 from napari_focsam.engine.sam_predictor import SamFamilyPredictor
 from napari_focsam.engine.session import ObjectSession
 from napari_focsam.engine.types import ImageEmbedding
+from napari_focsam.models.fast_decoder import default_upscale_dtype
 from napari_focsam.models.fast_encoder import FastImageEncoder, cpu_has_fast_bf16, default_encoder_dtype
 from napari_focsam.models.loader import load_model
 from napari_focsam.models.sam import InteractiveModel
@@ -225,7 +226,7 @@ def test_options_are_checked(tiny):
         SamFamilyPredictor(loaded, encoder_attention="fast", encoder_autocast=torch.bfloat16)
     with pytest.raises(ValueError, match="reference encoder"):
         SamFamilyPredictor(loaded, encoder_attention="reference", encoder_dtype=torch.bfloat16)
-    with pytest.raises(ValueError, match="unknown encoder dtype"):
+    with pytest.raises(ValueError, match="unknown dtype"):
         SamFamilyPredictor(loaded, encoder_attention="fast", encoder_dtype="int8")
 
 
@@ -242,6 +243,24 @@ def test_manager_defaults_to_the_fast_path_in_the_devices_dtype():
     assert exact.predictor.fingerprint.endswith("|encoder=float32")
     float64 = ModelManager.load("sam_tiny", device="cpu", dtype=torch.float64, allow_random_weights=True)
     assert float64.predictor.encoder_dtype == torch.float64
+    assert float64.predictor.decoder_upscale_dtype == torch.float64
+
+
+def test_manager_defaults_to_the_devices_upscaling_dtype():
+    """The decoder's output upscaling follows the same rule; the plain paths and autocast turn it off."""
+    fast_dtype = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    predictor = ModelManager.load("sam_tiny", device="cpu", allow_random_weights=True).predictor
+    assert predictor.decoder_upscale_dtype == default_upscale_dtype("cpu") == fast_dtype
+    assert predictor._fast_decoder.upscale1[0].dtype == fast_dtype
+    for options in ({"decoder": "reference"}, {"decoder_autocast": torch.bfloat16}, {"decoder_upscale_dtype": None}):
+        other = ModelManager.load("sam_tiny", device="cpu", allow_random_weights=True, **options).predictor
+        assert other.decoder_upscale_dtype == torch.float32, options
+    loaded = load_model("sam_tiny", device="cpu")
+    assert SamFamilyPredictor(loaded).decoder_upscale_dtype == torch.float32  # the predictor alone: the model's
+    with pytest.raises(ValueError, match="decoder='fast'"):
+        SamFamilyPredictor(loaded, decoder="reference", decoder_upscale_dtype=torch.bfloat16)
+    assert default_upscale_dtype("cpu", torch.float64) == torch.float64
+    assert default_upscale_dtype("meta") == torch.float32
 
 
 def test_default_dtype_rules():

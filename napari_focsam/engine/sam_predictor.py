@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..models.decoding import DecoderOutput, decode, dense_positional_encoding, encode_prompts
-from ..models.fast_decoder import FastDecoder
+from ..models.fast_decoder import FastDecoder, default_upscale_dtype
 from ..models.fast_encoder import ATTENTION_MODES, FAST_ENCODER_VERSION, FastImageEncoder, default_encoder_dtype
 from ..models.loader import LoadedModel
 from ..models.transforms import make_transform
@@ -38,7 +38,7 @@ def _as_dtype(value: torch.dtype | str | None) -> torch.dtype | None:
         return None
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"unknown encoder dtype {value!r}; use e.g. 'float32', 'bfloat16', 'float16' or 'auto'")
+        raise ValueError(f"unknown dtype {value!r}; use e.g. 'float32', 'bfloat16', 'float16' or 'auto'")
     return dtype
 
 
@@ -59,9 +59,12 @@ class SamFamilyPredictor:
 
     The decoder: ``decoder="fast"`` (default) is :class:`~napari_focsam.models.fast_decoder.FastDecoder` (the same
     function with fused image-side projections; logits within float rounding of ``decoder="reference"``,
-    segment-anything's forward as written). ``decoder_autocast=torch.bfloat16`` runs it under autocast (about 1.5x
-    faster on CPUs with AVX512-BF16; logits within about 1 % relative L2, see ``benchmarks/bench_engine.py``); off
-    by default.
+    segment-anything's forward as written). ``decoder_upscale_dtype=torch.bfloat16`` runs only its output upscaling
+    (two GEMMs, a third of the decoder's arithmetic, whose outputs feed nothing but the logits) in bfloat16
+    (``"auto"``: :func:`~napari_focsam.models.fast_decoder.default_upscale_dtype`, bfloat16 on CPUs with native
+    bfloat16, the default of :meth:`ModelManager.load <napari_focsam.engine.manager.ModelManager.load>`);
+    ``decoder_autocast=torch.bfloat16`` runs all of it under autocast. Both are off here (None: the model's dtype
+    throughout); ``benchmarks/bench_engine.py`` measures speed and mask agreement.
 
     Passing ``encoder_autocast`` without ``encoder_attention`` selects the reference path, as before these options
     existed. The choice is part of :attr:`fingerprint`, so embeddings of different numerics never share a cache key.
@@ -78,6 +81,7 @@ class SamFamilyPredictor:
         encoder_autocast: torch.dtype | None = None,
         decoder: str = "fast",
         decoder_autocast: torch.dtype | None = None,
+        decoder_upscale_dtype: torch.dtype | str | None = None,
     ) -> None:
         self._loaded = loaded
         self.model = loaded.model
@@ -113,7 +117,16 @@ class SamFamilyPredictor:
             raise ValueError(f"decoder must be 'fast' or 'reference', got {decoder!r}")
         self.decoder = decoder
         self.decoder_autocast = decoder_autocast
-        self._fast_decoder = FastDecoder(self.model.mask_decoder, self._image_pe) if decoder == "fast" else None
+        if decoder_upscale_dtype == "auto":
+            upscale = default_upscale_dtype(self._device, self.dtype) if decoder == "fast" else None
+        else:
+            upscale = _as_dtype(decoder_upscale_dtype)
+            if upscale is not None and decoder != "fast":
+                raise ValueError("decoder_upscale_dtype applies to decoder='fast'")
+        self.decoder_upscale_dtype = upscale or self.dtype
+        self._fast_decoder = (
+            FastDecoder(self.model.mask_decoder, self._image_pe, upscale_dtype=upscale) if decoder == "fast" else None
+        )
 
     @property
     def device(self) -> torch.device:

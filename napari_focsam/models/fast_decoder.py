@@ -8,13 +8,18 @@ fixed model (:class:`FastDecoder` is built once per model and dtype):
   ``pe @ W + b``, computed once; the three projections of the image tokens in a layer (token-to-image keys and values,
   image-to-token queries) are one GEMM with the weights stacked;
 * with few prompt tokens (``heads * tokens <= fold_limit``, 128 by measurement: up to about 10 clicks), both
-  cross attentions are folded onto the tokens' side instead: the image tokens are never projected, the per-head query/key products are
-  formed on the tokens (``(W_k^T q) . x`` instead of ``q . (W_k x)``), and the output projection is applied to the
-  few value tokens before the attention weights mix them; that halves the work on the 4096 image tokens;
+  cross attentions are folded onto the tokens' side instead: the image tokens are never projected, the per-head
+  query/key products are formed on the tokens (``(W_k^T q) . x`` instead of ``q . (W_k x)``), and the output
+  projection is applied to the few value tokens before the attention weights mix them; that halves the work on the
+  4096 image tokens. This path keeps the image tokens channel-first (C, N), the embedding's own layout: no
+  transpose, every product with them a plain GEMM, the image-to-token softmax over each head's tokens taken across
+  rows (on rows of ~11 values it would be slow), the residual added inside the last GEMM;
 * otherwise attention goes through ``scaled_dot_product_attention``;
-* the 2x2 stride-2 transposed convolutions of the upscaling are GEMMs on channel-last tokens (mkldnn's kernels are
-  several times slower on CPU for these shapes), and the second one's output is contracted with the hypernetwork
-  vector before it is ever rearranged into an image.
+* after the last layer only the IoU token and mask token 0 are carried through the final attention (the single-mask
+  output reads nothing else, and that attention and its norm act per token);
+* the 2x2 stride-2 transposed convolutions of the upscaling are GEMMs on token rows (mkldnn's kernels are several
+  times slower on CPU for these shapes), and the output is contracted with the hypernetwork vector before anything
+  is rearranged into an image.
 
 The arithmetic is the same up to floating-point reassociation: logits agree with :func:`decode` to about 1e-5
 (relative, float32) and 1e-12 (float64); ``tests/test_fast_decoder.py`` checks both.
@@ -27,8 +32,19 @@ import torch.nn.functional as F
 from segment_anything.modeling import MaskDecoder
 
 from .decoding import DecoderOutput
+from .fast_encoder import cpu_has_fast_bf16
 
-__all__ = ["FastDecoder"]
+__all__ = ["FastDecoder", "default_upscale_dtype"]
+
+
+def default_upscale_dtype(device: torch.device | str, model_dtype: torch.dtype = torch.float32) -> torch.dtype:
+    """The dtype of the output upscaling chosen by default: bfloat16 for a float32 model on a CPU with native
+    bfloat16 arithmetic (AVX512-BF16/AMX), where it cuts a click by about a quarter and keeps masks within the
+    stated tolerance (``benchmarks/bench_engine.py``); the model's dtype everywhere else (on CUDA the decoder is not
+    bound by arithmetic, and without native instructions bfloat16 is slower)."""
+    if model_dtype == torch.float32 and torch.device(device).type == "cpu" and cpu_has_fast_bf16():
+        return torch.bfloat16
+    return model_dtype
 
 
 def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -57,6 +73,15 @@ def _transposed_conv_matrix(conv: torch.nn.ConvTranspose2d) -> torch.Tensor:
     return conv.weight.permute(0, 2, 3, 1).reshape(conv.in_channels, -1).contiguous()
 
 
+def _layer_norm_channels(x: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
+    """``norm`` over the channels of (B, C, N) channel-first tokens (torch's kernel wants them last; a reduction
+    across rows is cheaper than two transposes)."""
+    centred = x - x.mean(dim=1, keepdim=True)
+    variance = (centred * centred).mean(dim=1, keepdim=True)
+    centred.mul_((variance + norm.eps).rsqrt_())
+    return torch.addcmul(norm.bias.view(1, -1, 1), centred, norm.weight.view(1, -1, 1))
+
+
 def _attention(module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """segment-anything's ``Attention.forward`` on already projected q, k, v, through SDPA, then ``out_proj``."""
     heads = module.num_heads
@@ -71,13 +96,21 @@ class FastDecoder:
     holds only constant tensors.
     """
 
-    def __init__(self, mask_decoder: MaskDecoder, image_pe: torch.Tensor, *, fold_limit: int = 128) -> None:
+    def __init__(
+        self,
+        mask_decoder: MaskDecoder,
+        image_pe: torch.Tensor,
+        *,
+        fold_limit: int = 128,
+        upscale_dtype: torch.dtype | None = None,
+    ) -> None:
         self.decoder = mask_decoder
         self.fold_limit = fold_limit
+        self.upscale_dtype = upscale_dtype
         transformer = mask_decoder.transformer
         with torch.inference_mode():
             pe = image_pe.flatten(2).transpose(1, 2)[0]  # (N, C)
-            self.pe = pe.contiguous()
+            self.pe_channels = image_pe.flatten(2).contiguous()  # (1, C, N)
             self.layers = []
             for layer in transformer.layers:
                 t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
@@ -98,9 +131,12 @@ class FastDecoder:
             ).contiguous()
             self.final_dim = final.internal_dim
             conv1, norm, _, conv2, _ = mask_decoder.output_upscaling
-            self.upscale1 = (_transposed_conv_matrix(conv1), conv1.bias.repeat(4).contiguous(), conv1.out_channels)
-            self.upscale2 = (_transposed_conv_matrix(conv2), conv2.bias.repeat(4).contiguous(), conv2.out_channels)
-            self.upscale_norm = norm
+            dtype = upscale_dtype or image_pe.dtype
+            self.upscale1 = (_transposed_conv_matrix(conv1).to(dtype), conv1.bias.repeat(4).to(dtype).contiguous(),
+                             conv1.out_channels)
+            self.upscale2 = (_transposed_conv_matrix(conv2).to(dtype), conv2.bias.repeat(4).to(dtype).contiguous(),
+                             conv2.out_channels)
+            self.upscale_norm = (norm.weight.to(dtype), norm.bias.to(dtype), norm.eps)
 
     def __call__(
         self,
@@ -117,52 +153,60 @@ class FastDecoder:
         if src.shape[0] != batch:
             src = src.expand(batch, -1, -1, -1)
         b, c, h, w = src.shape
-        keys = src.flatten(2).transpose(1, 2)  # (B, N, C), a view
         queries = point_pe
         final = transformer.final_attn_token_to_image
+        # only the IoU token and mask token 0 are read after the final attention (single-mask output), and the
+        # final attention and norm act on each token separately: the other tokens are left out from here on
+        kept = slice(0, 2)
         folded = final.num_heads * point_pe.shape[1] <= self.fold_limit
         if folded:
-            keys = keys.contiguous()
+            keys = src.flatten(2).contiguous()  # (B, C, N): channel-first, as the embedding already is
             for layer, *_ in self.layers:
                 queries, keys = self._layer_folded(layer, queries, keys, point_pe)
-            attn_out = self._token_to_image_folded(final, queries + point_pe, keys, keys + self.pe)
+            attn_out = self._token_to_image_folded(
+                final, queries[:, kept] + point_pe[:, kept], keys, keys + self.pe_channels
+            )
+            rows = keys[0].T if batch == 1 else keys.transpose(1, 2).reshape(batch * h * w, c)
         else:
+            keys = src.flatten(2).transpose(1, 2)  # (B, N, C), a view
             for layer, weight, constant, dim in self.layers:
                 queries, keys = self._layer(layer, weight, constant, dim, queries, keys, point_pe)
             projected = _project(keys, self.final_weight, self.final_constant)
             attn_out = _attention(
-                final, final.q_proj(queries + point_pe), projected[..., : self.final_dim],
+                final, final.q_proj(queries[:, kept] + point_pe[:, kept]), projected[..., : self.final_dim],
                 projected[..., self.final_dim :],
             )
-        hs = transformer.norm_final_attn(queries + attn_out)
+            rows = keys.reshape(batch * h * w, c)
+        hs = transformer.norm_final_attn(queries[:, kept] + attn_out)
         mask_token = hs[:, 1:2, :]
 
         hyper_in = decoder.output_hypernetworks_mlps[0](mask_token[:, 0, :])  # (B, c')
-        logits = self._upscaled_logits(keys, hyper_in, h, w)
+        logits = self._upscaled_logits(rows, hyper_in, batch, h, w)
         iou = decoder.iou_prediction_head(hs[:, 0, :])[:, 0:1]
         return DecoderOutput(logits=logits, iou=iou, token=mask_token)
 
-    def _upscaled_logits(self, keys: torch.Tensor, hyper_in: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """``output_upscaling`` then the dot product with the hypernetwork output, all channel-last.
+    def _upscaled_logits(self, rows: torch.Tensor, hyper_in: torch.Tensor, batch: int, h: int, w: int) -> torch.Tensor:
+        """``output_upscaling`` then the dot product with the hypernetwork output, on (B * h * w, C) token rows.
 
         A 2x2 transposed convolution with stride 2 is one GEMM per input pixel (C_in -> 2 * 2 * C_out) followed by
-        a rearrangement of the 2x2 outputs into the doubled grid. The second one is never rearranged: GELU and the
-        dot product with ``hyper_in`` act per output pixel, so the (h, w, 2, 2) logits are rearranged instead.
+        a rearrangement of the 2x2 outputs into the doubled grid. Layer norm, GELU, the second convolution and the
+        dot product with ``hyper_in`` all act per output pixel, so nothing is rearranged until the (h, w, 2, 2, 2, 2)
+        logits, whose pixel (i, j, a1, b1, a2, b2) lands at row ``4i + 2a1 + a2`` and column ``4j + 2b1 + b2``.
         """
-        batch, n, channels = keys.shape
+        dtype = rows.dtype
         matrix, bias, out = self.upscale1
-        x = torch.addmm(bias, keys.reshape(batch * n, channels), matrix)
-        x = x.view(batch, h, w, 2, 2, out).permute(0, 1, 3, 2, 4, 5).reshape(batch, 2 * h * 2 * w, out)
-        norm = self.upscale_norm
-        x = F.gelu(F.layer_norm(x, (out,), norm.weight, norm.bias, norm.eps))
+        x = torch.addmm(bias, rows.to(matrix.dtype), matrix).view(-1, out)  # rows (b, i, j, a1, b1)
+        x = F.gelu(F.layer_norm(x, (out,), *self.upscale_norm))
         matrix, bias, out = self.upscale2
-        x = F.gelu(torch.addmm(bias, x.view(-1, x.shape[-1]), matrix)).view(batch, 2 * h, 2 * w, 4, out)
-        logits = torch.bmm(x.view(batch, -1, out), hyper_in.view(batch, out, 1)).view(batch, 2 * h, 2 * w, 2, 2)
-        return logits.permute(0, 1, 3, 2, 4).reshape(batch, 1, 4 * h, 4 * w)
+        x = F.gelu(torch.addmm(bias, x, matrix))  # rows (b, i, j, a1, b1), columns (a2, b2, channel)
+        logits = torch.bmm(x.view(batch, -1, out), hyper_in.to(x.dtype).view(batch, out, 1)).to(dtype)
+        logits = logits.view(batch, h, w, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
+        return logits.reshape(batch, 1, 4 * h, 4 * w)
 
     @staticmethod
     def _token_to_image_folded(module, q: torch.Tensor, keys: torch.Tensor, keys_pe: torch.Tensor) -> torch.Tensor:
-        """``module(q, keys + pe, keys)`` (few queries, many keys) without projecting the keys.
+        """``module(q, keys + pe, keys)`` (few queries, many keys) without projecting the keys; the keys are
+        channel-first (B, C, N).
 
         Per head h: ``q_h . (Wk_h k + bk_h) = (Wk_h^T q_h) . k + const`` (the constant cancels in the softmax over
         the keys) and ``sum_n a_n (Wv_h k_n + bv_h) = Wv_h (sum_n a_n k_n) + bv_h``.
@@ -172,20 +216,25 @@ class FastDecoder:
         head_dim = dim // heads
         qp = module.q_proj(q).view(batch, tokens, heads, head_dim).transpose(1, 2)  # (B, H, T, d)
         folded = (qp * head_dim**-0.5) @ module.k_proj.weight.view(heads, head_dim, -1)  # (B, H, T, C)
-        scores = folded.reshape(batch, heads * tokens, -1) @ keys_pe.transpose(1, 2)  # (B, H*T, N)
-        pooled = scores.softmax(dim=-1) @ keys  # (B, H*T, C)
+        scores = folded.reshape(batch, heads * tokens, -1) @ keys_pe  # (B, H*T, N)
+        pooled = scores.softmax(dim=-1) @ keys.transpose(1, 2)  # (B, H*T, C)
         values = pooled.view(batch, heads, tokens, -1) @ module.v_proj.weight.view(heads, head_dim, -1).transpose(1, 2)
         values = values + module.v_proj.bias.view(1, heads, 1, head_dim)
         return module.out_proj(_merge(values))
 
     @staticmethod
-    def _image_to_token_folded(module, keys_pe: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``module(keys + pe, k, v)`` (many queries, few keys) without projecting the queries or the output.
+    def _image_to_token_folded(
+        module, keys: torch.Tensor, keys_pe: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
+        """``keys + module(keys + pe, k, v)`` (many queries, few keys) for (B, C, N) channel-first keys, without
+        projecting the queries or the output.
 
         Per head h: ``(Wq_h x + bq_h) . kp_h = x . (Wq_h^T kp_h) + bq_h . kp_h`` and
-        ``Wo_h (sum_t a_t vp_t) = sum_t a_t (Wo_h vp_t)``, with ``kp``, ``vp`` the projected tokens.
+        ``Wo_h (sum_t a_t vp_t) = sum_t a_t (Wo_h vp_t)``, with ``kp``, ``vp`` the projected tokens. The attention
+        weights of each head sum to 1 over the tokens, so the output bias is added to every mixed value scaled by
+        ``1 / heads``, and the residual ``keys`` enters the same GEMM.
         """
-        batch, n, _ = keys_pe.shape
+        batch, _, n = keys_pe.shape
         tokens = k.shape[1]
         heads, dim = module.num_heads, module.internal_dim
         head_dim = dim // heads
@@ -194,14 +243,18 @@ class FastDecoder:
         vp = module.v_proj(v).view(batch, tokens, heads, head_dim).transpose(1, 2)
         folded = kp @ module.q_proj.weight.view(heads, head_dim, -1)  # (B, H, T, C)
         bias = (kp * module.q_proj.bias.view(1, heads, 1, head_dim)).sum(-1)  # (B, H, T)
-        scores = torch.baddbmm(bias.view(batch, 1, heads * tokens), keys_pe, folded.view(batch, heads * tokens, -1).transpose(1, 2))
-        attn = scores.view(batch, n, heads, tokens).softmax(dim=-1).view(batch, n, heads * tokens)
+        scores = torch.baddbmm(bias.view(batch, heads * tokens, 1), folded.view(batch, heads * tokens, -1), keys_pe)
+        # softmax over each head's tokens: dim 2 of (B, H, T, N), a reduction across rows (short rows of T would
+        # be slow on the last dimension)
+        attn = scores.view(batch, heads, tokens, n).softmax(dim=2).view(batch, heads * tokens, n)
         out_weight = module.out_proj.weight.view(-1, heads, head_dim).transpose(0, 1)  # (H, C, d)
         mixed = (vp @ out_weight.transpose(1, 2)).reshape(batch, heads * tokens, -1)  # (B, H*T, C)
-        return torch.baddbmm(module.out_proj.bias.view(1, 1, -1), attn, mixed)
+        mixed = mixed + module.out_proj.bias / heads
+        return torch.baddbmm(keys, mixed.transpose(1, 2), attn)  # (B, C, N)
 
     def _layer_folded(self, layer, queries, keys, query_pe):
-        """``TwoWayAttentionBlock.forward`` with both cross attentions folded onto the few tokens' side."""
+        """``TwoWayAttentionBlock.forward`` with both cross attentions folded onto the few tokens' side, on
+        channel-first (B, C, N) image tokens."""
         sa = layer.self_attn
         if layer.skip_first_layer_pe:
             queries = _attention(sa, sa.q_proj(queries), sa.k_proj(queries), sa.v_proj(queries))
@@ -209,14 +262,14 @@ class FastDecoder:
             q = queries + query_pe
             queries = queries + _attention(sa, sa.q_proj(q), sa.k_proj(q), sa.v_proj(queries))
         queries = layer.norm1(queries)
-        keys_pe = keys + self.pe
+        keys_pe = keys + self.pe_channels
         queries = queries + self._token_to_image_folded(
             layer.cross_attn_token_to_image, queries + query_pe, keys, keys_pe
         )
         queries = layer.norm2(queries)
         queries = layer.norm3(queries + layer.mlp(queries))
-        attn_out = self._image_to_token_folded(layer.cross_attn_image_to_token, keys_pe, queries + query_pe, queries)
-        return queries, layer.norm4(keys + attn_out)
+        keys = self._image_to_token_folded(layer.cross_attn_image_to_token, keys, keys_pe, queries + query_pe, queries)
+        return queries, _layer_norm_channels(keys, layer.norm4)
 
     @staticmethod
     def _layer(layer, weight, constant, dim, queries, keys, query_pe):
