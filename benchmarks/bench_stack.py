@@ -9,6 +9,10 @@ threads, and on a Dask LocalCluster of 1 worker x T threads and 2 workers x T/2 
 models are loaded (and warmed up) before the clock starts, on every worker; the stores are checked to be identical.
 Random weights: the arithmetic of real ones, meaningless masks.
 
+Control for the 2-worker case: 2 plain processes (no Dask) with T/2 torch threads each, each precomputing half of the
+stack serially. "Dask 2 x T/2 / plain 2 x T/2" is then what Dask itself costs, and "plain 2 x T/2 / serial T" what
+the hardware does to two embeddings running at once (shared caches and memory bandwidth) against one on all cores.
+
 Peak RSS: a fresh process precomputes a TIFF stack read lazily, with a stand-in predictor that returns SAM-sized
 features (1 x 256 x 64 x 64 float32, 4 MiB per slice: 4 GiB for 1,000 slices) at no compute cost, so the number is
 the pipeline's own memory (reading, preparing, hashing, writing) and shows whether it grows with the stack.
@@ -17,6 +21,7 @@ the pipeline's own memory (reading, preparing, hashing, writing) and shows wheth
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import resource
 import shutil
@@ -57,12 +62,41 @@ def warm(config: ModelConfig) -> int:
     return torch.get_num_threads()
 
 
+def _plain_start(config: ModelConfig, ready: multiprocessing.Queue) -> None:
+    """Initialise one plain process of the control: load and warm the model, then say so."""
+    ready.put(warm(config))
+
+
+def _plain_half(config: ModelConfig, half: np.ndarray, out: Path) -> tuple[int, float]:
+    """Precompute one half of the stack in this plain process (the serial path, as a Dask-free worker would)."""
+    start = time.perf_counter()
+    precompute_stack(half, out, manager_for(config))
+    return os.getpid(), time.perf_counter() - start
+
+
+def plain_processes(pool: multiprocessing.pool.Pool, config: ModelConfig, stack: np.ndarray,
+                    outs: list[Path]) -> float:
+    """Slices/s of 2 plain processes precomputing a half of ``stack`` each, at once (the clock: both halves)."""
+    middle = len(stack) // 2
+    start = time.perf_counter()
+    done = pool.starmap(_plain_half, [(config, stack[:middle], outs[0]), (config, stack[middle:], outs[1])],
+                        chunksize=1)
+    seconds = time.perf_counter() - start
+    if len({pid for pid, _ in done}) != 2:
+        print("  (the control's two halves ran in one process: its figure is not a 2-process one)")
+    return len(stack) / seconds
+
+
+def _features(paths: list[Path]) -> np.ndarray:
+    import zarr
+
+    return np.concatenate([zarr.open_group(p, mode="r")["features"][...] for p in paths])
+
+
 def throughput(name: str, n: int, cores: int, rounds: int, folder: Path) -> dict[str, float]:
     """Best-of-``rounds`` slices/s per configuration; the configurations alternate within each round, so that a
-    change of load on a shared machine hits them alike."""
+    change of load on a shared machine hits them alike, and only the one being timed is running."""
     import contextlib
-
-    import zarr
 
     stack = synthetic_stack(n)
     base = ModelConfig(name, device="cpu", allow_random_weights=True)
@@ -71,34 +105,61 @@ def throughput(name: str, n: int, cores: int, rounds: int, folder: Path) -> dict
     manager.predictor.embed(np.zeros((64, 64, 3), np.uint8))
     rates: dict[str, float] = {}
     same: dict[str, bool] = {}
-    labels = {"serial": f"serial        {cores} threads       "}
-    with contextlib.ExitStack() as stack_of_clusters:
-        clients = {}
-        for workers in (1, 2):
-            threads = max(1, cores // workers)
-            config = base.with_threads(threads)
-            client = stack_of_clusters.enter_context(dask_client(workers))
-            client.run(warm, config)
-            clients[f"dask{workers}"] = (client, config)
-            labels[f"dask{workers}"] = f"Dask {workers} worker{'s' if workers > 1 else ' '} x {threads} threads"
-        for r in range(rounds):
-            for label in ("serial", "dask1", "dask2"):
-                out = folder / f"{name}-{label}-{r}.zarr"
+    per_task: dict[str, int] = {}
+    half = max(1, cores // 2)
+    labels = {"serial": f"serial        {cores} threads       ",
+              "plain2": f"plain 2 processes x {half} thread{'s' if half > 1 else ' '}"}
+    configurations = ("serial", "dask1", "dask2", "plain2")
+    for workers in (1, 2):
+        labels[f"dask{workers}"] = f"Dask {workers} worker{'s' if workers > 1 else ' '} x {cores // workers} threads"
+    context = multiprocessing.get_context("spawn")
+
+    @contextlib.contextmanager
+    def started(label: str):
+        """The cluster or process pool of one configuration, started and warmed up (the clock excludes this); one
+        at a time, so that no idle cluster takes CPU from the configuration being timed (serial included)."""
+        if label == "serial":
+            yield None
+        elif label == "plain2":
+            ready = context.Queue()
+            with context.Pool(2, initializer=_plain_start, initargs=(base.with_threads(half), ready)) as pool:
+                for _ in range(2):
+                    ready.get(timeout=600)
+                yield pool
+        else:
+            workers = int(label[-1])
+            config = base.with_threads(max(1, cores // workers))
+            with dask_client(workers) as client:
+                client.run(warm, config)
+                yield client, config
+
+    for r in range(rounds):
+        outs = {label: [folder / f"{name}-{label}-{r}.zarr"] for label in configurations}
+        outs["plain2"] = [folder / f"{name}-plain2-{r}-{k}.zarr" for k in (0, 1)]
+        for label in configurations:
+            with started(label) as running:
                 if label == "serial":
-                    result = precompute_stack(stack, out, manager)
+                    rate = precompute_stack(stack, outs[label][0], manager).slices_per_second
+                elif label == "plain2":
+                    rate = plain_processes(running, base.with_threads(half), stack, outs[label])
                 else:
-                    client, config = clients[label]
-                    result = precompute_stack(stack, out, config, client=client)
-                rates[label] = max(rates.get(label, 0.0), result.slices_per_second)
-                reference = zarr.open_group(folder / f"{name}-serial-{r}.zarr", mode="r")["features"][...]
-                same[label] = same.get(label, True) and bool(
-                    np.array_equal(zarr.open_group(out, mode="r")["features"][...], reference))
-            for label in ("serial", "dask1", "dask2"):
-                shutil.rmtree(folder / f"{name}-{label}-{r}.zarr", ignore_errors=True)
-    for label in ("serial", "dask1", "dask2"):
+                    client, config = running
+                    result = precompute_stack(stack, outs[label][0], config, client=client)
+                    rate, per_task[label] = result.slices_per_second, result.slices_per_task
+            rates[label] = max(rates.get(label, 0.0), rate)
+            same[label] = same.get(label, True) and bool(
+                np.array_equal(_features(outs[label]), _features(outs["serial"])))
+        for paths in outs.values():
+            for path in paths:
+                shutil.rmtree(path, ignore_errors=True)
+    for label in configurations:
         ratio = "" if label == "serial" else f"   x{rates[label] / rates['serial']:.2f} of serial"
+        task = f"   {per_task[label]} slice{'s' if per_task[label] > 1 else ''}/task" if label in per_task else ""
         print(f"  {name:<10} {labels[label]}  {rates[label]:7.3f} slices/s{ratio}   identical to serial: "
-              f"{same[label]}")
+              f"{same[label]}{task}")
+    print(f"  {name:<10} Dask 2 workers / plain 2 processes: x{rates['dask2'] / rates['plain2']:.2f} (Dask's own "
+          f"cost); plain 2 processes / serial: x{rates['plain2'] / rates['serial']:.2f} (the hardware: two "
+          "embeddings at once)")
     return rates
 
 
@@ -202,8 +263,9 @@ def strategies() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiny-slices", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3, help="best of N alternating rounds (tiny model)")
+    parser.add_argument("--tiny-slices", type=int, default=64,
+                        help="slices of the tiny model's stack (~15 s a run: a short run measures start-up)")
+    parser.add_argument("--rounds", type=int, default=2, help="best of N alternating rounds (tiny model)")
     parser.add_argument("--vit-b-slices", type=int, default=4, help="0 skips the ViT-B part")
     parser.add_argument("--rss-slices", type=int, nargs="*", default=[50, 1000])
     parser.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)))

@@ -123,6 +123,12 @@ def test_cli_help_and_errors(capsys, tmp_path) -> None:
         text = capsys.readouterr().out
         for option in ("--model", "--checkpoint", "--device", "--workers", "--scheduler"):
             assert option in text
+    with pytest.raises(SystemExit):
+        cli_main(["embed", "--help"])
+    assert "--slices-per-task" in capsys.readouterr().out
+    assert cli_main(["embed", str(tmp_path / "missing.tif"), "--store", str(tmp_path / "s.zarr"),
+                     "--slices-per-task", "0"]) == 2
+    assert "slices_per_task must be at least 1" in capsys.readouterr().err
     assert cli_main(["embed", str(tmp_path / "missing.tif"), "--store", str(tmp_path / "s.zarr")]) == 2
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "notes.txt").write_text("hello")

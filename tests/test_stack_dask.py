@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
 import pytest
 import zarr
 from _stack_support import stardist_3d
 
-from napari_focsam.stack import ModelConfig, precompute_stack
+from napari_focsam.engine.types import CancelToken, Cancelled
+from napari_focsam.stack import ModelConfig, StackStore, precompute_stack
 from napari_focsam.stack.batch import segment_from_prompts
+from napari_focsam.stack.distributed import MALLOC_TRIM, dask_client
 from napari_focsam.stack.propagate import deepest_point
 from napari_focsam.stack.propagate_prompts import segment_with_propagation
 from napari_focsam.stack.worker import loads_in_this_process
@@ -44,6 +49,83 @@ def test_precompute_on_dask_equals_serial_and_loads_the_model_once_per_worker(cl
     assert np.array_equal(serial["meta"][...], dask["meta"][...])
     verified = precompute_stack(stack, folder / "dask.zarr", TINY, client=client)  # finished: verified only
     assert (verified.computed, verified.verified) == (0, 4)
+
+
+def _same_store(a, b) -> bool:
+    a, b = zarr.open_group(a, mode="r"), zarr.open_group(b, mode="r")
+    return np.array_equal(a["features"][...], b["features"][...]) and np.array_equal(a["meta"][...], b["meta"][...])
+
+
+def _executing(dask_worker) -> int:
+    return dask_worker.state.executing_count
+
+
+def _wait_until_idle(client) -> None:
+    """A task cancelled while it runs still finishes (and writes) on its worker: let it, before resuming."""
+    deadline = time.monotonic() + 60
+    while any(client.run(_executing).values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_several_slices_per_task_equal_serial_and_an_interrupted_run_resumes(client, data, tmp_path) -> None:
+    stack, _, folder = data
+    with distributed.get_task_stream(client) as stream:
+        grouped = precompute_stack(stack, tmp_path / "grouped.zarr", TINY, client=client, slices_per_task=2)
+    assert (grouped.computed, grouped.slices_per_task) == (4, 2)
+    tasks = sorted(distributed.utils.key_split(task["key"]) for task in stream.data)
+    # one slice per worker comes back to make the store (no worker waits for it), then slices 2 and 3 in one task
+    assert tasks == ["model_info", "task_embed_return", "task_embed_return", "task_embed_write"]
+    assert _same_store(folder / "serial.zarr", tmp_path / "grouped.zarr")
+    seen = []
+
+    def stop_after_the_first_task(done: int, total: int) -> None:
+        seen.append(done)
+        if done > 1:
+            raise KeyboardInterrupt
+
+    path = tmp_path / "interrupted.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        precompute_stack(stack, path, TINY, client=client, slices_per_task=2, progress=stop_after_the_first_task)
+    assert seen[:2] == [0, 1] and seen[2] in (2, 3)  # progress counts every slice of a finished task
+    _wait_until_idle(client)
+    assert not StackStore.open(path).complete
+    resumed = precompute_stack(stack, path, TINY, client=client, slices_per_task=3)
+    assert resumed.verified >= seen[2] and resumed.verified + resumed.computed == 4
+    assert StackStore.open(path).complete and _same_store(folder / "serial.zarr", path)
+
+
+def test_automatic_task_sizes_equal_serial(client, tmp_path) -> None:
+    """12 fast slices on 2 workers: tasks of 2 slices while 9+ are left, then single slices (about a second each
+    would be more, but the workers must finish together)."""
+    stack = stardist_3d()[0][8:20]
+    precompute_stack(stack, tmp_path / "serial.zarr", TINY)
+    result = precompute_stack(stack, tmp_path / "dask.zarr", TINY, client=client)
+    assert result.computed == 12 and result.slices_per_task in (1, 2)  # 1 only if a slice took over a second
+    assert _same_store(tmp_path / "serial.zarr", tmp_path / "dask.zarr")
+
+
+def test_cancelling_grouped_tasks_leaves_a_store_that_resumes_serially(client, data, tmp_path) -> None:
+    stack, _, folder = data
+    token = CancelToken()
+    path = tmp_path / "cancelled.zarr"
+    with pytest.raises(Cancelled):  # cancelled when the first task (after the store's first slice) is done
+        precompute_stack(stack, path, TINY, client=client, slices_per_task=2, cancel=token,
+                         progress=lambda done, total: token.cancel() if done > 1 else None)
+    _wait_until_idle(client)
+    assert not StackStore.open(path).complete
+    written = sum(key is not None for key in StackStore.open(path).keys())
+    resumed = precompute_stack(stack, path, TINY)
+    assert (resumed.verified, resumed.computed) == (written, 4 - written)
+    assert _same_store(folder / "serial.zarr", path)
+
+
+@pytest.mark.filterwarnings("ignore:Port 8787 is already in use")  # the module's cluster has it
+def test_local_cluster_workers_start_without_malloc_trim(monkeypatch) -> None:
+    """Dask's MALLOC_TRIM_THRESHOLD_ makes torch fault in every large tensor afresh; our own cluster goes without."""
+    monkeypatch.setenv(MALLOC_TRIM, "123456")  # this process's own value is left as it was
+    with dask_client(1) as new_client:
+        assert list(new_client.run(os.getenv, MALLOC_TRIM).values()) == [None]
+    assert os.environ[MALLOC_TRIM] == "123456"
 
 
 def test_batch_and_propagation_on_dask_equal_serial(client, data, tmp_path) -> None:

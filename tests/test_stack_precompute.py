@@ -22,6 +22,7 @@ from napari_focsam.engine.manager import ModelManager
 from napari_focsam.stack import (ModelConfig, StackStore, StackStoreWarning, StoreError, StoreMismatchError,
                                  attach_store, open_stack, precompute_stack)
 from napari_focsam.stack.common import local_manager
+from napari_focsam.stack.precompute import MAX_SLICES_PER_TASK, slices_per_task_for
 from napari_focsam.stack.worker import thread_count_invariant
 
 TINY = ModelConfig("sam_tiny", device="cpu", allow_random_weights=True)
@@ -214,3 +215,13 @@ def test_memory_stays_bounded_with_lazy_reading(tmp_path) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 12e6, f"peak traced memory {peak / 1e6:.1f} MB"
+
+
+def test_automatic_tasks_take_about_a_second_and_shrink_towards_the_end(tmp_path) -> None:
+    assert [slices_per_task_for(s, 1000) for s in (5.0, 1.0, 0.6, 0.26, 0.1)] == [1, 1, 2, 4, 10]
+    assert slices_per_task_for(0.0, 10**6) == MAX_SLICES_PER_TASK  # a GPU or a stand-in: capped (memory)
+    assert [slices_per_task_for(0.1, left, threads=2) for left in (100, 40, 15, 8, 3)] == [10, 5, 2, 1, 1]
+    with pytest.raises(ValueError, match="slices_per_task"):
+        precompute_stack(stardist_3d()[0][:2], tmp_path / "s.zarr", threshold_manager(), slices_per_task=0)
+    assert precompute_stack(stardist_3d()[0][:2], tmp_path / "s.zarr", threshold_manager()).slices_per_task == 1
+

@@ -29,7 +29,8 @@ prompts file (CSV; JSON also works, see the README):
 """
 
 
-def _model_arguments(parser: argparse.ArgumentParser) -> None:
+def _model_arguments(parser: argparse.ArgumentParser) -> Any:
+    """The model, Dask and stack options of both commands; returns the Dask group (for options of one command)."""
     group = parser.add_argument_group("model")
     group.add_argument("--model", default="fallback",
                        help="model name: sam_vit_b/l/h, focsam_vit_h, ..., or 'fallback' (default; no weights needed)")
@@ -60,6 +61,7 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
                             "robust percentiles per slice); use the same values in the widget to reuse a store")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output (never a foreign path)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return dask
 
 
 def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,7 +69,10 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", type=Path, required=True, help="the zarr store of the embeddings (made or resumed)")
     parser.add_argument("--quick-verify", action="store_true",
                         help="trust the checksums of slices already written without re-reading their features")
-    _model_arguments(parser)
+    dask = _model_arguments(parser)
+    dask.add_argument("--slices-per-task", type=int, default=None, metavar="N",
+                      help="slices one Dask task embeds (default: from the first slice's time, so that a task takes "
+                           "about a second: several for fast models or GPUs, one for ViT models on a CPU)")
 
 
 def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
@@ -137,13 +142,14 @@ def embed_command(args: argparse.Namespace) -> int:
             result = precompute_stack(args.stack, args.store, _config(args), rgb=args.rgb,
                                       contrast_limits=args.contrast_limits, key=args.key, overwrite=args.overwrite,
                                       verify_features=not args.quick_verify, workers=args.workers or None,
-                                      scheduler=args.scheduler, progress=update)
+                                      scheduler=args.scheduler, slices_per_task=args.slices_per_task, progress=update)
         finally:
             if bar is not None:
                 bar.close()
         print(f"{result.store}: {result.n_slices} slices; computed {result.computed}, verified {result.verified}"
               f"{f', repaired {result.repaired}' if result.repaired else ''} in {result.seconds:.1f} s"
-              f"{f' ({result.slices_per_second:.2f} slices/s)' if result.computed else ''}")
+              f"{f' ({result.slices_per_second:.2f} slices/s)' if result.computed else ''}"
+              f"{f', {result.slices_per_task} slices per task' if result.workers and result.computed else ''}")
         return 0
 
     return _run(args, job)

@@ -12,19 +12,21 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from ..engine.manager import ModelManager
 from ..engine.session import ObjectSession
-from ..engine.types import Prompts
+from ..engine.types import ImageGeometry, Prompts
 from .store import StackStore
 
-__all__ = ["ModelConfig", "manager_for", "model_info", "paint_objects", "thread_count_invariant"]
+__all__ = ["EmbedReport", "ModelConfig", "ReturnedFeatures", "manager_for", "model_info", "paint_objects",
+           "thread_count_invariant"]
 
 
 @dataclass(frozen=True)
@@ -158,31 +160,62 @@ def paint_objects(
 
 
 # ---------------------------------------------------------------------- Dask tasks (also run in-process)
+class ReturnedFeatures(NamedTuple):
+    """A slice's embedding sent back to the client, which writes it (the store does not exist before the first)."""
+
+    key: str
+    array: np.ndarray  #: bfloat16 features as float32 (exact; numpy has no bfloat16)
+    torch_dtype: str
+    geometry: dict[str, Any]
+
+    @classmethod
+    def of(cls, key: str, features: torch.Tensor, geometry: ImageGeometry) -> ReturnedFeatures:
+        tensor = features.detach().cpu()
+        array = (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+        return cls(key, array, str(tensor.dtype).removeprefix("torch."), geometry.to_attrs())
+
+    def tensor(self) -> torch.Tensor:
+        return torch.from_numpy(np.array(self.array)).to(getattr(torch, self.torch_dtype))
+
+
+class EmbedReport(NamedTuple):
+    """What an embedding task did: the slices it computed, how long each took (for sizing later tasks), and their
+    features when it did not write them itself."""
+
+    indices: list[int]
+    seconds_per_slice: float  #: embed (+ write), once the model and the store were at hand
+    returned: ReturnedFeatures | None = None
+
+
 @thread_count_invariant()
-def task_embed_return(config: ModelConfig, image: np.ndarray, key: str) -> tuple[np.ndarray, dict[str, Any], str]:
-    """Embed one prepared slice and return (features as numpy, geometry attrs, torch dtype name)."""
+def task_embed_return(config: ModelConfig, index: int, key: str, image: np.ndarray) -> EmbedReport:
+    """Embed one prepared slice and return its features (a slice computed before the store exists)."""
     manager = manager_for(config)
     _check_key(manager, image, key)
+    start = time.perf_counter()
     features, geometry = manager.predictor.embed(image)
-    tensor = features.detach().cpu()
-    dtype = str(tensor.dtype).removeprefix("torch.")
-    array = (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
-    return array, geometry.to_attrs(), dtype
+    return EmbedReport([index], time.perf_counter() - start, ReturnedFeatures.of(key, features, geometry))
 
 
 @thread_count_invariant()
 def task_embed_write(
-    config: ModelConfig, store_path: str, store_id: str, index: int, key: str, image: np.ndarray
-) -> tuple[int, int]:
-    """Embed one prepared slice and write it into the store; returns (slice index, worker pid)."""
+    config: ModelConfig, store_path: str, store_id: str, slices: Sequence[tuple[int, str, np.ndarray]]
+) -> EmbedReport:
+    """Embed prepared slices ``(index, key, image)`` one after the other and write each into the store as it is done.
+
+    Several slices per task spread Dask's fixed cost per task over them; each slice is written (features, then its
+    meta row) before the next starts, so a task cut short leaves the slices done so far complete and resumable.
+    """
     manager = manager_for(config)
-    _check_key(manager, image, key)
     store = store_for(store_path, store_id, writable=True)
-    features, geometry = manager.predictor.embed(image)
-    if geometry != store.geometry:
-        raise RuntimeError(f"slice {index}: geometry {geometry} differs from the store's {store.geometry}")
-    store.write_slice(index, key, features)
-    return index, os.getpid()
+    start = time.perf_counter()
+    for index, key, image in slices:
+        _check_key(manager, image, key)
+        features, geometry = manager.predictor.embed(image)
+        if geometry != store.geometry:
+            raise RuntimeError(f"slice {index}: geometry {geometry} differs from the store's {store.geometry}")
+        store.write_slice(index, key, features)
+    return EmbedReport([index for index, _, _ in slices], (time.perf_counter() - start) / max(1, len(slices)))
 
 
 @thread_count_invariant()
