@@ -121,3 +121,54 @@ def test_bfloat16_upscaling_stays_within_the_stated_tolerance(model, fold_limit)
     torch.testing.assert_close(out.token, reference.token)  # the transformer is untouched
     confident = reference.logits.abs() > 0.02 * reference.logits.abs().max()
     assert torch.equal((out.logits > 0)[confident], (reference.logits > 0)[confident])
+
+
+def test_scratch_buffers_never_leak_into_results(model):
+    """The large intermediates live in per-thread buffers reused by every call: a later call (other prompts, other
+    embedding, another thread at the same time) must not change an earlier result, and each equals a fresh decoder's."""
+    import threading
+
+    image_pe = dense_positional_encoding(model.prompt_encoder)
+    shared = FastDecoder(model.mask_decoder, image_pe)
+    inputs = []
+    for seed in range(4):
+        embeds = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(10 + seed))
+        with torch.inference_mode():
+            inputs.append((embeds, *_prompts(model, 1, box=False, mask=seed % 2 == 1, seed=seed)))
+    with torch.inference_mode():
+        expected = [FastDecoder(model.mask_decoder, image_pe)(*args) for args in inputs]
+        first = shared(*inputs[0])
+        kept = first.logits.clone()
+        results: dict[int, object] = {}
+
+        def work(i: int) -> None:
+            with torch.inference_mode():
+                for _ in range(3):
+                    results[i] = shared(*inputs[i])
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(1, 4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert torch.equal(first.logits, kept)
+    for i in range(1, 4):
+        assert torch.equal(results[i].logits, expected[i].logits)
+        assert torch.equal(results[i].token, expected[i].token)
+
+
+def test_the_decoder_runs_under_autocast(model):
+    """``decoder_autocast``: the scratch buffers stand aside (autocast decides the dtypes), and the result stays
+    close to float32."""
+    embeds = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(6))
+    image_pe = dense_positional_encoding(model.prompt_encoder)
+    fast = FastDecoder(model.mask_decoder, image_pe)
+    with torch.inference_mode():
+        sparse, dense = _prompts(model, 1, box=False, mask=True)
+        reference = fast(embeds, sparse, dense)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = fast(embeds, sparse, dense)
+        again = fast(embeds, sparse, dense)
+    relative = float((low.logits.float() - reference.logits).norm() / reference.logits.norm())
+    assert relative < 0.05
+    assert torch.equal(again.logits, reference.logits)  # back to the buffers, same result

@@ -27,6 +27,9 @@ The arithmetic is the same up to floating-point reassociation: logits agree with
 
 from __future__ import annotations
 
+import math
+import threading
+
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import MaskDecoder
@@ -73,13 +76,42 @@ def _transposed_conv_matrix(conv: torch.nn.ConvTranspose2d) -> torch.Tensor:
     return conv.weight.permute(0, 2, 3, 1).reshape(conv.in_channels, -1).contiguous()
 
 
-def _layer_norm_channels(x: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
-    """``norm`` over the channels of (B, C, N) channel-first tokens (torch's kernel wants them last; a reduction
-    across rows is cheaper than two transposes)."""
-    centred = x - x.mean(dim=1, keepdim=True)
-    variance = (centred * centred).mean(dim=1, keepdim=True)
+class _Workspace(threading.local):
+    """Scratch tensors of one thread, reused from call to call.
+
+    A click allocates tens of megabytes of image-sized temporaries; glibc hands such blocks back to the OS and
+    every call faults their pages in again, which on the development VM cost about a third of the decoder's time.
+    The large intermediates are written into these buffers instead (``out=`` and in-place operations); nothing
+    returned to the caller lives in them.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, torch.Tensor] = {}
+        self.active = True  #: off under autocast, whose results' dtypes the buffers cannot know in advance
+
+    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor | None:
+        """A ``shape`` tensor of ``like``'s dtype and device (its contents undefined), or None when inactive (every
+        ``out=`` then allocates as usual)."""
+        if not self.active:
+            return None
+        size = math.prod(shape)
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.numel() < size or buffer.dtype != like.dtype or buffer.device != like.device:
+            buffer = torch.empty(size, dtype=like.dtype, device=like.device)
+            self.buffers[name] = buffer
+        return buffer[:size].view(shape)
+
+
+def _layer_norm_channels(
+    x: torch.Tensor, norm: torch.nn.LayerNorm, scratch: torch.Tensor | None, out: torch.Tensor | None
+) -> torch.Tensor:
+    """``norm`` over the channels of (B, C, N) channel-first tokens (torch's kernel wants the channels last; a
+    reduction across rows is cheaper than two transposes). ``scratch`` (a tensor like ``x``) and ``out`` (``x``
+    itself allowed) are optional buffers."""
+    centred = torch.sub(x, x.mean(dim=1, keepdim=True), out=scratch)
+    variance = torch.mul(centred, centred, out=out).mean(dim=1, keepdim=True)
     centred.mul_((variance + norm.eps).rsqrt_())
-    return torch.addcmul(norm.bias.view(1, -1, 1), centred, norm.weight.view(1, -1, 1))
+    return torch.addcmul(norm.bias.view(1, -1, 1), centred, norm.weight.view(1, -1, 1), out=out)
 
 
 def _attention(module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -92,8 +124,8 @@ def _attention(module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
 class FastDecoder:
     """The single-mask decoder pass (mask token 0) of one ``MaskDecoder`` with a fixed dense positional encoding.
 
-    Build it once per model (weights must not change afterwards); call it like :func:`decode`. Thread-safe: it
-    holds only constant tensors.
+    Build it once per model (weights must not change afterwards); call it like :func:`decode`. Thread-safe: besides
+    constant tensors it holds only per-thread scratch buffers (:class:`_Workspace`).
     """
 
     def __init__(
@@ -107,6 +139,7 @@ class FastDecoder:
         self.decoder = mask_decoder
         self.fold_limit = fold_limit
         self.upscale_dtype = upscale_dtype
+        self._workspace = _Workspace()
         transformer = mask_decoder.transformer
         with torch.inference_mode():
             pe = image_pe.flatten(2).transpose(1, 2)[0]  # (N, C)
@@ -149,10 +182,13 @@ class FastDecoder:
         batch = sparse.shape[0]
         output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
         point_pe = torch.cat([output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse], dim=1)
-        src = image_embeddings + dense
-        if src.shape[0] != batch:
-            src = src.expand(batch, -1, -1, -1)
-        b, c, h, w = src.shape
+        _, c, h, w = image_embeddings.shape
+        ws = self._workspace
+        ws.active = not torch.is_autocast_enabled(image_embeddings.device.type)
+        # the image tokens (B, C, h, w); in the folded path they are updated in place, layer after layer
+        shape = (batch, c, h, w)
+        src = torch.add(image_embeddings.expand(shape), dense.expand(shape),
+                        out=ws.get("keys", shape, image_embeddings))
         queries = point_pe
         final = transformer.final_attn_token_to_image
         # only the IoU token and mask token 0 are read after the final attention (single-mask output), and the
@@ -160,11 +196,11 @@ class FastDecoder:
         kept = slice(0, 2)
         folded = final.num_heads * point_pe.shape[1] <= self.fold_limit
         if folded:
-            keys = src.flatten(2).contiguous()  # (B, C, N): channel-first, as the embedding already is
+            keys = src.flatten(2)  # (B, C, N): channel-first, as the embedding already is
             for layer, *_ in self.layers:
                 queries, keys = self._layer_folded(layer, queries, keys, point_pe)
             attn_out = self._token_to_image_folded(
-                final, queries[:, kept] + point_pe[:, kept], keys, keys + self.pe_channels
+                final, queries[:, kept] + point_pe[:, kept], keys, self._keys_pe(keys)
             )
             rows = keys[0].T if batch == 1 else keys.transpose(1, 2).reshape(batch * h * w, c)
         else:
@@ -193,18 +229,35 @@ class FastDecoder:
         dot product with ``hyper_in`` all act per output pixel, so nothing is rearranged until the (h, w, 2, 2, 2, 2)
         logits, whose pixel (i, j, a1, b1, a2, b2) lands at row ``4i + 2a1 + a2`` and column ``4j + 2b1 + b2``.
         """
-        dtype = rows.dtype
+        dtype, ws = rows.dtype, self._workspace
         matrix, bias, out = self.upscale1
-        x = torch.addmm(bias, rows.to(matrix.dtype), matrix).view(-1, out)  # rows (b, i, j, a1, b1)
-        x = F.gelu(F.layer_norm(x, (out,), *self.upscale_norm))
+        if matrix.dtype != dtype:
+            rows = rows.to(matrix.dtype) if not ws.active else ws.get("rows", rows.shape, matrix).copy_(rows)
+        x = torch.addmm(bias, rows, matrix, out=ws.get("up1", (rows.shape[0], 4 * out), matrix))
+        x = x.view(-1, out)  # rows (b, i, j, a1, b1)
+        if ws.active and x.device.type == "cpu":  # (CUDA keeps float32 statistics for bfloat16)
+            weight, norm_bias, eps = self.upscale_norm
+            normed = ws.get("up1_norm", x.shape, x)
+            stats = ws.get("up1_stats", (2, x.shape[0], 1), x)  # mean and 1/std, in x's dtype on the CPU
+            torch.ops.aten.native_layer_norm.out(x, [out], weight, norm_bias, eps, out0=normed, out1=stats[0],
+                                                 out2=stats[1])
+        else:
+            normed = F.layer_norm(x, (out,), *self.upscale_norm)
+        x = torch.ops.aten.gelu_(normed)
         matrix, bias, out = self.upscale2
-        x = F.gelu(torch.addmm(bias, x, matrix))  # rows (b, i, j, a1, b1), columns (a2, b2, channel)
+        x = torch.addmm(bias, x, matrix, out=ws.get("up2", (x.shape[0], matrix.shape[1]), x))
+        x = torch.ops.aten.gelu_(x)  # rows (b, i, j, a1, b1), columns (a2, b2, channel)
         logits = torch.bmm(x.view(batch, -1, out), hyper_in.to(x.dtype).view(batch, out, 1)).to(dtype)
         logits = logits.view(batch, h, w, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
         return logits.reshape(batch, 1, 4 * h, 4 * w)
 
-    @staticmethod
-    def _token_to_image_folded(module, q: torch.Tensor, keys: torch.Tensor, keys_pe: torch.Tensor) -> torch.Tensor:
+    def _keys_pe(self, keys: torch.Tensor) -> torch.Tensor:
+        """``keys + pe`` for channel-first keys, in this thread's scratch buffer."""
+        return torch.add(keys, self.pe_channels, out=self._workspace.get("keys_pe", keys.shape, keys))
+
+    def _token_to_image_folded(
+        self, module, q: torch.Tensor, keys: torch.Tensor, keys_pe: torch.Tensor
+    ) -> torch.Tensor:
         """``module(q, keys + pe, keys)`` (few queries, many keys) without projecting the keys; the keys are
         channel-first (B, C, N).
 
@@ -216,15 +269,18 @@ class FastDecoder:
         head_dim = dim // heads
         qp = module.q_proj(q).view(batch, tokens, heads, head_dim).transpose(1, 2)  # (B, H, T, d)
         folded = (qp * head_dim**-0.5) @ module.k_proj.weight.view(heads, head_dim, -1)  # (B, H, T, C)
-        scores = folded.reshape(batch, heads * tokens, -1) @ keys_pe  # (B, H*T, N)
-        pooled = scores.softmax(dim=-1) @ keys.transpose(1, 2)  # (B, H*T, C)
+        ws = self._workspace
+        shape = (batch, heads * tokens, keys.shape[-1])
+        scores = torch.bmm(folded.reshape(batch, heads * tokens, -1), keys_pe, out=ws.get("scores", shape, keys))
+        attn = torch.softmax(scores, -1) if not ws.active else torch._softmax(
+            scores, -1, False, out=ws.get("attn", shape, keys))
+        pooled = attn @ keys.transpose(1, 2)  # (B, H*T, C)
         values = pooled.view(batch, heads, tokens, -1) @ module.v_proj.weight.view(heads, head_dim, -1).transpose(1, 2)
         values = values + module.v_proj.bias.view(1, heads, 1, head_dim)
         return module.out_proj(_merge(values))
 
-    @staticmethod
     def _image_to_token_folded(
-        module, keys: torch.Tensor, keys_pe: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+        self, module, keys: torch.Tensor, keys_pe: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> torch.Tensor:
         """``keys + module(keys + pe, k, v)`` (many queries, few keys) for (B, C, N) channel-first keys, without
         projecting the queries or the output.
@@ -243,18 +299,26 @@ class FastDecoder:
         vp = module.v_proj(v).view(batch, tokens, heads, head_dim).transpose(1, 2)
         folded = kp @ module.q_proj.weight.view(heads, head_dim, -1)  # (B, H, T, C)
         bias = (kp * module.q_proj.bias.view(1, heads, 1, head_dim)).sum(-1)  # (B, H, T)
-        scores = torch.baddbmm(bias.view(batch, heads * tokens, 1), folded.view(batch, heads * tokens, -1), keys_pe)
+        ws = self._workspace
+        shape = (batch, heads * tokens, n)
+        scores = torch.baddbmm(bias.view(batch, heads * tokens, 1), folded.view(batch, heads * tokens, -1), keys_pe,
+                               out=ws.get("scores", shape, keys))
         # softmax over each head's tokens: dim 2 of (B, H, T, N), a reduction across rows (short rows of T would
         # be slow on the last dimension)
-        attn = scores.view(batch, heads, tokens, n).softmax(dim=2).view(batch, heads * tokens, n)
+        scores = scores.view(batch, heads, tokens, n)
+        attn = torch.softmax(scores, 2) if not ws.active else torch._softmax(
+            scores, 2, False, out=ws.get("attn", scores.shape, keys))
+        attn = attn.view(shape)
         out_weight = module.out_proj.weight.view(-1, heads, head_dim).transpose(0, 1)  # (H, C, d)
         mixed = (vp @ out_weight.transpose(1, 2)).reshape(batch, heads * tokens, -1)  # (B, H*T, C)
-        mixed = mixed + module.out_proj.bias / heads
-        return torch.baddbmm(keys, mixed.transpose(1, 2), attn)  # (B, C, N)
+        mixed = (mixed + module.out_proj.bias / heads).transpose(1, 2)
+        if ws.active:  # the tokens are this thread's scratch buffer: updated in place
+            return keys.baddbmm_(mixed.to(keys.dtype), attn)
+        return torch.baddbmm(keys, mixed, attn)  # (B, C, N)
 
     def _layer_folded(self, layer, queries, keys, query_pe):
         """``TwoWayAttentionBlock.forward`` with both cross attentions folded onto the few tokens' side, on
-        channel-first (B, C, N) image tokens."""
+        channel-first (B, C, N) image tokens (updated in place when they are this thread's scratch buffer)."""
         sa = layer.self_attn
         if layer.skip_first_layer_pe:
             queries = _attention(sa, sa.q_proj(queries), sa.k_proj(queries), sa.v_proj(queries))
@@ -262,14 +326,15 @@ class FastDecoder:
             q = queries + query_pe
             queries = queries + _attention(sa, sa.q_proj(q), sa.k_proj(q), sa.v_proj(queries))
         queries = layer.norm1(queries)
-        keys_pe = keys + self.pe_channels
+        keys_pe = self._keys_pe(keys)
         queries = queries + self._token_to_image_folded(
             layer.cross_attn_token_to_image, queries + query_pe, keys, keys_pe
         )
         queries = layer.norm2(queries)
         queries = layer.norm3(queries + layer.mlp(queries))
         keys = self._image_to_token_folded(layer.cross_attn_image_to_token, keys, keys_pe, queries + query_pe, queries)
-        return queries, _layer_norm_channels(keys, layer.norm4)
+        out = keys if self._workspace.active else None
+        return queries, _layer_norm_channels(keys, layer.norm4, scratch=keys_pe, out=out)  # keys_pe: done with
 
     @staticmethod
     def _layer(layer, weight, constant, dim, queries, keys, query_pe):
