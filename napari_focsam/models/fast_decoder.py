@@ -224,11 +224,10 @@ class FastDecoder:
 
     def _in_upscale_dtype(self, tokens: torch.Tensor) -> torch.Tensor:
         """``tokens`` in the upscaling's dtype, in the same layout (a scratch buffer when converted)."""
-        dtype = self.upscale1[0].dtype
-        if tokens.dtype == dtype or torch.is_autocast_enabled(tokens.device.type):
+        ws = self._workspace
+        if tokens.dtype == self.upscale1[0].dtype or not ws.active:  # (under autocast the GEMM casts its inputs)
             return tokens
-        buffer = self._workspace.get("tokens_low", tokens.shape, self.upscale1[0])
-        return tokens.to(dtype) if buffer is None else buffer.copy_(tokens)
+        return ws.get("tokens_low", tokens.shape, self.upscale1[0]).copy_(tokens)
 
     def _upscaled_logits(self, rows: torch.Tensor, hyper_in: torch.Tensor, batch: int, h: int, w: int) -> torch.Tensor:
         """``output_upscaling`` then the dot product with the hypernetwork output, on (B * h * w, C) token rows.
