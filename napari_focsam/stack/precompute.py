@@ -32,7 +32,8 @@ from .common import (ModelLike, Progress, ProgressCallback, dask_config, describ
 from .distributed import Runner, SerialRunner
 from .reader import open_stack
 from .store import SliceStatus, StackStore, StackStoreWarning, StoreError, StoreMismatchError, StoreSpec
-from .worker import EmbedReport, ReturnedFeatures, task_embed_return, task_embed_write, thread_count_invariant
+from .worker import (EmbedReport, ReturnedFeatures, embed_into, embed_returning, task_embed_return,
+                     task_embed_write, thread_count_invariant)
 
 __all__ = ["PrecomputeResult", "attach_store", "detach_store", "precompute_stack"]
 
@@ -231,7 +232,7 @@ class _Job:
     def _submit_returning(self, i: int, key: str, image: np.ndarray) -> None:
         """Compute slice ``i`` before the store exists: its features come back (see the class docstring)."""
         if self.manager is not None:
-            self.runner.submit(_embed_returning_here, self.manager, i, key, image, self._cancel_token())
+            self.runner.submit(embed_returning, self.manager, i, key, image, self._cancel_token())
         else:
             self.runner.submit(task_embed_return, self.config, i, key, image)
 
@@ -274,7 +275,7 @@ class _Job:
         group, self._group = self._group, []
         self.largest_task = max(self.largest_task, len(group))
         if self.manager is not None:
-            self.runner.submit(_embed_here, self.manager, self.store, group, self._cancel_token())
+            self.runner.submit(embed_into, self.manager, self.store, group, self._cancel_token())
         else:
             self.runner.submit(task_embed_write, self.config, str(self.store.path), self.store.store_id, group)
 
@@ -288,26 +289,6 @@ class _Job:
         self._learn(report.seconds_per_slice)
         self.computed += len(report.indices)
         self.progress.report(len(report.indices))
-
-
-def _embed_here(manager: ModelManager, store: StackStore, group: list[tuple[int, str, np.ndarray]],
-                cancel: CancelToken | None) -> EmbedReport:
-    """The serial twin of :func:`~napari_focsam.stack.worker.task_embed_write` (the cancel token reaches the model)."""
-    start = time.perf_counter()
-    for i, key, image in group:
-        features, geometry = manager.predictor.embed(image, cancel=cancel)
-        if geometry != store.geometry:
-            raise RuntimeError(f"slice {i}: geometry {geometry} differs from the store's {store.geometry}")
-        store.write_slice(i, key, features)
-    return EmbedReport([i for i, _, _ in group], (time.perf_counter() - start) / len(group))
-
-
-def _embed_returning_here(manager: ModelManager, i: int, key: str, image: np.ndarray,
-                          cancel: CancelToken | None) -> EmbedReport:
-    """The serial twin of :func:`~napari_focsam.stack.worker.task_embed_return`."""
-    start = time.perf_counter()
-    features, geometry = manager.predictor.embed(image, cancel=cancel)
-    return EmbedReport([i], time.perf_counter() - start, ReturnedFeatures.of(key, features, geometry))
 
 
 def attach_store(manager: ModelManager, store: str | os.PathLike[str] | StackStore) -> StackStore | None:

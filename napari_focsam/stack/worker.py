@@ -22,7 +22,7 @@ import torch
 
 from ..engine.manager import ModelManager
 from ..engine.session import ObjectSession
-from ..engine.types import ImageGeometry, Prompts
+from ..engine.types import CancelToken, ImageGeometry, Prompts
 from .store import StackStore
 
 __all__ = ["EmbedReport", "ModelConfig", "ReturnedFeatures", "manager_for", "model_info", "paint_objects",
@@ -187,35 +187,47 @@ class EmbedReport(NamedTuple):
     returned: ReturnedFeatures | None = None
 
 
+def embed_returning(manager: ModelManager, index: int, key: str, image: np.ndarray,
+                    cancel: CancelToken | None = None) -> EmbedReport:
+    """Embed one prepared slice and return its features (a slice computed before the store exists)."""
+    start = time.perf_counter()
+    features, geometry = manager.predictor.embed(image, cancel=cancel)
+    return EmbedReport([index], time.perf_counter() - start, ReturnedFeatures.of(key, features, geometry))
+
+
+def embed_into(manager: ModelManager, store: StackStore, slices: Sequence[tuple[int, str, np.ndarray]],
+               cancel: CancelToken | None = None) -> EmbedReport:
+    """Embed prepared slices ``(index, key, image)`` one after the other and write each into ``store`` as it is done.
+
+    Several slices per task spread Dask's fixed cost per task over them; each slice is written (features, then its
+    meta row) before the next starts, so a task cut short leaves the slices done so far complete and resumable.
+    """
+    start = time.perf_counter()
+    for index, key, image in slices:
+        features, geometry = manager.predictor.embed(image, cancel=cancel)
+        if geometry != store.geometry:
+            raise RuntimeError(f"slice {index}: geometry {geometry} differs from the store's {store.geometry}")
+        store.write_slice(index, key, features)
+    return EmbedReport([index for index, _, _ in slices], (time.perf_counter() - start) / max(1, len(slices)))
+
+
 @thread_count_invariant()
 def task_embed_return(config: ModelConfig, index: int, key: str, image: np.ndarray) -> EmbedReport:
-    """Embed one prepared slice and return its features (a slice computed before the store exists)."""
+    """:func:`embed_returning` on a Dask worker."""
     manager = manager_for(config)
     _check_key(manager, image, key)
-    start = time.perf_counter()
-    features, geometry = manager.predictor.embed(image)
-    return EmbedReport([index], time.perf_counter() - start, ReturnedFeatures.of(key, features, geometry))
+    return embed_returning(manager, index, key, image)
 
 
 @thread_count_invariant()
 def task_embed_write(
     config: ModelConfig, store_path: str, store_id: str, slices: Sequence[tuple[int, str, np.ndarray]]
 ) -> EmbedReport:
-    """Embed prepared slices ``(index, key, image)`` one after the other and write each into the store as it is done.
-
-    Several slices per task spread Dask's fixed cost per task over them; each slice is written (features, then its
-    meta row) before the next starts, so a task cut short leaves the slices done so far complete and resumable.
-    """
+    """:func:`embed_into` the store at ``store_path`` on a Dask worker."""
     manager = manager_for(config)
-    store = store_for(store_path, store_id, writable=True)
-    start = time.perf_counter()
-    for index, key, image in slices:
+    for _, key, image in slices:
         _check_key(manager, image, key)
-        features, geometry = manager.predictor.embed(image)
-        if geometry != store.geometry:
-            raise RuntimeError(f"slice {index}: geometry {geometry} differs from the store's {store.geometry}")
-        store.write_slice(index, key, features)
-    return EmbedReport([index for index, _, _ in slices], (time.perf_counter() - start) / max(1, len(slices)))
+    return embed_into(manager, store_for(store_path, store_id, writable=True), slices)
 
 
 @thread_count_invariant()
