@@ -8,7 +8,8 @@ the same run (reference, fast fp32, fast bf16 where the device has native bf16, 
 autocast), each with its relative L2 deviation from SamPredictor's embedding and the pixel agreement of the masks
 its embedding gives after a few clicks (decoded by the same fp32 decoder); the per-click latency with a cached
 embedding up to the mask at image resolution (ours vs ``SamPredictor.predict``, single-mask and SAM's default
-multi-mask), with the fused decoder (its default: output upscaling in bf16 on CPUs with native bf16; and in fp32),
+multi-mask), with the fused decoder (its default: output upscaling and folded attention in bf16 on CPUs with native
+bf16; the upscaling alone in bf16; all in fp32),
 segment-anything's decoder forward and the fused decoder under bf16 autocast, each with the pixel agreement of its
 masks with the fused fp32 decoder's over the 20 clicks (logits fed back, so differences compound); and the FocSAM
 refiner's time per object (objects in 4 plain windows, in 4 shifted windows, and covering all 16) against the
@@ -34,7 +35,7 @@ from segment_anything.modeling import Sam
 from napari_focsam.engine.sam_predictor import SamFamilyPredictor
 from napari_focsam.engine.session import ObjectSession
 from napari_focsam.engine.types import ImageEmbedding
-from napari_focsam.models.fast_decoder import default_upscale_dtype
+from napari_focsam.models.fast_decoder import default_decoder_dtype
 from napari_focsam.models.fast_encoder import default_encoder_dtype
 from napari_focsam.models.loader import load_model
 from napari_focsam.models.refiner import FocusRefiner
@@ -131,7 +132,8 @@ def bench_embedding(loaded, image, repeats: int, rows: list, autocast: bool = Tr
 
 
 def bench_clicks(loaded, embedding: ImageEmbedding, image, n: int, rows: list) -> None:
-    """Median time per click over ``n`` clicks (fed-back logits), the mask at image resolution, interleaved runs."""
+    """Median time per click over ``n`` clicks (fed-back logits), the mask at image resolution, all variants and the
+    reference timed in lockstep."""
     model = loaded.model
     reference = SamPredictor(Sam(model.image_encoder, model.prompt_encoder, model.mask_decoder).eval())
     reference.features = embedding.features
@@ -140,9 +142,10 @@ def bench_clicks(loaded, embedding: ImageEmbedding, image, n: int, rows: list) -
     reference.is_image_set = True
     fp32 = "fused decoder, fp32"
     variants = {}
-    if default_upscale_dtype("cpu") != torch.float32:
-        variants["fused decoder, bf16 upscaling (default here)"] = SamFamilyPredictor(
-            loaded, decoder_upscale_dtype="auto")
+    if default_decoder_dtype("cpu") != torch.float32:
+        variants["fused decoder, bf16 upscaling + attention (default here)"] = SamFamilyPredictor(
+            loaded, decoder_upscale_dtype="auto", decoder_attention_dtype="auto")
+        variants["fused decoder, bf16 upscaling only"] = SamFamilyPredictor(loaded, decoder_upscale_dtype="auto")
     variants[fp32 if variants else fp32 + " (default here)"] = SamFamilyPredictor(loaded)
     variants["segment-anything's decoder forward, fp32"] = SamFamilyPredictor(loaded, decoder="reference")
     if default_encoder_dtype("cpu") == torch.bfloat16:
@@ -150,39 +153,38 @@ def bench_clicks(loaded, embedding: ImageEmbedding, image, n: int, rows: list) -
     rng = np.random.default_rng(1)
     clicks = np.stack([rng.uniform(0, image.shape[0] - 1, n), rng.uniform(0, image.shape[1] - 1, n)], 1)
 
-    def reference_clicks(multimask: bool) -> list[float]:
-        times, low_res = [], None
-        for i in range(n):
-            coords = clicks[: i + 1, ::-1]
-            labels = np.ones(i + 1, int)
-            start = time.perf_counter()
-            with torch.inference_mode():
-                _, _, low = reference.predict(coords, labels, mask_input=low_res, multimask_output=multimask)
-            times.append(time.perf_counter() - start)
-            low_res = low[:1]
-        return times
+    def reference_click(i: int, multimask: bool, low_res: np.ndarray | None) -> tuple[float, np.ndarray]:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            _, _, low = reference.predict(clicks[: i + 1, ::-1], np.ones(i + 1, int), mask_input=low_res,
+                                          multimask_output=multimask)
+        return time.perf_counter() - start, low[:1]
 
-    def our_clicks(predictor: SamFamilyPredictor) -> tuple[list[float], list[np.ndarray]]:
-        session = ObjectSession(predictor, embedding)
-        times, masks = [], []
-        for y, x in clicks:
-            start = time.perf_counter()
-            masks.append(session.click(y, x).copy())
-            times.append(time.perf_counter() - start)
-        return times, masks
+    def our_click(session: ObjectSession, y: float, x: float) -> tuple[float, np.ndarray]:
+        start = time.perf_counter()
+        mask = session.click(y, x).copy()
+        return time.perf_counter() - start, mask
 
+    # lockstep: every click is timed for each variant in turn, so that the machine's drift (large on shared VMs)
+    # falls on all of them alike; round 0 is the warm-up
     single, multi = [], []
     ours: dict[str, list[float]] = {name: [] for name in variants}
     masks: dict[str, list[np.ndarray]] = {}
-    for round_ in range(3):  # interleaved; round 0 is the warm-up
-        t_single, t_multi = reference_clicks(False), reference_clicks(True)
-        if round_:
-            single += t_single
-            multi += t_multi
-        for name, predictor in variants.items():
-            times, masks[name] = our_clicks(predictor)
+    for round_ in range(3):
+        sessions = {name: ObjectSession(predictor, embedding) for name, predictor in variants.items()}
+        masks = {name: [] for name in variants}
+        low_single = low_multi = None
+        for i, (y, x) in enumerate(clicks):
+            t_single, low_single = reference_click(i, False, low_single)
+            t_multi, low_multi = reference_click(i, True, low_multi)
             if round_:
-                ours[name] += times
+                single.append(t_single)
+                multi.append(t_multi)
+            for name, session in sessions.items():
+                elapsed, mask = our_click(session, y, x)
+                masks[name].append(mask)
+                if round_:
+                    ours[name].append(elapsed)
     ref_single, ref_multi = statistics.median(single), statistics.median(multi)
     exact = next(masks[name] for name in masks if name.startswith(fp32))
     for name, times in ours.items():

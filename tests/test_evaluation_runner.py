@@ -230,7 +230,7 @@ def test_float32_flag_turns_the_fast_defaults_off() -> None:
     import torch
 
     from napari_focsam.evaluation.cli import load_predictor, register
-    from napari_focsam.models.fast_decoder import default_upscale_dtype
+    from napari_focsam.models.fast_decoder import default_decoder_dtype
     from napari_focsam.models.fast_encoder import default_encoder_dtype
 
     parser = argparse.ArgumentParser()
@@ -239,8 +239,8 @@ def test_float32_flag_turns_the_fast_defaults_off() -> None:
     fast = load_predictor(parser.parse_args(common))
     exact = load_predictor(parser.parse_args(common + ["--float32"]))
     assert fast.encoder_dtype == default_encoder_dtype("cpu")
-    assert fast.decoder_upscale_dtype == default_upscale_dtype("cpu")
-    assert exact.encoder_dtype == torch.float32 and exact.decoder_upscale_dtype == torch.float32
+    assert fast.decoder_upscale_dtype == fast.decoder_attention_dtype == default_decoder_dtype("cpu")
+    assert exact.encoder_dtype == exact.decoder_upscale_dtype == exact.decoder_attention_dtype == torch.float32
 
 
 # ---------------------------------------------------------------------------------------------- a real backend

@@ -115,7 +115,7 @@ def test_bfloat16_upscaling_stays_within_the_stated_tolerance(model, fold_limit)
         low = FastDecoder(model.mask_decoder, image_pe, fold_limit=fold_limit, upscale_dtype=torch.bfloat16)
         out = low(embeds, sparse, dense)
     assert out.logits.dtype == torch.float32 and out.logits.is_contiguous()
-    assert low.upscale1[0].dtype == torch.bfloat16
+    assert low.upscaling.dtype == torch.bfloat16
     relative = float((out.logits - reference.logits).norm() / reference.logits.norm())
     assert 0 < relative < 0.01
     torch.testing.assert_close(out.token, reference.token)  # the transformer is untouched
@@ -123,20 +123,69 @@ def test_bfloat16_upscaling_stays_within_the_stated_tolerance(model, fold_limit)
     assert torch.equal((out.logits > 0)[confident], (reference.logits > 0)[confident])
 
 
-def test_scratch_buffers_never_leak_into_results(model):
+@pytest.mark.parametrize("batch", [1, 2])
+def test_bfloat16_attention_stays_within_the_stated_tolerance(model, batch):
+    """The folded attention's products with the image tokens in bfloat16 (upscaling too, as by default): logits and
+    the mask token within 1 % (relative L2) of float32, the IoU estimate within 1e-3, float32 out, and every pixel
+    whose logit is clear of zero by 5 % of the scale keeps its side. The fused path (many clicks) ignores the
+    option."""
+    embeds = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(5))
+    low = {"upscale_dtype": torch.bfloat16, "attention_dtype": torch.bfloat16}
+    with torch.inference_mode():
+        sparse, dense = _prompts(model, batch, box=False, mask=True)
+        image_pe = dense_positional_encoding(model.prompt_encoder)
+        reference = FastDecoder(model.mask_decoder, image_pe, fold_limit=10**6)(embeds, sparse, dense)
+        out = FastDecoder(model.mask_decoder, image_pe, fold_limit=10**6, **low)(embeds, sparse, dense)
+        fused = FastDecoder(model.mask_decoder, image_pe, fold_limit=0, attention_dtype=torch.bfloat16)
+        fused_reference = FastDecoder(model.mask_decoder, image_pe, fold_limit=0)(embeds, sparse, dense)
+        assert torch.equal(fused(embeds, sparse, dense).logits, fused_reference.logits)
+    assert out.logits.dtype == out.token.dtype == out.iou.dtype == torch.float32
+    for name in ("logits", "token"):
+        got, expected = getattr(out, name), getattr(reference, name)
+        relative = float((got - expected).norm() / expected.norm())
+        assert 0 < relative < 0.01, (name, relative)
+    assert float((out.iou - reference.iou).abs().max()) < 1e-3  # (an IoU estimate near 0 here: absolute)
+    confident = reference.logits.abs() > 0.05 * reference.logits.abs().max()
+    assert torch.equal((out.logits > 0)[confident], (reference.logits > 0)[confident])
+
+
+def test_lower_precisions_stand_aside_while_onednn_is_off(model):
+    """Without oneDNN torch's bfloat16 GEMMs are 10-500x slower than float32: while ``torch.backends.mkldnn`` is
+    off (as in the stack jobs) the decoder runs in the model's dtype, exactly as one built without the options."""
+    embeds = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(7))
+    image_pe = dense_positional_encoding(model.prompt_encoder)
+    low = FastDecoder(model.mask_decoder, image_pe, upscale_dtype=torch.bfloat16, attention_dtype=torch.bfloat16)
+    exact = FastDecoder(model.mask_decoder, image_pe)
+    with torch.inference_mode():
+        sparse, dense = _prompts(model, 1, box=False, mask=True)
+        fast = low(embeds, sparse, dense)
+        assert low.precisions(embeds.device) == (torch.bfloat16, torch.bfloat16)
+        with torch.backends.mkldnn.flags(enabled=False):
+            assert low.precisions(embeds.device) == (torch.float32, torch.float32)
+            plain = low(embeds, sparse, dense)
+            expected = exact(embeds, sparse, dense)
+        again = low(embeds, sparse, dense)
+    assert torch.equal(plain.logits, expected.logits) and torch.equal(plain.token, expected.token)
+    assert not torch.equal(fast.logits, expected.logits)
+    assert torch.equal(again.logits, fast.logits)  # back in bfloat16 once oneDNN is on again
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_scratch_buffers_never_leak_into_results(model, dtype):
     """The large intermediates live in per-thread buffers reused by every call: a later call (other prompts, other
     embedding, another thread at the same time) must not change an earlier result, and each equals a fresh decoder's."""
     import threading
 
     image_pe = dense_positional_encoding(model.prompt_encoder)
-    shared = FastDecoder(model.mask_decoder, image_pe)
+    low = {"upscale_dtype": dtype, "attention_dtype": dtype}
+    shared = FastDecoder(model.mask_decoder, image_pe, **low)
     inputs = []
     for seed in range(4):
         embeds = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(10 + seed))
         with torch.inference_mode():
             inputs.append((embeds, *_prompts(model, 1, box=False, mask=seed % 2 == 1, seed=seed)))
     with torch.inference_mode():
-        expected = [FastDecoder(model.mask_decoder, image_pe)(*args) for args in inputs]
+        expected = [FastDecoder(model.mask_decoder, image_pe, **low)(*args) for args in inputs]
         first = shared(*inputs[0])
         kept = first.logits.clone()
         results: dict[int, object] = {}

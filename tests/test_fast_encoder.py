@@ -15,7 +15,7 @@ from napari_focsam.engine.manager import ModelManager
 from napari_focsam.engine.sam_predictor import SamFamilyPredictor
 from napari_focsam.engine.session import ObjectSession
 from napari_focsam.engine.types import ImageEmbedding
-from napari_focsam.models.fast_decoder import default_upscale_dtype
+from napari_focsam.models.fast_decoder import default_decoder_dtype
 from napari_focsam.models.fast_encoder import FastImageEncoder, cpu_has_fast_bf16, default_encoder_dtype
 from napari_focsam.models.loader import load_model
 from napari_focsam.models.sam import InteractiveModel
@@ -246,21 +246,33 @@ def test_manager_defaults_to_the_fast_path_in_the_devices_dtype():
     assert float64.predictor.decoder_upscale_dtype == torch.float64
 
 
-def test_manager_defaults_to_the_devices_upscaling_dtype():
-    """The decoder's output upscaling follows the same rule; the plain paths and autocast turn it off."""
+def test_manager_defaults_to_the_devices_decoder_dtype():
+    """The decoder's products with the image tokens (upscaling, attention) follow the same rule; the plain paths and
+    autocast turn them off, and each can be turned off alone."""
     fast_dtype = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
     predictor = ModelManager.load("sam_tiny", device="cpu", allow_random_weights=True).predictor
-    assert predictor.decoder_upscale_dtype == default_upscale_dtype("cpu") == fast_dtype
-    assert predictor._fast_decoder.upscale1[0].dtype == fast_dtype
-    for options in ({"decoder": "reference"}, {"decoder_autocast": torch.bfloat16}, {"decoder_upscale_dtype": None}):
+    assert predictor.decoder_upscale_dtype == predictor.decoder_attention_dtype == default_decoder_dtype("cpu")
+    assert default_decoder_dtype("cpu") == fast_dtype
+    assert predictor._fast_decoder.upscaling.dtype == fast_dtype
+    assert predictor._fast_decoder.attention_dtype == fast_dtype
+    for options in ({"decoder": "reference"}, {"decoder_autocast": torch.bfloat16}):
         other = ModelManager.load("sam_tiny", device="cpu", allow_random_weights=True, **options).predictor
-        assert other.decoder_upscale_dtype == torch.float32, options
+        assert other.decoder_upscale_dtype == other.decoder_attention_dtype == torch.float32, options
+    for option in ("decoder_upscale_dtype", "decoder_attention_dtype"):
+        other = ModelManager.load("sam_tiny", device="cpu", allow_random_weights=True, **{option: None}).predictor
+        assert getattr(other, option) == torch.float32
+        kept = "decoder_attention_dtype" if option == "decoder_upscale_dtype" else "decoder_upscale_dtype"
+        assert getattr(other, kept) == fast_dtype
     loaded = load_model("sam_tiny", device="cpu")
-    assert SamFamilyPredictor(loaded).decoder_upscale_dtype == torch.float32  # the predictor alone: the model's
-    with pytest.raises(ValueError, match="decoder='fast'"):
-        SamFamilyPredictor(loaded, decoder="reference", decoder_upscale_dtype=torch.bfloat16)
-    assert default_upscale_dtype("cpu", torch.float64) == torch.float64
-    assert default_upscale_dtype("meta") == torch.float32
+    alone = SamFamilyPredictor(loaded)  # the predictor alone: the model's dtype
+    assert alone.decoder_upscale_dtype == alone.decoder_attention_dtype == torch.float32
+    for option in ("decoder_upscale_dtype", "decoder_attention_dtype"):
+        with pytest.raises(ValueError, match=f"{option} applies to decoder='fast'"):
+            SamFamilyPredictor(loaded, decoder="reference", **{option: torch.bfloat16})
+    with pytest.raises(ValueError, match="unknown dtype"):
+        SamFamilyPredictor(loaded, decoder_attention_dtype="int8")
+    assert default_decoder_dtype("cpu", torch.float64) == torch.float64
+    assert default_decoder_dtype("meta") == torch.float32
 
 
 def test_default_dtype_rules():

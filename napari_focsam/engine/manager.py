@@ -66,6 +66,7 @@ class ModelManager:
         decoder: str = "fast",
         decoder_autocast: torch.dtype | None = None,
         decoder_upscale_dtype: torch.dtype | str | None = "auto",
+        decoder_attention_dtype: torch.dtype | str | None = "auto",
         cache: EmbeddingCache | None = None,
         store: str | os.PathLike | None = None,
         allow_random_weights: bool = False,
@@ -86,9 +87,10 @@ class ModelManager:
         ``encoder_dtype=torch.float32`` keeps the fast path within 1e-6 of it; ``encoder_attention="reference"``
         runs segment-anything's own blocks (bit-identical to ``SamPredictor`` in float32, or under
         ``encoder_autocast``; passing only ``encoder_autocast`` selects the reference path as before).
-        The decoder: by default the fused one (``decoder="fast"``) with its output upscaling in the device's fast
-        dtype (``decoder_upscale_dtype="auto"``: bfloat16 on CPUs with native bfloat16, where masks stay within
-        0.5 % of pixels of float32; else the model's dtype; ``None`` keeps float32 throughout).
+        The decoder: by default the fused one (``decoder="fast"``) with its products with the image tokens in the
+        device's fast dtype (``decoder_upscale_dtype="auto"`` for the output upscaling and
+        ``decoder_attention_dtype="auto"`` for the attention: bfloat16 on CPUs with native bfloat16, where masks stay
+        within 0.5 % of pixels of float32; else the model's dtype; ``None`` keeps the model's dtype).
         ``decoder="reference"`` runs segment-anything's decoder forward as written instead (the same results within
         float rounding); ``decoder_autocast=torch.bfloat16`` runs the whole decoder under autocast.
         """
@@ -108,11 +110,13 @@ class ModelManager:
             encoder_attention = "reference" if encoder_autocast is not None else "fast"
         if decoder != "fast" or decoder_autocast is not None:
             decoder_upscale_dtype = None if decoder_upscale_dtype == "auto" else decoder_upscale_dtype
+            decoder_attention_dtype = None if decoder_attention_dtype == "auto" else decoder_attention_dtype
         loaded = load_model(model, checkpoint, device=resolve_device(device), dtype=dtype)
         predictor = SamFamilyPredictor(loaded, encoder_attention=encoder_attention, encoder_dtype=encoder_dtype,
                                        encoder_autocast=encoder_autocast, decoder=decoder,
                                        decoder_autocast=decoder_autocast,
-                                       decoder_upscale_dtype=decoder_upscale_dtype)
+                                       decoder_upscale_dtype=decoder_upscale_dtype,
+                                       decoder_attention_dtype=decoder_attention_dtype)
         return cls(predictor, cache=cache)
 
     # ------------------------------------------------------------------ description

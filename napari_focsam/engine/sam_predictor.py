@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..models.decoding import DecoderOutput, decode, dense_positional_encoding, encode_prompts
-from ..models.fast_decoder import FastDecoder, default_upscale_dtype
+from ..models.fast_decoder import FastDecoder, default_decoder_dtype
 from ..models.fast_encoder import ATTENTION_MODES, FAST_ENCODER_VERSION, FastImageEncoder, default_encoder_dtype
 from ..models.loader import LoadedModel
 from ..models.transforms import make_transform
@@ -59,12 +59,15 @@ class SamFamilyPredictor:
 
     The decoder: ``decoder="fast"`` (default) is :class:`~napari_focsam.models.fast_decoder.FastDecoder` (the same
     function with fused image-side projections; logits within float rounding of ``decoder="reference"``,
-    segment-anything's forward as written). ``decoder_upscale_dtype=torch.bfloat16`` runs only its output upscaling
-    (two GEMMs, a third of the decoder's arithmetic, whose outputs feed nothing but the logits) in bfloat16
-    (``"auto"``: :func:`~napari_focsam.models.fast_decoder.default_upscale_dtype`, bfloat16 on CPUs with native
-    bfloat16, the default of :meth:`ModelManager.load <napari_focsam.engine.manager.ModelManager.load>`);
-    ``decoder_autocast=torch.bfloat16`` runs all of it under autocast. Both are off here (None: the model's dtype
-    throughout); ``benchmarks/bench_engine.py`` measures speed and mask agreement.
+    segment-anything's forward as written). Two options move its products with the 4096 image tokens, most of its
+    arithmetic, to a lower precision while the tokens themselves, their norms and residuals and everything on the
+    prompt tokens' side stay in the model's dtype: ``decoder_upscale_dtype=torch.bfloat16`` for the output upscaling
+    (two GEMMs whose outputs feed nothing but the logits) and ``decoder_attention_dtype=torch.bfloat16`` for the
+    folded attention's four products per layer (up to 18 clicks; above that the decoder runs in the model's dtype).
+    ``"auto"`` is :func:`~napari_focsam.models.fast_decoder.default_decoder_dtype` (bfloat16 on CPUs with native
+    bfloat16), the default of :meth:`ModelManager.load <napari_focsam.engine.manager.ModelManager.load>`.
+    ``decoder_autocast=torch.bfloat16`` runs all of it under autocast instead (further from float32). All are off
+    here (None: the model's dtype throughout); ``benchmarks/bench_engine.py`` measures speed and mask agreement.
 
     Passing ``encoder_autocast`` without ``encoder_attention`` selects the reference path, as before these options
     existed. The choice is part of :attr:`fingerprint`, so embeddings of different numerics never share a cache key.
@@ -82,6 +85,7 @@ class SamFamilyPredictor:
         decoder: str = "fast",
         decoder_autocast: torch.dtype | None = None,
         decoder_upscale_dtype: torch.dtype | str | None = None,
+        decoder_attention_dtype: torch.dtype | str | None = None,
     ) -> None:
         self._loaded = loaded
         self.model = loaded.model
@@ -117,16 +121,23 @@ class SamFamilyPredictor:
             raise ValueError(f"decoder must be 'fast' or 'reference', got {decoder!r}")
         self.decoder = decoder
         self.decoder_autocast = decoder_autocast
-        if decoder_upscale_dtype == "auto":
-            upscale = default_upscale_dtype(self._device, self.dtype) if decoder == "fast" else None
-        else:
-            upscale = _as_dtype(decoder_upscale_dtype)
-            if upscale is not None and decoder != "fast":
-                raise ValueError("decoder_upscale_dtype applies to decoder='fast'")
+        upscale = self._decoder_dtype("decoder_upscale_dtype", decoder_upscale_dtype)
+        attention = self._decoder_dtype("decoder_attention_dtype", decoder_attention_dtype)
         self.decoder_upscale_dtype = upscale or self.dtype
+        self.decoder_attention_dtype = attention or self.dtype
         self._fast_decoder = (
-            FastDecoder(self.model.mask_decoder, self._image_pe, upscale_dtype=upscale) if decoder == "fast" else None
+            FastDecoder(self.model.mask_decoder, self._image_pe, upscale_dtype=upscale, attention_dtype=attention)
+            if decoder == "fast" else None
         )
+
+    def _decoder_dtype(self, option: str, value: torch.dtype | str | None) -> torch.dtype | None:
+        """The dtype asked for by one of the fast decoder's precision options (None: the model's)."""
+        if value == "auto":
+            return default_decoder_dtype(self._device, self.dtype) if self.decoder == "fast" else None
+        dtype = _as_dtype(value)
+        if dtype is not None and self.decoder != "fast":
+            raise ValueError(f"{option} applies to decoder='fast'")
+        return dtype
 
     @property
     def device(self) -> torch.device:

@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--official", action="store_true",
                         help="the official FocSAM protocol exactly (same as --ignore-mode none)")
     parser.add_argument("--float32", action="store_true",
-                        help="float32 throughout (encoder and decoder upscaling), instead of the device's fast "
+                        help="float32 throughout (encoder and decoder), instead of the device's fast "
                              "defaults (bfloat16 on CPUs with native bfloat16); for comparisons with published figures")
     parser.add_argument("--allow-random-weights", action="store_true",
                         help="build SAM/FocSAM with random weights when no checkpoint is given (tests only)")
@@ -59,7 +59,8 @@ def load_predictor(args: argparse.Namespace):  # noqa: ANN201  (a Predictor)
 
     from ..engine.manager import ModelManager
 
-    exact = {"encoder_dtype": torch.float32, "decoder_upscale_dtype": None} if args.float32 else {}
+    exact = {"encoder_dtype": torch.float32, "decoder_upscale_dtype": None, "decoder_attention_dtype": None}
+    exact = exact if args.float32 else {}
     manager = ModelManager.load(args.model, args.checkpoint, device=args.device,
                                 allow_random_weights=args.allow_random_weights, **exact)
     return manager.predictor

@@ -7,13 +7,13 @@ fixed model (:class:`FastDecoder` is built once per model and dtype):
 * every projection of ``image tokens + positional encoding`` is split into ``tokens @ W`` plus the constant
   ``pe @ W + b``, computed once; the three projections of the image tokens in a layer (token-to-image keys and values,
   image-to-token queries) are one GEMM with the weights stacked;
-* with few prompt tokens (``heads * tokens <= fold_limit``, 192 by measurement: up to 18 clicks), both
-  cross attentions are folded onto the tokens' side instead: the image tokens are never projected, the per-head
-  query/key products are formed on the tokens (``(W_k^T q) . x`` instead of ``q . (W_k x)``), and the output
-  projection is applied to the few value tokens before the attention weights mix them; that halves the work on the
-  4096 image tokens. This path keeps the image tokens channel-first (C, N), the embedding's own layout: no
-  transpose, every product with them a plain GEMM, the image-to-token softmax over each head's tokens taken across
-  rows (on rows of ~11 values it would be slow), the residual added inside the last GEMM;
+* with few prompt tokens (``heads * tokens <= fold_limit``, see below), both cross attentions are folded onto the
+  tokens' side instead: the image tokens are never projected, the per-head query/key products are formed on the
+  tokens (``(W_k^T q) . x`` instead of ``q . (W_k x)``), and the output projection is applied to the few value
+  tokens before the attention weights mix them; that halves the work on the 4096 image tokens. This path keeps the
+  image tokens channel-first (C, N), the embedding's own layout: no transpose, every product with them a plain
+  GEMM, the image-to-token softmax over each head's tokens taken across rows (on rows of ~11 values it would be
+  slow), the residual added inside the last GEMM;
 * otherwise attention goes through ``scaled_dot_product_attention``;
 * after the last layer only the IoU token and mask token 0 are carried through the final attention (the single-mask
   output reads nothing else, and that attention and its norm act per token);
@@ -23,12 +23,22 @@ fixed model (:class:`FastDecoder` is built once per model and dtype):
 
 The arithmetic is the same up to floating-point reassociation: logits agree with :func:`decode` to about 1e-5
 (relative, float32) and 1e-12 (float64); ``tests/test_fast_decoder.py`` checks both.
+
+Two options trade precision for speed on CPUs with native bfloat16, where the products with the 4096 image tokens
+(nearly all of the arithmetic) run 2.5x faster: ``upscale_dtype`` for the output upscaling and ``attention_dtype``
+for the folded attention's four products per layer (scores and mixing, in both directions). Only the operands and
+results of those GEMMs are rounded (their sums are accumulated in float32); the image tokens themselves, their
+residual updates and norms, and everything on the prompt tokens' side stay in the model's dtype. Logits stay within
+1 % (relative L2) of float32. ``fold_limit`` (default: the measured crossover) is 192, up to 18 clicks, with the
+attention in the model's dtype and 512, up to 58 clicks, with it in bfloat16 (the fused path keeps the model's
+dtype).
 """
 
 from __future__ import annotations
 
 import math
 import threading
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -37,14 +47,15 @@ from segment_anything.modeling import MaskDecoder
 from .decoding import DecoderOutput
 from .fast_encoder import cpu_has_fast_bf16
 
-__all__ = ["FastDecoder", "default_upscale_dtype"]
+__all__ = ["FastDecoder", "default_decoder_dtype"]
 
 
-def default_upscale_dtype(device: torch.device | str, model_dtype: torch.dtype = torch.float32) -> torch.dtype:
-    """The dtype of the output upscaling chosen by default: bfloat16 for a float32 model on a CPU with native
-    bfloat16 arithmetic (AVX512-BF16/AMX), where it cuts a click by about a quarter and keeps masks within the
-    stated tolerance (``benchmarks/bench_engine.py``); the model's dtype everywhere else (on CUDA the decoder is not
-    bound by arithmetic, and without native instructions bfloat16 is slower)."""
+def default_decoder_dtype(device: torch.device | str, model_dtype: torch.dtype = torch.float32) -> torch.dtype:
+    """The dtype of the decoder's products with the image tokens (output upscaling, folded attention) chosen by
+    default: bfloat16 for a float32 model on a CPU with native bfloat16 arithmetic (AVX512-BF16/AMX), where together
+    they cut a click by about 40 % and keep masks within the stated tolerance (``benchmarks/bench_engine.py``); the
+    model's dtype everywhere else (on CUDA the decoder is not bound by arithmetic, and without native instructions
+    bfloat16 is slower)."""
     if model_dtype == torch.float32 and torch.device(device).type == "cpu" and cpu_has_fast_bf16():
         return torch.bfloat16
     return model_dtype
@@ -76,6 +87,19 @@ def _transposed_conv_matrix(conv: torch.nn.ConvTranspose2d) -> torch.Tensor:
     return conv.weight.permute(0, 2, 3, 1).reshape(conv.in_channels, -1).contiguous()
 
 
+class _Upscaling(NamedTuple):
+    """The output upscaling's parameters in one dtype: (GEMM matrix, bias, output channels) of each transposed
+    convolution and (weight, bias, eps) of the norm between them."""
+
+    first: tuple[torch.Tensor, torch.Tensor, int]
+    norm: tuple[torch.Tensor, torch.Tensor, float]
+    second: tuple[torch.Tensor, torch.Tensor, int]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.first[0].dtype
+
+
 class _Workspace(threading.local):
     """Scratch tensors of one thread, reused from call to call.
 
@@ -88,16 +112,21 @@ class _Workspace(threading.local):
     def __init__(self) -> None:
         self.buffers: dict[str, torch.Tensor] = {}
         self.active = True  #: off under autocast, whose results' dtypes the buffers cannot know in advance
+        # the precisions of the call under way (see FastDecoder.precisions)
+        self.attention_dtype: torch.dtype | None = None
+        self.upscaling: _Upscaling | None = None
 
-    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor | None:
-        """A ``shape`` tensor of ``like``'s dtype and device (its contents undefined), or None when inactive (every
-        ``out=`` then allocates as usual)."""
+    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor,
+            dtype: torch.dtype | None = None) -> torch.Tensor | None:
+        """A ``shape`` tensor on ``like``'s device, of ``dtype`` (default: ``like``'s), its contents undefined; or
+        None when inactive (every ``out=`` then allocates as usual)."""
         if not self.active:
             return None
         size = math.prod(shape)
+        dtype = dtype or like.dtype
         buffer = self.buffers.get(name)
-        if buffer is None or buffer.numel() < size or buffer.dtype != like.dtype or buffer.device != like.device:
-            buffer = torch.empty(size, dtype=like.dtype, device=like.device)
+        if buffer is None or buffer.numel() < size or buffer.dtype != dtype or buffer.device != like.device:
+            buffer = torch.empty(size, dtype=dtype, device=like.device)
             self.buffers[name] = buffer
         return buffer[:size].view(shape)
 
@@ -133,12 +162,17 @@ class FastDecoder:
         mask_decoder: MaskDecoder,
         image_pe: torch.Tensor,
         *,
-        fold_limit: int = 192,
+        fold_limit: int | None = None,
         upscale_dtype: torch.dtype | None = None,
+        attention_dtype: torch.dtype | None = None,
     ) -> None:
         self.decoder = mask_decoder
+        if fold_limit is None:  # the measured crossovers (see the module docstring)
+            low = attention_dtype is not None and attention_dtype.itemsize < image_pe.dtype.itemsize
+            fold_limit = 512 if low else 192
         self.fold_limit = fold_limit
         self.upscale_dtype = upscale_dtype
+        self.attention_dtype = attention_dtype
         self._workspace = _Workspace()
         transformer = mask_decoder.transformer
         with torch.inference_mode():
@@ -164,12 +198,30 @@ class FastDecoder:
             ).contiguous()
             self.final_dim = final.internal_dim
             conv1, norm, _, conv2, _ = mask_decoder.output_upscaling
-            dtype = upscale_dtype or image_pe.dtype
-            self.upscale1 = (_transposed_conv_matrix(conv1).to(dtype), conv1.bias.repeat(4).to(dtype).contiguous(),
-                             conv1.out_channels)
-            self.upscale2 = (_transposed_conv_matrix(conv2).to(dtype), conv2.bias.repeat(4).to(dtype).contiguous(),
-                             conv2.out_channels)
-            self.upscale_norm = (norm.weight.to(dtype), norm.bias.to(dtype), norm.eps)
+            self._upscaling = {
+                dtype: _Upscaling(
+                    (_transposed_conv_matrix(conv1).to(dtype), conv1.bias.repeat(4).to(dtype).contiguous(),
+                     conv1.out_channels),
+                    (norm.weight.to(dtype), norm.bias.to(dtype), norm.eps),
+                    (_transposed_conv_matrix(conv2).to(dtype), conv2.bias.repeat(4).to(dtype).contiguous(),
+                     conv2.out_channels),
+                )
+                for dtype in {image_pe.dtype, upscale_dtype or image_pe.dtype}
+            }
+            #: the output upscaling's weights in its configured dtype
+            self.upscaling = self._upscaling[upscale_dtype or image_pe.dtype]
+            self.model_dtype = image_pe.dtype
+
+    def precisions(self, device: torch.device) -> tuple[torch.dtype, torch.dtype]:
+        """The (upscaling, attention) dtypes a call on ``device`` uses now.
+
+        Lower precisions than the model's need oneDNN on the CPU: with ``torch.backends.mkldnn.enabled`` off (the
+        stack jobs switch it off while they run, so that their results do not depend on the thread count) torch's
+        generic bfloat16 GEMM is 10-500x slower than float32, so the decoder runs in the model's dtype instead.
+        """
+        if device.type == "cpu" and not torch.backends.mkldnn.enabled:
+            return self.model_dtype, self.model_dtype
+        return (self.upscale_dtype or self.model_dtype), (self.attention_dtype or self.model_dtype)
 
     def __call__(
         self,
@@ -185,6 +237,8 @@ class FastDecoder:
         _, c, h, w = image_embeddings.shape
         ws = self._workspace
         ws.active = not torch.is_autocast_enabled(image_embeddings.device.type)
+        upscale_dtype, ws.attention_dtype = self.precisions(image_embeddings.device)
+        ws.upscaling = self._upscaling[upscale_dtype]
         # the image tokens (B, C, h, w); in the folded path they are updated in place, layer after layer
         shape = (batch, c, h, w)
         src = torch.add(image_embeddings.expand(shape), dense.expand(shape),
@@ -199,10 +253,11 @@ class FastDecoder:
             keys = src.flatten(2)  # (B, C, N): channel-first, as the embedding already is
             for layer, *_ in self.layers:
                 queries, keys = self._layer_folded(layer, queries, keys, point_pe)
-            attn_out = self._token_to_image_folded(
-                final, queries[:, kept] + point_pe[:, kept], keys, self._keys_pe(keys)
-            )
-            keys = self._in_upscale_dtype(keys)  # converted channel-first: a transposed copy would be slow
+            keys_pe = self._keys_pe(keys)
+            keys_low = self._converted(keys, keys_pe.dtype, "keys_low")
+            attn_out = self._token_to_image_folded(final, queries[:, kept] + point_pe[:, kept], keys_low, keys_pe)
+            # converted channel-first (a transposed copy would be slow), or already converted for the attention
+            keys = keys_low if keys_low.dtype == self._upscale_dtype else self._in_upscale_dtype(keys)
             rows = keys[0].T if batch == 1 else keys.transpose(1, 2).reshape(batch * h * w, c)
         else:
             keys = src.flatten(2).transpose(1, 2)  # (B, N, C), a view
@@ -222,12 +277,25 @@ class FastDecoder:
         iou = decoder.iou_prediction_head(hs[:, 0, :])[:, 0:1]
         return DecoderOutput(logits=logits, iou=iou, token=mask_token)
 
+    @property
+    def _upscale_dtype(self) -> torch.dtype:
+        return self._workspace.upscaling.dtype
+
+    @property
+    def _attention_dtype(self) -> torch.dtype:
+        return self._workspace.attention_dtype
+
+    def _converted(self, tokens: torch.Tensor, dtype: torch.dtype, name: str) -> torch.Tensor:
+        """``tokens`` in ``dtype``, in the same layout: a scratch buffer when converted, ``tokens`` itself when
+        already in ``dtype`` or under autocast (whose GEMMs cast their inputs themselves)."""
+        ws = self._workspace
+        if tokens.dtype == dtype or not ws.active:
+            return tokens
+        return ws.get(name, tokens.shape, tokens, dtype).copy_(tokens)
+
     def _in_upscale_dtype(self, tokens: torch.Tensor) -> torch.Tensor:
         """``tokens`` in the upscaling's dtype, in the same layout (a scratch buffer when converted)."""
-        ws = self._workspace
-        if tokens.dtype == self.upscale1[0].dtype or not ws.active:  # (under autocast the GEMM casts its inputs)
-            return tokens
-        return ws.get("tokens_low", tokens.shape, self.upscale1[0]).copy_(tokens)
+        return self._converted(tokens, self._upscale_dtype, "tokens_low")
 
     def _upscaled_logits(self, rows: torch.Tensor, hyper_in: torch.Tensor, batch: int, h: int, w: int) -> torch.Tensor:
         """``output_upscaling`` then the dot product with the hypernetwork output, on (B * h * w, C) token rows.
@@ -238,19 +306,19 @@ class FastDecoder:
         logits, whose pixel (i, j, a1, b1, a2, b2) lands at row ``4i + 2a1 + a2`` and column ``4j + 2b1 + b2``.
         """
         dtype, ws = hyper_in.dtype, self._workspace
-        matrix, bias, out = self.upscale1
+        matrix, bias, out = ws.upscaling.first
         x = torch.addmm(bias, rows, matrix, out=ws.get("up1", (rows.shape[0], 4 * out), matrix))
         x = x.view(-1, out)  # rows (b, i, j, a1, b1)
         if ws.active and x.device.type == "cpu":  # (CUDA keeps float32 statistics for bfloat16)
-            weight, norm_bias, eps = self.upscale_norm
+            weight, norm_bias, eps = ws.upscaling.norm
             normed = ws.get("up1_norm", x.shape, x)
             stats = ws.get("up1_stats", (2, x.shape[0], 1), x)  # mean and 1/std, in x's dtype on the CPU
             torch.ops.aten.native_layer_norm.out(x, [out], weight, norm_bias, eps, out0=normed, out1=stats[0],
                                                  out2=stats[1])
         else:
-            normed = F.layer_norm(x, (out,), *self.upscale_norm)
+            normed = F.layer_norm(x, (out,), *ws.upscaling.norm)
         x = torch.ops.aten.gelu_(normed)
-        matrix, bias, out = self.upscale2
+        matrix, bias, out = ws.upscaling.second
         x = torch.addmm(bias, x, matrix, out=ws.get("up2", (x.shape[0], matrix.shape[1]), x))
         x = torch.ops.aten.gelu_(x)  # rows (b, i, j, a1, b1), columns (a2, b2, channel)
         logits = torch.bmm(x.view(batch, -1, out), hyper_in.to(x.dtype).view(batch, out, 1)).to(dtype)
@@ -258,14 +326,16 @@ class FastDecoder:
         return logits.reshape(batch, 1, 4 * h, 4 * w)
 
     def _keys_pe(self, keys: torch.Tensor) -> torch.Tensor:
-        """``keys + pe`` for channel-first keys, in this thread's scratch buffer."""
-        return torch.add(keys, self.pe_channels, out=self._workspace.get("keys_pe", keys.shape, keys))
+        """``keys + pe`` for channel-first keys, in the attention's dtype, in this thread's scratch buffer."""
+        out = self._workspace.get("keys_pe", keys.shape, keys, self._attention_dtype)
+        return torch.add(keys, self.pe_channels, out=out)
 
     def _token_to_image_folded(
         self, module, q: torch.Tensor, keys: torch.Tensor, keys_pe: torch.Tensor
     ) -> torch.Tensor:
         """``module(q, keys + pe, keys)`` (few queries, many keys) without projecting the keys; the keys are
-        channel-first (B, C, N).
+        channel-first (B, C, N), ``keys`` and ``keys_pe`` in the attention's dtype (the two products with them run
+        in it; everything on the queries' side stays in ``q``'s dtype).
 
         Per head h: ``q_h . (Wk_h k + bk_h) = (Wk_h^T q_h) . k + const`` (the constant cancels in the softmax over
         the keys) and ``sum_n a_n (Wv_h k_n + bv_h) = Wv_h (sum_n a_n k_n) + bv_h``.
@@ -277,10 +347,12 @@ class FastDecoder:
         folded = (qp * head_dim**-0.5) @ module.k_proj.weight.view(heads, head_dim, -1)  # (B, H, T, C)
         ws = self._workspace
         shape = (batch, heads * tokens, keys.shape[-1])
-        scores = torch.bmm(folded.reshape(batch, heads * tokens, -1), keys_pe, out=ws.get("scores", shape, keys))
+        scores = torch.bmm(folded.reshape(batch, heads * tokens, -1).to(keys_pe.dtype), keys_pe,
+                           out=ws.get("scores", shape, keys_pe))
         attn = torch.softmax(scores, -1) if not ws.active else torch._softmax(
-            scores, -1, False, out=ws.get("attn", shape, keys))
-        pooled = attn @ keys.transpose(1, 2)  # (B, H*T, C)
+            scores, -1, False, out=ws.get("attn", shape, keys_pe))
+        # (B, H*T, C); bmm, not matmul: matmul copies a transposed bfloat16 operand first
+        pooled = torch.bmm(attn, keys.transpose(1, 2)).to(q.dtype)
         values = pooled.view(batch, heads, tokens, -1) @ module.v_proj.weight.view(heads, head_dim, -1).transpose(1, 2)
         values = values + module.v_proj.bias.view(1, heads, 1, head_dim)
         return module.out_proj(_merge(values))
@@ -294,7 +366,8 @@ class FastDecoder:
         Per head h: ``(Wq_h x + bq_h) . kp_h = x . (Wq_h^T kp_h) + bq_h . kp_h`` and
         ``Wo_h (sum_t a_t vp_t) = sum_t a_t (Wo_h vp_t)``, with ``kp``, ``vp`` the projected tokens. The attention
         weights of each head sum to 1 over the tokens, so the output bias is added to every mixed value scaled by
-        ``1 / heads``, and the residual ``keys`` enters the same GEMM.
+        ``1 / heads``, and the residual ``keys`` enters the same GEMM. The two products with the image tokens run in
+        ``keys_pe``'s dtype (the attention's); in a lower one than ``keys``' the update is added to them afterwards.
         """
         batch, _, n = keys_pe.shape
         tokens = k.shape[1]
@@ -307,20 +380,25 @@ class FastDecoder:
         bias = (kp * module.q_proj.bias.view(1, heads, 1, head_dim)).sum(-1)  # (B, H, T)
         ws = self._workspace
         shape = (batch, heads * tokens, n)
-        scores = torch.baddbmm(bias.view(batch, heads * tokens, 1), folded.view(batch, heads * tokens, -1), keys_pe,
-                               out=ws.get("scores", shape, keys))
+        low = keys_pe.dtype
+        scores = torch.baddbmm(bias.view(batch, heads * tokens, 1).to(low),
+                               folded.view(batch, heads * tokens, -1).to(low), keys_pe,
+                               out=ws.get("scores", shape, keys_pe))
         # softmax over each head's tokens: dim 2 of (B, H, T, N), a reduction across rows (short rows of T would
         # be slow on the last dimension)
         scores = scores.view(batch, heads, tokens, n)
         attn = torch.softmax(scores, 2) if not ws.active else torch._softmax(
-            scores, 2, False, out=ws.get("attn", scores.shape, keys))
+            scores, 2, False, out=ws.get("attn", scores.shape, keys_pe))
         attn = attn.view(shape)
         out_weight = module.out_proj.weight.view(-1, heads, head_dim).transpose(0, 1)  # (H, C, d)
         mixed = (vp @ out_weight.transpose(1, 2)).reshape(batch, heads * tokens, -1)  # (B, H*T, C)
         mixed = (mixed + module.out_proj.bias / heads).transpose(1, 2)
-        if ws.active:  # the tokens are this thread's scratch buffer: updated in place
-            return keys.baddbmm_(mixed.to(keys.dtype), attn)
-        return torch.baddbmm(keys, mixed, attn)  # (B, C, N)
+        if not ws.active:
+            return torch.baddbmm(keys, mixed, attn)  # (B, C, N)
+        # the tokens are this thread's scratch buffer: updated in place
+        if low == keys.dtype:
+            return keys.baddbmm_(mixed.to(low), attn)
+        return keys.add_(torch.bmm(mixed.to(low), attn, out=ws.get("update", keys.shape, keys_pe)))
 
     def _layer_folded(self, layer, queries, keys, query_pe):
         """``TwoWayAttentionBlock.forward`` with both cross attentions folded onto the few tokens' side, on
@@ -334,13 +412,18 @@ class FastDecoder:
         queries = layer.norm1(queries)
         keys_pe = self._keys_pe(keys)
         queries = queries + self._token_to_image_folded(
-            layer.cross_attn_token_to_image, queries + query_pe, keys, keys_pe
+            layer.cross_attn_token_to_image, queries + query_pe, self._converted(keys, keys_pe.dtype, "keys_low"),
+            keys_pe,
         )
         queries = layer.norm2(queries)
         queries = layer.norm3(queries + layer.mlp(queries))
         keys = self._image_to_token_folded(layer.cross_attn_image_to_token, keys, keys_pe, queries + query_pe, queries)
-        out = keys if self._workspace.active else None
-        return queries, _layer_norm_channels(keys, layer.norm4, scratch=keys_pe, out=out)  # keys_pe: done with
+        ws = self._workspace
+        if not ws.active:
+            return queries, _layer_norm_channels(keys, layer.norm4, scratch=None, out=None)
+        # keys_pe is done with: its buffer is the norm's scratch when it has the keys' dtype
+        scratch = keys_pe if keys_pe.dtype == keys.dtype else ws.get("norm", keys.shape, keys)
+        return queries, _layer_norm_channels(keys, layer.norm4, scratch=scratch, out=keys)
 
     @staticmethod
     def _layer(layer, weight, constant, dim, queries, keys, query_pe):

@@ -68,8 +68,11 @@ _FLAG_SAVED = True
 def thread_count_invariant() -> Iterator[None]:
     """Make CPU results independent of the number of torch threads, so serial and Dask runs agree bit for bit.
 
-    oneDNN's convolutions (SAM's neck, the decoder's upscaling) give results that depend on the thread count (ViT-B
-    neck: up to 4e-6 between 1 and 2 threads), while torch's own kernels used instead do not and are as fast here.
+    oneDNN's convolutions (SAM's neck on the reference encoder path, the prompt encoder's mask downscaling) give
+    results that depend on the thread count (ViT-B neck: up to 4e-6 between 1 and 2 threads), while torch's own
+    kernels used instead do not and are as fast here. While it is off the decoder keeps its products with the image
+    tokens in the model's dtype (:meth:`~napari_focsam.models.fast_decoder.FastDecoder.precisions`): bfloat16
+    GEMMs need oneDNN.
     ``torch.backends.mkldnn`` is process-wide, so the switch is reference counted: it is off while any stack job in
     this process runs and restored after the last one.
     """
