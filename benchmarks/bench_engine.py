@@ -41,15 +41,10 @@ from napari_focsam.models.loader import load_model
 from napari_focsam.models.refiner import FocusRefiner
 
 
-def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously; a time taken without this measures nothing)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def test_image(height: int = 768, width: int = 1024, seed: int = 0) -> np.ndarray:
@@ -84,7 +79,8 @@ def mask_agreement(predictor: SamFamilyPredictor, reference: ImageEmbedding, oth
 def bench_embedding(loaded, image, repeats: int, rows: list, autocast: bool = True) -> ImageEmbedding:
     model = loaded.model
     reference = SamPredictor(Sam(model.image_encoder, model.prompt_encoder, model.mask_decoder).eval())
-    fast_dtype = default_encoder_dtype(loaded.model.image_encoder.pos_embed.device)
+    device = loaded.model.image_encoder.pos_embed.device
+    fast_dtype = default_encoder_dtype(device)
     variants: dict[str, Callable[[], object]] = {}
     ours: dict[str, SamFamilyPredictor] = {
         "reference fp32 (segment-anything blocks)": SamFamilyPredictor(loaded, encoder_attention="reference"),
@@ -115,8 +111,10 @@ def bench_embedding(loaded, image, repeats: int, rows: list, autocast: bool = Tr
     times: dict[str, list[float]] = {label: [] for label in variants}
     for _ in range(repeats):  # interleaved, so that a change in the machine's load hits every variant alike
         for label, fn in variants.items():
+            synchronize(device)
             start = time.perf_counter()
             fn()
+            synchronize(device)
             times[label].append(time.perf_counter() - start)
     ref_t = min(times["SamPredictor.set_image fp32"])
     ref_features = reference.features
@@ -142,13 +140,14 @@ def bench_clicks(loaded, embedding: ImageEmbedding, image, n: int, rows: list) -
     reference.is_image_set = True
     fp32 = "fused decoder, fp32"
     variants = {}
-    if default_decoder_dtype("cpu") != torch.float32:
+    device = embedding.features.device
+    if default_decoder_dtype(device) != torch.float32:
         variants["fused decoder, bf16 upscaling + attention (default here)"] = SamFamilyPredictor(
             loaded, decoder_upscale_dtype="auto", decoder_attention_dtype="auto")
         variants["fused decoder, bf16 upscaling only"] = SamFamilyPredictor(loaded, decoder_upscale_dtype="auto")
     variants[fp32 if variants else fp32 + " (default here)"] = SamFamilyPredictor(loaded)
     variants["segment-anything's decoder forward, fp32"] = SamFamilyPredictor(loaded, decoder="reference")
-    if default_encoder_dtype("cpu") == torch.bfloat16:
+    if default_encoder_dtype(device) == torch.bfloat16:
         variants["fused decoder, bf16 autocast"] = SamFamilyPredictor(loaded, decoder_autocast=torch.bfloat16)
     rng = np.random.default_rng(1)
     clicks = np.stack([rng.uniform(0, image.shape[0] - 1, n), rng.uniform(0, image.shape[1] - 1, n)], 1)
@@ -195,7 +194,7 @@ def bench_clicks(loaded, embedding: ImageEmbedding, image, n: int, rows: list) -
                  ref_multi))
 
 
-def bench_refiner(rows: list, repeats: int) -> None:
+def bench_refiner(rows: list, repeats: int, device: torch.device) -> None:
     """The refiner per object: ours (gather DCN, the default) against the official algorithm's structure with a
     standard DCN kernel (``torchvision.ops.deform_conv2d``, the im2col algorithm of mmcv's CPU kernel that the
     official code calls), interleaved, same weights and inputs."""
@@ -205,25 +204,29 @@ def bench_refiner(rows: list, repeats: int) -> None:
         for name, p in refiner.named_parameters():
             if "gamma" in name:
                 p.normal_(0, 0.1)
-    embeds = torch.randn(1, 256, 64, 64)
-    token = torch.randn(1, 1, 256)
+    refiner.to(device)
+    embeds = torch.randn(1, 256, 64, 64).to(device)
+    token = torch.randn(1, 1, 256).to(device)
     cases = (("object in 4 windows (4 plain + 1 shifted)", (480, 544, 480, 544)),
              ("object in 1 plain + 4 shifted windows", (300, 420, 300, 420)),
              ("object covering all 16 windows", (100, 900, 100, 900)))
     for label, (y0, y1, x0, x1) in cases:
-        logits = torch.full((1, 1, 256, 256), -5.0)
+        logits = torch.full((1, 1, 256, 256), -5.0, device=device)
         logits[..., y0 // 4: y1 // 4, x0 // 4: x1 // 4] = 5.0
         ours, official = [], []
         with torch.inference_mode():
             for round_ in range(repeats + 1):
                 refiner.set_dcn_backend("gather")
+                synchronize(device)
                 start = time.perf_counter()
                 out = refiner(embeds, logits, token)
+                synchronize(device)
                 if round_:
                     ours.append(time.perf_counter() - start)
                 refiner.set_dcn_backend("torchvision")
                 start = time.perf_counter()
                 ref = refiner(embeds, logits, token)
+                synchronize(device)
                 if round_:
                     official.append(time.perf_counter() - start)
         refiner.set_dcn_backend("gather")
@@ -235,6 +238,7 @@ def bench_refiner(rows: list, repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="sam_vit_b", help="architecture (random weights)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     parser.add_argument("--embed-repeats", type=int, default=2)
     parser.add_argument("--clicks", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -245,11 +249,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu capability "
-          f"{torch.backends.cpu.get_cpu_capability()}, fast encoder dtype {default_encoder_dtype('cpu')}, "
+    device = torch.device(args.device)
+    where = (f"{torch.cuda.get_device_name(device)}" if device.type == "cuda"
+             else f"cpu capability {torch.backends.cpu.get_cpu_capability()}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}, "
+          f"fast encoder dtype {default_encoder_dtype(device)}, decoder dtype {default_decoder_dtype(device)}, "
           f"model {args.model} (random weights, rel-pos std {args.rel_pos_std})")
     print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())} ({os.cpu_count()} cpus)")
-    loaded = load_model(args.model, device="cpu")
+    loaded = load_model(args.model, device=device)
     with torch.no_grad():
         generator = torch.Generator().manual_seed(0)
         for name, param in loaded.model.image_encoder.named_parameters():
@@ -259,7 +266,7 @@ def main() -> None:
     rows: list = []
     embedding = bench_embedding(loaded, image, args.embed_repeats, rows, autocast=not args.no_autocast)
     bench_clicks(loaded, embedding, image, args.clicks, rows)
-    bench_refiner(rows, repeats=args.refiner_repeats)
+    bench_refiner(rows, repeats=args.refiner_repeats, device=device)
     print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     width = max(len(r[0]) for r in rows)
     print(f"\n{'measure (peer: SamPredictor unless named)':<{width}}  {'ours':>9}  {'peer':>12}  {'ratio':>6}")

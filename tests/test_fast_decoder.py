@@ -13,6 +13,7 @@ from napari_focsam.models.decoding import decode, dense_positional_encoding, enc
 from napari_focsam.models.fast_decoder import FastDecoder
 from napari_focsam.models.sam import build_model
 from napari_focsam.models.specs import get_spec
+from napari_focsam.stack.worker import thread_count_invariant
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +161,7 @@ def test_lower_precisions_stand_aside_while_onednn_is_off(model):
         sparse, dense = _prompts(model, 1, box=False, mask=True)
         fast = low(embeds, sparse, dense)
         assert low.precisions(embeds.device) == (torch.bfloat16, torch.bfloat16)
-        with torch.backends.mkldnn.flags(enabled=False):
+        with thread_count_invariant():  # oneDNN off, as in the stack jobs
             assert low.precisions(embeds.device) == (torch.float32, torch.float32)
             plain = low(embeds, sparse, dense)
             expected = exact(embeds, sparse, dense)
@@ -168,6 +169,32 @@ def test_lower_precisions_stand_aside_while_onednn_is_off(model):
     assert torch.equal(plain.logits, expected.logits) and torch.equal(plain.token, expected.token)
     assert not torch.equal(fast.logits, expected.logits)
     assert torch.equal(again.logits, fast.logits)  # back in bfloat16 once oneDNN is on again
+
+
+def test_the_fold_limit_follows_the_calls_attention_dtype(model):
+    """The measured crossovers: folded up to 18 clicks in the model's dtype, up to 58 with the attention in bfloat16
+    (and back to 18 while oneDNN is off, when the attention runs in the model's dtype)."""
+    image_pe = dense_positional_encoding(model.prompt_encoder)
+    embeds = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(8))
+    exact = FastDecoder(model.mask_decoder, image_pe)
+    low = FastDecoder(model.mask_decoder, image_pe, attention_dtype=torch.bfloat16)
+
+    def folds(decoder: FastDecoder, clicks: int) -> bool:
+        calls = []
+        original = decoder._layer_folded
+        decoder._layer_folded = lambda *args: calls.append(1) or original(*args)
+        coords = torch.rand(1, clicks, 2, generator=torch.Generator().manual_seed(clicks)) * 1000
+        with torch.inference_mode():
+            sparse, dense = encode_prompts(model.prompt_encoder, coords, torch.ones(1, clicks, dtype=torch.long))
+            decoder(embeds, sparse, dense)
+        del decoder._layer_folded
+        return bool(calls)
+
+    assert folds(exact, 18) and not folds(exact, 19)
+    assert folds(low, 58) and not folds(low, 59)
+    with thread_count_invariant():  # oneDNN off, as in the stack jobs
+        assert folds(low, 18) and not folds(low, 19)
+    assert FastDecoder(model.mask_decoder, image_pe, fold_limit=0).fold_limit == 0
 
 
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["float32", "bfloat16"])

@@ -167,10 +167,7 @@ class FastDecoder:
         attention_dtype: torch.dtype | None = None,
     ) -> None:
         self.decoder = mask_decoder
-        if fold_limit is None:  # the measured crossovers (see the module docstring)
-            low = attention_dtype is not None and attention_dtype.itemsize < image_pe.dtype.itemsize
-            fold_limit = 512 if low else 192
-        self.fold_limit = fold_limit
+        self.fold_limit = fold_limit  #: None: the measured crossover for the call's attention dtype
         self.upscale_dtype = upscale_dtype
         self.attention_dtype = attention_dtype
         self._workspace = _Workspace()
@@ -248,7 +245,7 @@ class FastDecoder:
         # only the IoU token and mask token 0 are read after the final attention (single-mask output), and the
         # final attention and norm act on each token separately: the other tokens are left out from here on
         kept = slice(0, 2)
-        folded = final.num_heads * point_pe.shape[1] <= self.fold_limit
+        folded = final.num_heads * point_pe.shape[1] <= self._fold_limit(image_embeddings.dtype)
         if folded:
             keys = src.flatten(2)  # (B, C, N): channel-first, as the embedding already is
             for layer, *_ in self.layers:
@@ -276,6 +273,12 @@ class FastDecoder:
         logits = self._upscaled_logits(rows, hyper_in, batch, h, w)
         iou = decoder.iou_prediction_head(hs[:, 0, :])[:, 0:1]
         return DecoderOutput(logits=logits, iou=iou, token=mask_token)
+
+    def _fold_limit(self, dtype: torch.dtype) -> int:
+        """``heads * tokens`` up to which the folded path is taken (see the module docstring)."""
+        if self.fold_limit is not None:
+            return self.fold_limit
+        return 512 if self._workspace.attention_dtype.itemsize < dtype.itemsize else 192
 
     @property
     def _upscale_dtype(self) -> torch.dtype:

@@ -1,0 +1,50 @@
+"""The benchmark scripts run end to end on small settings and print their tables (their figures are not checked
+here: speed is judged by running them, see the README's *Benchmarks*)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, *args: str, timeout: float = 300) -> str:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def test_bench_engine_prints_every_ratio() -> None:
+    out = _run("bench_engine.py", "--model", "sam_tiny", "--embed-repeats", "1", "--clicks", "3",
+               "--refiner-repeats", "1")
+    table = out[out.index("measure (peer"):].splitlines()[1:]
+    rows = {line.split(" (s)")[0].split(" [")[0]: line for line in table if line.strip()}
+    ratios = {name: float(line.split()[-1]) for name, line in rows.items()}
+    assert all(ratio > 0 for ratio in ratios.values()), ratios
+    assert any(name.startswith("embedding") for name in ratios)
+    assert any(name.startswith("refiner per object") for name in ratios)
+    clicks = [line for line in table if line.startswith("click → mask")]
+    assert clicks and "(default here)" in clicks[0]
+    for line in clicks:  # every decoder variant stays within the tolerance the README states (≥ 99 %)
+        assert float(re.search(r"masks ≥([\d.]+)%", line).group(1)) >= 99.0, line
+    for line in table:
+        if line.startswith("refiner"):  # ours equals the official algorithm
+            assert float(re.search(r"max \|diff\| ([\d.e+-]+)\]", line).group(1)) < 1e-4, line
+
+
+def test_bench_widget_prints_the_plugin_overhead() -> None:
+    pytest.importorskip("napari")
+    out = _run("bench_widget.py", "--clicks", "4", "--size", "256")
+    lines = [line.split() for line in out.splitlines() if line.startswith(("fallback", "focsam_tiny"))]
+    assert [line[0] for line in lines] == ["fallback", "focsam_tiny"]
+    for _, total, model, overhead in lines:
+        assert float(total) > 0 and float(model) > 0
+        assert abs(float(total) - float(model) - float(overhead)) < 0.2
