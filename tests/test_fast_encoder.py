@@ -271,6 +271,19 @@ def test_manager_defaults_to_the_devices_decoder_dtype():
             SamFamilyPredictor(loaded, decoder="reference", **{option: torch.bfloat16})
     with pytest.raises(ValueError, match="unknown dtype"):
         SamFamilyPredictor(loaded, decoder_attention_dtype="int8")
+
+
+def test_precision_float32_turns_every_lower_precision_default_off():
+    exact = ModelManager.load("sam_tiny", device="cpu", allow_random_weights=True, precision="float32").predictor
+    assert exact.encoder_attention == "fast"
+    assert exact.encoder_dtype == exact.decoder_upscale_dtype == exact.decoder_attention_dtype == torch.float32
+    mixed = ModelManager.load("sam_tiny", device="cpu", allow_random_weights=True, precision="float32",
+                              decoder_attention_dtype=torch.bfloat16).predictor  # explicit options still apply
+    assert mixed.decoder_attention_dtype == torch.bfloat16 and mixed.decoder_upscale_dtype == torch.float32
+    with pytest.raises(ValueError, match="precision must be one of"):
+        ModelManager.load("sam_tiny", device="cpu", allow_random_weights=True, precision="half")
+    # the fallback has no numerics to choose: the option is accepted and means nothing there
+    assert ModelManager.load("fallback", precision="float32").is_fallback
     assert default_decoder_dtype("cpu", torch.float64) == torch.float64
     assert default_decoder_dtype("meta") == torch.float32
 

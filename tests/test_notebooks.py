@@ -21,9 +21,13 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 RUNNER = """
 import sys, nbformat, nbclient
 notebook = nbformat.read(sys.argv[1], as_version=4)
-nbclient.NotebookClient(notebook, timeout=240, kernel_name="python3",
+nbclient.NotebookClient(notebook, timeout=int(sys.argv[3]), kernel_name="python3",
                         resources={"metadata": {"path": sys.argv[2]}}).execute()
 """
+#: seconds a cell may take before it counts as hung: the widget notebook's cells take a few seconds each, so a hang
+#: there (see test_notebook_runs) is given up on sooner
+CELL_TIMEOUT = {"02_napari_widget_from_python": 90}
+RETRIES = 2
 
 
 def test_notebooks_have_no_committed_outputs():
@@ -38,9 +42,10 @@ def test_notebooks_have_no_committed_outputs():
 def _execute(path, folder) -> subprocess.CompletedProcess | None:
     """Run one notebook in a new process; None when a cell hung (no reply within nbclient's timeout)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "QT_", "NAPARI", "PYQT"))}
+    cell_timeout = CELL_TIMEOUT.get(path.stem, 240)
     try:
-        result = subprocess.run([sys.executable, "-c", RUNNER, str(path), str(folder)], env=env, cwd=folder,
-                                capture_output=True, text=True, timeout=600)
+        result = subprocess.run([sys.executable, "-c", RUNNER, str(path), str(folder), str(cell_timeout)], env=env,
+                                cwd=folder, capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
         return None
     return None if "CellTimeoutError" in result.stderr else result
@@ -49,15 +54,20 @@ def _execute(path, folder) -> subprocess.CompletedProcess | None:
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path, tmp_path):
-    """Every cell runs without an error. A cell that *hangs* (seen once in about a dozen CI runs: the widget
-    notebook's kernel sat idle for minutes under Xvfb, with the fallback model, which runs no torch code) is retried
-    once in a fresh process, with a warning; an error is never retried."""
-    result = _execute(path, tmp_path)
-    if result is None:
-        import warnings
+    """Every cell runs without an error. A cell that *hangs* is retried in a fresh process (up to twice), with a
+    warning; an error is never retried. The hang, seen twice in about fifteen CI runs, always in the widget
+    notebook: the kernel sits idle in ipykernel's Qt event loop (``loop_qt``, entered because napari enables
+    IPython's Qt integration) and never notices the next execute request, so the cell never starts (py-spy: main
+    thread idle in ``loop_qt``); most likely the race of that loop's edge-triggered socket notifier which
+    ipykernel's own comments describe, outside this project."""
+    import warnings
 
+    result = _execute(path, tmp_path)
+    for attempt in range(1, RETRIES + 1):
+        if result is not None:
+            break
         warnings.warn(f"{path.name}: a cell hung; running the notebook again", RuntimeWarning, stacklevel=1)
-        (tmp_path / "retry").mkdir()
-        result = _execute(path, tmp_path / "retry")
-    assert result is not None, f"{path.name}: a cell hung twice"
+        (tmp_path / f"retry{attempt}").mkdir()
+        result = _execute(path, tmp_path / f"retry{attempt}")
+    assert result is not None, f"{path.name}: a cell hung {RETRIES + 1} times"
     assert result.returncode == 0, result.stderr[-4000:]

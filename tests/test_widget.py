@@ -168,3 +168,35 @@ def test_the_widget_docks_through_the_manifest(make_napari_viewer):
     viewer = make_napari_viewer()
     dock, widget = viewer.window.add_plugin_dock_widget("napari-focsam", "FocSAM annotator")
     assert isinstance(widget, FocsamWidget)
+
+
+def test_the_load_button_loads_a_checkpoint_with_the_chosen_precision(make_napari_viewer, tmp_path):
+    """Model, checkpoint file, device and precision from the widget's fields, loaded in a worker; the label says
+    which encoder numerics are in use."""
+    import torch
+
+    from napari_focsam.models.fast_decoder import default_decoder_dtype
+    from napari_focsam.models.fast_encoder import default_encoder_dtype
+    from napari_focsam.models.sam import build_model
+    from napari_focsam.models.specs import get_spec
+
+    path = tmp_path / "sam_tiny.pth"
+    torch.save(build_model(get_spec("sam_tiny"), seed=0).state_dict(), path)  # the official SAM layout
+    viewer = make_napari_viewer()
+    widget = FocsamWidget(viewer)
+    widget.model_combo.addItem("SAM tiny (test)", "sam_tiny")
+    widget.model_combo.setCurrentIndex(widget.model_combo.count() - 1)
+    widget.checkpoint_edit.setText(str(path))
+    widget.device_combo.setCurrentText("cpu")
+    for precision, encoder, decoder in (("float32", torch.float32, torch.float32),
+                                        ("fast", default_encoder_dtype("cpu"), default_decoder_dtype("cpu"))):
+        widget.precision_combo.setCurrentIndex(widget.precision_combo.findData(precision))
+        widget.load_button.click()
+        assert not widget.load_button.isEnabled()  # while the worker loads
+        widget.controller.wait()
+        predictor = widget.controller.manager.predictor
+        assert predictor.name == "sam_tiny" and predictor.source == str(path)
+        assert predictor.encoder_dtype == encoder
+        assert predictor.decoder_upscale_dtype == predictor.decoder_attention_dtype == decoder
+        assert f"({str(encoder).replace('torch.', '')} encoder)" in widget.model_label.text()
+        assert widget.load_button.isEnabled()

@@ -31,6 +31,8 @@ from .signature import data_signature, embedding_key
 from .types import CancelToken, ImageEmbedding, Prompts
 
 FALLBACK_NAME = "fallback"
+#: ``ModelManager.load(precision=...)``: the device's fast dtypes (bf16 where it has them) or float32 throughout
+PRECISIONS = ("fast", "float32")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class ModelManager:
         *,
         device: str | torch.device = "auto",
         dtype: torch.dtype = torch.float32,
+        precision: str = "fast",
         encoder_attention: str | None = None,
         encoder_dtype: torch.dtype | str | None = None,
         encoder_autocast: torch.dtype | None = None,
@@ -93,7 +96,15 @@ class ModelManager:
         within 0.5 % of pixels of float32; else the model's dtype; ``None`` keeps the model's dtype).
         ``decoder="reference"`` runs segment-anything's decoder forward as written instead (the same results within
         float rounding); ``decoder_autocast=torch.bfloat16`` runs the whole decoder under autocast.
+        ``precision="float32"`` turns every lower-precision default off at once (encoder and decoder in the model's
+        dtype; options passed explicitly still apply), for comparisons with published figures.
         """
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision == "float32":
+            encoder_dtype = dtype if encoder_dtype in (None, "auto") else encoder_dtype
+            decoder_upscale_dtype = None if decoder_upscale_dtype == "auto" else decoder_upscale_dtype
+            decoder_attention_dtype = None if decoder_attention_dtype == "auto" else decoder_attention_dtype
         if cache is None:
             cache = EmbeddingCache(store=store)
         if model == FALLBACK_NAME:

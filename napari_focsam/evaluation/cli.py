@@ -55,14 +55,11 @@ def load_predictor(args: argparse.Namespace):  # noqa: ANN201  (a Predictor)
         from .oracle import OracleBackend
 
         return OracleBackend()
-    import torch
-
     from ..engine.manager import ModelManager
 
-    exact = {"encoder_dtype": torch.float32, "decoder_upscale_dtype": None, "decoder_attention_dtype": None}
-    exact = exact if args.float32 else {}
     manager = ModelManager.load(args.model, args.checkpoint, device=args.device,
-                                allow_random_weights=args.allow_random_weights, **exact)
+                                precision="float32" if args.float32 else "fast",
+                                allow_random_weights=args.allow_random_weights)
     return manager.predictor
 
 
