@@ -103,8 +103,6 @@ class ModelManager:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if precision == "float32":
             encoder_dtype = dtype if encoder_dtype in (None, "auto") else encoder_dtype
-            decoder_upscale_dtype = None if decoder_upscale_dtype == "auto" else decoder_upscale_dtype
-            decoder_attention_dtype = None if decoder_attention_dtype == "auto" else decoder_attention_dtype
         if cache is None:
             cache = EmbeddingCache(store=store)
         if model == FALLBACK_NAME:
@@ -119,7 +117,7 @@ class ModelManager:
             checkpoint = resolve_checkpoint(model, download=download, progress=progress)
         if encoder_attention is None:
             encoder_attention = "reference" if encoder_autocast is not None else "fast"
-        if decoder != "fast" or decoder_autocast is not None:
+        if precision == "float32" or decoder != "fast" or decoder_autocast is not None:  # no bf16 decoder default
             decoder_upscale_dtype = None if decoder_upscale_dtype == "auto" else decoder_upscale_dtype
             decoder_attention_dtype = None if decoder_attention_dtype == "auto" else decoder_attention_dtype
         loaded = load_model(model, checkpoint, device=resolve_device(device), dtype=dtype)
