@@ -139,6 +139,7 @@ class FallbackPredictor:
     is_fallback = True
     supports_boxes = True
     uses_refiner = False
+    stateless = True  # the mask depends on the prompts alone: a replay computes the latest prompts only
 
     def __init__(
         self,

@@ -9,6 +9,11 @@ Thread safety (the napari widget calls it from worker threads):
 * Every long call takes an optional :class:`CancelToken`; a superseded request is abandoned at the next stage
   boundary (between ViT blocks, between decoder/refiner/post-processing) and leaves no partial state behind.
 * Changing the model means creating a new manager; an old manager stays valid for the jobs still using it.
+
+Memory: every session keeps at most ``max_history`` undo steps; a committed object (:meth:`ModelManager.commit_object`)
+keeps only its last step (what re-opening it needs, see :meth:`ObjectSession.compact`), and only the
+``keep_committed`` most recently committed sessions are kept at all (older ones are closed: re-opening them starts
+from their pixels with no clicks recorded).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -26,13 +32,15 @@ from ..models.loader import load_model, resolve_device
 from .cache import EmbeddingCache
 from .image import to_model_rgb
 from .predictor import Predictor
-from .session import ObjectSession
+from .session import DEFAULT_MAX_HISTORY, ObjectSession
 from .signature import data_signature, embedding_key
 from .types import CancelToken, ImageEmbedding, Prompts
 
 FALLBACK_NAME = "fallback"
 #: ``ModelManager.load(precision=...)``: the device's fast dtypes (bf16 where it has them) or float32 throughout
 PRECISIONS = ("fast", "float32")
+#: committed sessions kept for exact re-opening (about 0.4 MiB each for SAM, + 4 MiB refined embedding for FocSAM)
+DEFAULT_KEEP_COMMITTED = 32
 
 
 @dataclass(frozen=True)
@@ -51,8 +59,12 @@ class ModelManager:
         self.predictor = predictor
         self.cache = cache if cache is not None else EmbeddingCache()
         self._sessions: dict[tuple[str, int], ObjectSession] = {}
+        self._committed: OrderedDict[tuple[str, int], None] = OrderedDict()  # oldest first
         self._lock = threading.RLock()
         self.last_embed: EmbedInfo | None = None
+        #: undo steps per new session; committed sessions kept (see the module docstring)
+        self.max_history = DEFAULT_MAX_HISTORY
+        self.keep_committed = DEFAULT_KEEP_COMMITTED
 
     @classmethod
     def load(
@@ -195,8 +207,10 @@ class ModelManager:
             if object_id is None:
                 ids = [oid for key, oid in self._sessions if key == embedding.key]
                 object_id = max(ids, default=0) + 1
-            session = ObjectSession(self.predictor, embedding, object_id=int(object_id))
+            session = ObjectSession(self.predictor, embedding, object_id=int(object_id),
+                                    max_history=self.max_history)
             self._sessions[(embedding.key, int(object_id))] = session
+            self._committed.pop((embedding.key, int(object_id)), None)
             return session
 
     def get_object(self, embedding: ImageEmbedding | str, object_id: int) -> ObjectSession | None:
@@ -212,7 +226,29 @@ class ModelManager:
     def close_object(self, session: ObjectSession) -> None:
         """Forget a session (and its refined embedding)."""
         with self._lock:
-            self._sessions.pop((session.embedding.key, session.object_id), None)
+            key = (session.embedding.key, session.object_id)
+            if self._sessions.get(key) is session:
+                del self._sessions[key]
+                self._committed.pop(key, None)
+
+    def commit_object(self, session: ObjectSession) -> None:
+        """The object is done for now: release its undo history (:meth:`ObjectSession.compact`) and keep it for
+        re-opening among the ``keep_committed`` most recent committed sessions (closing the oldest beyond)."""
+        session.compact()
+        with self._lock:
+            key = (session.embedding.key, session.object_id)
+            if self._sessions.get(key) is not session:
+                return
+            self._committed.pop(key, None)
+            self._committed[key] = None
+            while len(self._committed) > max(0, self.keep_committed):
+                old, _ = self._committed.popitem(last=False)
+                self._sessions.pop(old, None)
+
+    def reopen_object(self, session: ObjectSession) -> None:
+        """The object is being refined again: it no longer counts among the committed sessions."""
+        with self._lock:
+            self._committed.pop((session.embedding.key, session.object_id), None)
 
     def segment(
         self,

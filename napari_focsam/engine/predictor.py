@@ -3,6 +3,9 @@
 The widget, the stack tools and the evaluation runner talk to a :class:`Predictor` only, so they treat all
 backends alike. A predictor is stateless between calls: what an object carries from click to click travels in the
 immutable :class:`~napari_focsam.engine.types.ObjectState` that :meth:`Predictor.predict` returns.
+
+An optional attribute ``stateless = True`` says that a mask depends on the prompts alone, never on the previous
+state (the fallback): a session then computes the latest prompts in one step instead of replaying every click.
 """
 
 from __future__ import annotations

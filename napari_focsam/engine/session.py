@@ -5,6 +5,17 @@ refined embedding or none, step count). Undo and redo only move a cursor over th
 exact earlier state — the very tensors — without recomputing anything. A new click after an undo drops the redo
 branch.
 
+Bounded memory: a session keeps at most ``max_history`` steps (:data:`DEFAULT_MAX_HISTORY`); older ones are dropped
+and undo stops at the oldest kept step. Every step carries the whole state the next one needs, so dropping older
+steps never changes a later result. :meth:`ObjectSession.compact` (for a committed object) keeps only the current
+step — its prompts, its low-resolution logits and FocSAM's refined embedding, its mask packed to bits — so a
+re-opened object continues exactly where it was, and undo stops there.
+
+Replaying (:meth:`ObjectSession.sync`): SAM and FocSAM feed each step's logits into the next (and FocSAM refines its
+embedding at the 2nd click), so the mask of N clicks is the N-th of N steps; ``sync`` replays only the clicks after
+the longest recorded prefix. A stateless predictor (``stateless = True``, the fallback) computes the latest prompts
+in one step.
+
 Thread safety: all methods of one session are serialised by its lock (a click waits for a running click on the
 same object); different sessions run concurrently. A call given a :class:`CancelToken` that gets cancelled raises
 :class:`Cancelled` and leaves the session at the last completed step.
@@ -13,29 +24,61 @@ same object); different sessions run concurrently. A call given a :class:`Cancel
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .predictor import Predictor
-from .types import CancelToken, ImageEmbedding, ObjectState, Prediction, Prompts
+from .types import CancelToken, ImageEmbedding, ObjectState, Prediction, Prompts, check_cancel
+
+#: undo steps kept per object (older steps are dropped; the current state stays exact)
+DEFAULT_MAX_HISTORY = 50
 
 
 @dataclass(frozen=True)
 class Step:
     prompts: Prompts
     prediction: Prediction
+    packed: np.ndarray | None = None  # compacted: the mask as bits (``prediction.mask`` is then empty)
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.prediction.mask
+
+    def compacted(self) -> Step:
+        """This step with its mask packed to bits (8x smaller); the state (logits, refined embedding) stays."""
+        if self.packed is not None:
+            return self
+        mask = self.prediction.mask
+        return _CompactStep(self.prompts, replace(self.prediction, mask=np.zeros((0, 0), bool)),
+                            np.packbits(mask, axis=None), mask.shape)
+
+
+@dataclass(frozen=True)
+class _CompactStep(Step):
+    shape: tuple[int, int] = (0, 0)
+
+    @property
+    def mask(self) -> np.ndarray:
+        h, w = self.shape
+        return np.unpackbits(self.packed, count=h * w).reshape(h, w).astype(bool)
 
 
 class ObjectSession:
     """The interactive state of one object on one image (slice)."""
 
-    def __init__(self, predictor: Predictor, embedding: ImageEmbedding, object_id: int | None = None) -> None:
+    def __init__(self, predictor: Predictor, embedding: ImageEmbedding, object_id: int | None = None, *,
+                 max_history: int = DEFAULT_MAX_HISTORY) -> None:
+        if max_history < 1:
+            raise ValueError(f"max_history must be at least 1, got {max_history}")
         self.predictor = predictor
         self.embedding = embedding
         self.object_id = object_id
+        self.max_history = int(max_history)
         self._history: list[Step] = []
         self._cursor = 0  # steps history[:cursor] are in effect; history[cursor:] can be redone
+        self._dropped = 0  # steps dropped before history[0] (history limit, compaction)
+        self._floor = 0  # undo stops here: 1 once older steps were released, else 0 (the empty object)
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ state
@@ -49,6 +92,11 @@ class ObjectSession:
             return self._history[self._cursor - 1] if self._cursor else None
 
     @property
+    def stateless(self) -> bool:
+        """Whether the predictor's mask depends on the prompts alone (then replays compute the latest only)."""
+        return bool(getattr(self.predictor, "stateless", False))
+
+    @property
     def prompts(self) -> Prompts:
         step = self.current
         return step.prompts if step else Prompts()
@@ -57,7 +105,7 @@ class ObjectSession:
     def mask(self) -> np.ndarray:
         """The current mask (H, W) bool; all False before the first step."""
         step = self.current
-        return step.prediction.mask if step else np.zeros(self.shape, dtype=bool)
+        return step.mask if step else np.zeros(self.shape, dtype=bool)
 
     @property
     def state(self) -> ObjectState | None:
@@ -72,7 +120,7 @@ class ObjectSession:
 
     @property
     def can_undo(self) -> bool:
-        return self._cursor > 0
+        return self._cursor > self._floor
 
     @property
     def can_redo(self) -> bool:
@@ -80,7 +128,13 @@ class ObjectSession:
 
     @property
     def n_steps(self) -> int:
-        return self._cursor
+        """How many steps led to the current state (dropped ones included)."""
+        return self._dropped + self._cursor if self._cursor else 0
+
+    @property
+    def n_kept(self) -> int:
+        """How many steps are held in memory (undo and redo)."""
+        return len(self._history)
 
     # ------------------------------------------------------------------ actions
     def click(self, y: float, x: float, positive: bool = True, *, cancel: CancelToken | None = None) -> np.ndarray:
@@ -100,27 +154,44 @@ class ObjectSession:
             return self._apply(self.prompts.with_box(box), cancel)
 
     def sync(self, target: Prompts, *, cancel: CancelToken | None = None) -> np.ndarray:
-        """Make the session's prompts equal ``target`` with the fewest steps: go back to the longest step whose
-        prompts are a prefix of ``target``, then add the remaining clicks one at a time (as a user would have),
-        so the result is exactly what clicking ``target`` in order gives."""
+        """Make the session's prompts equal ``target``; the result is exactly what clicking ``target`` in order
+        gives.
+
+        It goes back to the longest recorded step whose prompts are a prefix of ``target`` and adds the rest: for
+        a stateful model (SAM, FocSAM) one click at a time, as a user would have (each step's logits feed the
+        next); for a stateless one in a single step. ``cancel`` is checked between steps only, never inside one:
+        a superseded replay keeps every step it completed (the step under way included), so the next call
+        continues from there instead of starting over.
+        """
         for y, x in target.points:
             self._check_inside(y, x)
         with self._lock:
             self._cursor = self._longest_prefix(target)
+            if self._cursor == 0:
+                self._dropped = self._floor = 0
             done = self.prompts
+            if target.box is not None and done.box is None and not self.predictor.supports_boxes:
+                raise ValueError(f"{self.predictor.display_name} takes clicks only, not boxes")
+            if self.stateless:
+                if len(done) < len(target) or (target.box is not None and done.box is None):
+                    self._apply(target, cancel)
+                return self.mask
+            steps = []
             if target.box is not None and done.box is None:
-                if not self.predictor.supports_boxes:
-                    raise ValueError(f"{self.predictor.display_name} takes clicks only, not boxes")
                 done = done.with_box(target.box)
-                self._apply(done, cancel)
+                steps.append(done)
             for i in range(len(done), len(target)):
                 done = done.with_point(*target.points[i], bool(target.labels[i]))
-                self._apply(done, cancel)
+                steps.append(done)
+            for n, prompts in enumerate(steps):
+                if n:
+                    check_cancel(cancel)
+                self._apply(prompts, None)
             return self.mask
 
     def undo(self) -> np.ndarray:
         with self._lock:
-            if self._cursor:
+            if self._cursor > self._floor:
                 self._cursor -= 1
             return self.mask
 
@@ -135,6 +206,19 @@ class ObjectSession:
         with self._lock:
             self._history.clear()
             self._cursor = 0
+            self._dropped = self._floor = 0
+
+    def compact(self) -> None:
+        """Release what only undo and redo need (a committed object): keep the current step alone, its state
+        (logits, refined embedding) as it is and its mask packed to bits. The next step is exactly what it would
+        have been; undo stops at this step."""
+        with self._lock:
+            if not self._cursor:
+                self.reset()
+                return
+            self._dropped += self._cursor - 1
+            self._history = [self._history[self._cursor - 1].compacted()]
+            self._cursor = self._floor = 1
 
     # ------------------------------------------------------------------ internals
     def _apply(self, prompts: Prompts, cancel: CancelToken | None) -> np.ndarray:
@@ -142,9 +226,16 @@ class ObjectSession:
         del self._history[self._cursor:]
         self._history.append(Step(prompts, prediction))
         self._cursor += 1
+        excess = len(self._history) - self.max_history
+        if excess > 0:
+            del self._history[:excess]
+            self._cursor -= excess
+            self._dropped += excess
+            self._floor = 1
         return prediction.mask
 
     def _longest_prefix(self, target: Prompts) -> int:
+        """The number of steps in effect whose last prompts are a prefix of ``target`` (0: none, start over)."""
         for k in range(self._cursor, 0, -1):
             prompts = self._history[k - 1].prompts
             n = len(prompts)

@@ -1,11 +1,14 @@
 """The annotation controller: napari layer events → engine calls in worker threads → Labels writes.
 
-Rules it keeps:
+Rules it keeps (details in ``docs/napari.md``, "How clicks become masks"):
 
-* model work (loading, embedding, decoding, refining) runs only in napari thread workers, never on the GUI thread;
-* layers are read for the request and written with the result on the main thread only;
-* the latest click wins: a newer request cancels the older one (it stops at its next stage boundary) and a stale
-  result is dropped;
+* model work (loading, embedding, decoding, refining) runs only in the :class:`~napari_focsam.engine.jobs.JobRunner`'s
+  threads, never on the GUI thread; layers are read for the request and written with the result on the GUI thread;
+* click jobs are keyed by (slice, object): latest wins *per key* — a job on one slice never drops another slice's
+  result — and requests coalesce (one running job per key, one pending request with the latest prompts);
+* committing an object lets its jobs finish and write their masks; only :meth:`AnnotationController.cancel` (and
+  undo/redo on that slice, deleting the object, choosing other layers) discards them;
+* prefetch embeddings run on the runner's low-priority background thread, so a click never waits behind them;
 * a failed job shows a notification and leaves every layer as it was.
 
 Box prompts come from a Shapes layer: the latest rectangle on a slice is the current object's box there (models that
@@ -16,38 +19,42 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels, Points, Shapes
-from napari.qt.threading import create_worker
+from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from napari.viewer import Viewer
 from psygnal import Signal
+from qtpy.QtCore import QObject
+from qtpy.QtCore import Signal as QtSignal
 
-from ..engine.image import take_slice
+from ..engine.jobs import Job, JobRunner
 from ..engine.manager import ModelManager
 from ..engine.session import ObjectSession
 from ..engine.types import CancelToken, Cancelled, Prompts
 from . import layers as L
+from .work import ClickResult, compute_object, embed_slice
+
+JobResult = ClickResult  # the name the controller's results had
+
+CLICK = "click"  # job keys: (CLICK, slice, object id)
 
 
-@dataclass
-class JobResult:
-    job: int
-    index: tuple[int, ...]
-    object_id: int
-    mask: np.ndarray
-    embedding_key: str
-    seconds: float
-    timings: dict[str, float] = field(default_factory=dict)
-    embedded: float | None = None  # seconds spent computing the embedding (None: it came from the cache)
+class _Dispatcher(QObject):
+    """Runs callbacks from the runner's threads on the GUI thread (a queued signal to an object living there)."""
+
+    call = QtSignal(object)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.call.connect(lambda callback: callback())
 
 
 class AnnotationController:
-    """Drives one image / clicks / labels triple with a :class:`ModelManager`. Qt-free except for the workers."""
+    """Drives one image / clicks / labels triple with a :class:`ModelManager`. Qt-free except for the dispatcher."""
 
     status = Signal(str)
     changed = Signal()
@@ -67,9 +74,9 @@ class AnnotationController:
         self.last_embed_seconds: float | None = None
         self._bases: dict[tuple[tuple[int, ...], int], np.ndarray] = {}
         self._keys: dict[tuple[int, ...], str] = {}  # slice -> embedding key of the current model
-        self._job = 0
-        self._token: CancelToken | None = None
-        self._workers: set[Any] = set()
+        self._committing: set[int] = set()  # committed objects whose jobs still run
+        self._dispatcher = _Dispatcher()
+        self.jobs = JobRunner(dispatch=self._dispatcher.call.emit)
         self._muted = False
         self._boxes_warned = False  # "this model takes no boxes" was shown for the current manager
         self._box_ignored = False  # the latest request had a box the model does not take
@@ -78,7 +85,10 @@ class AnnotationController:
 
     # ------------------------------------------------------------------ set-up
     def set_manager(self, manager: ModelManager) -> None:
-        self.cancel_jobs()
+        """Use ``manager`` from now on. Click jobs already running finish with the model they started with (their
+        masks belong to the clicks shown); the next click on a slice recomputes it with the new model."""
+        self.jobs.cancel(lambda key: key[0] != CLICK)  # embeddings for the old model: no longer wanted
+        self.jobs.clear_background()
         self.manager = manager
         self._boxes_warned = False
         self._keys.clear()
@@ -86,15 +96,12 @@ class AnnotationController:
         self.changed.emit()
         self.embed_current()
 
-    def load_model(self, name: str, checkpoint: str | None = None, device: str = "auto", **kwargs: Any) -> Any:
-        """Load a model in a worker; the result replaces the current manager. Returns the worker."""
+    def load_model(self, name: str, checkpoint: str | None = None, device: str = "auto", *,
+                   on_finished: Callable[[], None] | None = None, **kwargs: Any) -> Job:
+        """Load a model in a worker; the result replaces the current manager. Returns the job."""
         self.status.emit(f"loading {name} …")
-
-        def done(manager: ModelManager) -> None:
-            self.set_manager(manager)
-
-        return self._start(ModelManager.load, (name, checkpoint), {"device": device, **kwargs}, done,
-                           progress=f"Loading {name}")
+        return self.run_job(lambda token: ModelManager.load(name, checkpoint, device=device, **kwargs),
+                            self.set_manager, key=("load",), progress=f"Loading {name}", on_finished=on_finished)
 
     def attach(self, image: Image, points: Points | None = None, labels: Labels | None = None,
                boxes: Shapes | None = None) -> None:
@@ -118,7 +125,9 @@ class AnnotationController:
         self.embed_current()
 
     def detach(self) -> None:
+        """Stop working on the layers: every click job is discarded (nothing more is written into them)."""
         self.cancel_jobs()
+        self.jobs.clear_background()
         if self.points is not None:
             self.points.events.data.disconnect(self._on_points_data)
             if self._sign_from_mouse in self.points.mouse_drag_callbacks:
@@ -128,6 +137,7 @@ class AnnotationController:
         self.image = self.points = self.labels = self.boxes = None
         self._bases.clear()
         self._keys.clear()
+        self._committing.clear()
 
     @property
     def ready(self) -> bool:
@@ -214,25 +224,24 @@ class AnnotationController:
         self.update()
 
     def update(self) -> None:
-        """Recompute the current object on the current slice from the clicks there (latest request wins)."""
+        """Recompute the current object on the current slice from the clicks there (latest request per slice and
+        object wins; requests made while a job of theirs runs coalesce into one)."""
         if not self.ready:
             if self.manager is None:
                 show_info("FocSAM: load a model first (or choose the fallback)")
             return
         index, object_id = self.index, self.object_id
         prompts = self._prompts(index)
-        key = (index, object_id)
-        if key not in self._bases:
-            self._bases[key] = L.slice_copy(self.labels, index)
-        token = self._new_token()
-        self._job += 1
-        args = (self._job, self.manager, self.image.data, index, self.image.rgb,
-                tuple(self.image.contrast_limits), object_id, prompts, token)
-        self._start(_compute_object, args, {}, self._on_result, token=token)
+        if (index, object_id) not in self._bases:
+            self._bases[(index, object_id)] = L.slice_copy(self.labels, index)
+        args = (self.manager, self.image.data, index, self.image.rgb, tuple(self.image.contrast_limits),
+                object_id, prompts)
+        self.jobs.submit((CLICK, index, object_id), lambda token: compute_object(*args, token), self._on_result,
+                         self._on_error, on_finished=lambda: self._job_finished(object_id))
 
-    def _on_result(self, result: JobResult) -> None:
-        if result.job != self._job or self.labels is None:
-            return  # superseded, or detached meanwhile
+    def _on_result(self, result: ClickResult) -> None:
+        if self.labels is None:
+            return  # detached meanwhile
         if self.labels not in self.viewer.layers:
             show_warning("FocSAM: the Labels layer was removed while the mask was computed; nothing was written")
             return
@@ -240,16 +249,24 @@ class AnnotationController:
         if base is None:
             base = L.slice_copy(self.labels, result.index)
         L.write_object(self.labels, result.index, result.mask, result.object_id, base, overwrite=self.overwrite)
-        self._keys[result.index] = result.embedding_key
+        if result.manager is self.manager:
+            self._keys[result.index] = result.embedding_key
         self.last_click_seconds = result.seconds
         if result.embedded is not None:
             self.last_embed_seconds = result.embedded
         parts = [f"click {1000 * result.seconds:.0f} ms"]
         parts += [f"{k} {1000 * v:.0f} ms" for k, v in result.timings.items()]
-        if self._box_ignored:
+        if self._box_ignored and self.manager is not None:
             parts.append(f"box ignored: {self.manager.display_name} takes clicks only")
         self.status.emit(", ".join(parts))
         self.changed.emit()
+
+    def _job_finished(self, object_id: int) -> None:
+        if object_id in self._committing and not self._jobs_of(object_id):
+            self._finish_commit(object_id)
+
+    def _jobs_of(self, object_id: int) -> list[Hashable]:
+        return self.jobs.active(lambda key: key[0] == CLICK and key[2] == object_id)
 
     # ------------------------------------------------------------------ objects
     def session(self) -> ObjectSession | None:
@@ -268,9 +285,9 @@ class AnnotationController:
         session = self.session()
         if session is None:
             return
-        self.cancel_jobs()
-        mask = session.undo() if which == "undo" else session.redo()
         index = self.index
+        self.jobs.cancel((CLICK, index, self.object_id))  # undo/redo act on the recorded steps
+        mask = session.undo() if which == "undo" else session.redo()
         with self._mute():
             L.replace_slice_points(self.points, self.image, index, session.prompts)
             if self.boxes is not None and self.takes_boxes:
@@ -280,27 +297,43 @@ class AnnotationController:
         self.changed.emit()
 
     def commit(self) -> None:
-        """Keep the current object as it is in the Labels layer and start the next one (id = max + 1)."""
+        """Keep the current object as it is in the Labels layer and start the next one (id = max + 1). Its jobs
+        still running finish and write their masks; then its sessions keep only what re-opening needs."""
         if self.labels is None:
             return
-        self.cancel_jobs()
+        committed = self.object_id
         self._clear_prompts()
-        self._bases = {k: v for k, v in self._bases.items() if k[1] != self.object_id}
+        self._committing.add(committed)
         self._start_new_object()
+        if not self._jobs_of(committed):
+            self._finish_commit(committed)
         self.status.emit(f"committed; now object {self.object_id}")
         self.changed.emit()
 
+    def _finish_commit(self, object_id: int) -> None:
+        """The committed object's jobs are done: drop its undo bases and release its sessions' history."""
+        self._committing.discard(object_id)
+        self._bases = {k: v for k, v in self._bases.items() if k[1] != object_id}
+        if self.manager is not None:
+            for session in self.manager.objects():
+                if session.object_id == object_id:
+                    self.manager.commit_object(session)
+
     def _start_new_object(self) -> None:
-        """The next object gets id max + 1 and starts from nothing (no stale session of an earlier object)."""
-        self.object_id = int(np.max(self.labels.data)) + 1 if self.labels.data.size else 1
+        """The next object gets an id above every id in the Labels layer and every id still computing, and starts
+        from nothing (no stale session of an earlier object)."""
+        busy = [key[2] for key in self.jobs.active(lambda key: key[0] == CLICK)]
+        top = int(np.max(self.labels.data)) if self.labels.data.size else 0
+        self.object_id = max([top, *busy]) + 1
         self.labels.selected_label = self.object_id
         self._close_sessions(self.object_id)
 
     def cancel(self) -> None:
-        """Drop the current object: its pixels go back to what they were, its clicks are removed."""
+        """Drop the current object: its jobs are discarded, its pixels go back to what they were, its clicks are
+        removed."""
         if self.labels is None:
             return
-        self.cancel_jobs()
+        self.jobs.cancel(lambda key: key[0] == CLICK and key[2] == self.object_id)
         for (index, object_id), base in list(self._bases.items()):
             if object_id == self.object_id:
                 L.write_object(self.labels, index, np.zeros(base.shape, bool), object_id, base, overwrite=True)
@@ -326,15 +359,20 @@ class AnnotationController:
             show_info(f"FocSAM: label {label} is not in the Labels layer; pick one with the colour picker")
             return
         self.commit()
+        self.wait(match=lambda key: key[0] == CLICK and key[2] == label)  # its last clicks written first
+        self._committing.discard(label)
         self.object_id = label
         self.labels.selected_label = label
         session = self.session()
+        if session is not None and self.manager is not None:
+            self.manager.reopen_object(session)
         prompts = session.prompts if session is not None else Prompts()
         with self._mute():
             L.replace_slice_points(self.points, self.image, self.index, prompts)
             if self.boxes is not None and self.takes_boxes:
                 L.replace_slice_box(self.boxes, self.image, self.index, prompts.box)
-        self.status.emit(f"re-opened object {label}" + ("" if session else " (no clicks recorded: new clicks replace it)"))
+        note = "" if session else " (no clicks recorded: new clicks replace it)"
+        self.status.emit(f"re-opened object {label}{note}")
         self.changed.emit()
 
     def delete_object(self, label: int | None = None) -> None:
@@ -342,6 +380,8 @@ class AnnotationController:
         if self.labels is None:
             return
         label = int(self.labels.selected_label if label is None else label)
+        self.jobs.cancel(lambda key: key[0] == CLICK and key[2] == label)
+        self._committing.discard(label)
         where = np.nonzero(self.labels.data == label)
         if where[0].size:
             self.labels.data_setitem(where, 0)
@@ -403,29 +443,38 @@ class AnnotationController:
 
     # ------------------------------------------------------------------ embeddings
     def embed_current(self) -> None:
-        """Embed the shown slice in the background (with a progress bar) so the first click is fast."""
+        """Embed the shown slice in the background (with a progress bar) so the first click is fast. While one
+        embedding runs, only the latest slice asked for waits (scrolling skips the slices in between)."""
         if self.ready:
-            self._embed(self.index, progress=True)
+            self._embed(self.index)
 
     def _on_slice_changed(self, event: Any = None) -> None:
         if not self.ready:
             return
         self.embed_current()
+        self.jobs.clear_background()
         if self.prefetch:
             index = self.index
             for step in (-1, 1):
                 if index:
                     neighbour = (*index[:-1], index[-1] + step)
                     if 0 <= neighbour[-1] < self.image.data.shape[len(index) - 1]:
-                        self._embed(neighbour, progress=False)
+                        self._embed(neighbour, prefetch=True)
 
-    def _embed(self, index: tuple[int, ...], progress: bool) -> None:
+    def _embed(self, index: tuple[int, ...], prefetch: bool = False) -> None:
         args = (self.manager, self.image.data, index, self.image.rgb, tuple(self.image.contrast_limits))
+        if prefetch:  # the low-priority background thread: clicks never wait behind it
+            self.jobs.background(("prefetch", index), lambda token: embed_slice(*args), self._on_embedded,
+                                 self._on_error)
+            return
         label = f"Embedding slice {index}" if index else "Embedding image"
-        self._start(_embed_slice, args, {}, self._on_embedded, progress=label if progress else None)
+        self.run_job(lambda token: embed_slice(*args), self._on_embedded, key=("embed",), progress=label,
+                     supersede=False)
 
-    def _on_embedded(self, result: tuple[tuple[int, ...], str, float | None]) -> None:
-        index, key, seconds = result
+    def _on_embedded(self, result: tuple[ModelManager, tuple[int, ...], str, float | None]) -> None:
+        manager, index, key, seconds = result
+        if manager is not self.manager:
+            return
         self._keys[index] = key
         if seconds is not None:
             self.last_embed_seconds = seconds
@@ -433,38 +482,31 @@ class AnnotationController:
         self.changed.emit()
 
     # ------------------------------------------------------------------ plumbing
-    def _new_token(self) -> CancelToken:
-        if self._token is not None:
-            self._token.cancel()
-        self._token = CancelToken()
-        return self._token
-
     def cancel_jobs(self) -> None:
-        """Abandon the running click job (its result will be dropped)."""
-        if self._token is not None:
-            self._token.cancel()
-        self._job += 1
+        """Discard every click job (running ones stop between model steps; no result of theirs is written)."""
+        self.jobs.cancel(lambda key: key[0] == CLICK)
+        self._committing.clear()
 
     @property
     def busy(self) -> bool:
-        return bool(self._workers)
+        return self.jobs.busy
 
-    def _start(self, func: Any, args: tuple, kwargs: dict, on_done: Any, *, token: CancelToken | None = None,
-               progress: str | None = None) -> Any:
-        extra = {"_progress": {"total": 0, "desc": progress}} if progress else {}
-        worker = create_worker(_guarded, func, *args, **kwargs, **extra)
+    def run_job(self, func: Callable[[CancelToken], Any], on_done: Callable[[Any], None], *,
+                key: Hashable | None = None, token: CancelToken | None = None, progress: str | None = None,
+                on_finished: Callable[[], None] | None = None, supersede: bool = True) -> Job:
+        """Run ``func(token)`` in a worker thread; ``on_done(result)`` runs on the GUI thread, a failure becomes a
+        notification, ``on_finished()`` runs last in every case. Jobs with the same ``key`` are latest-wins (see
+        :class:`JobRunner`); without one the job is on its own. ``progress`` shows an indeterminate progress bar."""
+        bar = napari_progress(total=0, desc=progress) if progress else None
 
-        def returned(result: Any) -> None:
-            if isinstance(result, _Failure):
-                self._on_error(result.error)
-            else:
-                on_done(result)
+        def finished() -> None:
+            if bar is not None:
+                bar.close()
+            if on_finished is not None:
+                on_finished()
 
-        worker.returned.connect(returned)
-        worker.finished.connect(lambda: self._workers.discard(worker))
-        self._workers.add(worker)
-        worker.start()
-        return worker
+        return self.jobs.submit(("job", object()) if key is None else key, func, on_done, self._on_error,
+                                on_finished=finished, token=token, supersede=supersede)
 
     def _on_error(self, exc: BaseException) -> None:
         if isinstance(exc, Cancelled):
@@ -482,16 +524,17 @@ class AnnotationController:
     def _mute(self) -> _Muted:
         return _Muted(self)
 
-    def wait(self, timeout: float = 60.0) -> None:
-        """Block (processing Qt events) until no job is running: for notebooks and tests."""
+    def wait(self, timeout: float = 60.0, match: Callable[[Hashable], bool] | None = None) -> None:
+        """Block (processing Qt events) until no job is running (or none of the keys ``match`` selects): for
+        notebooks and tests."""
         from qtpy.QtWidgets import QApplication
 
         deadline = time.monotonic() + timeout
-        while self._workers:
+        while self.jobs.busy if match is None else self.jobs.active(match):
             if time.monotonic() > deadline:
                 raise TimeoutError("FocSAM jobs still running")
             QApplication.processEvents()
-            time.sleep(0.005)
+            time.sleep(0.002)
         QApplication.processEvents()
 
 
@@ -499,19 +542,6 @@ def _history_step(labels: Labels) -> Any:
     """Group several writes into one undo step of the Labels layer where napari supports it."""
     block = getattr(labels, "block_history", None)
     return block() if callable(block) else contextlib.nullcontext()
-
-
-@dataclass
-class _Failure:
-    error: BaseException
-
-
-def _guarded(func: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run ``func`` in the worker; a failure comes back as a value so it is reported once, on the main thread."""
-    try:
-        return func(*args, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - every failure must reach the user as a message, never crash napari
-        return _Failure(exc)
 
 
 class _Muted:
@@ -523,33 +553,3 @@ class _Muted:
 
     def __exit__(self, *exc: object) -> None:
         self.controller._muted = False
-
-
-def _read_slice(data: Any, index: tuple[int, ...], rgb: bool) -> np.ndarray:
-    return take_slice(data, index, rgb=rgb)
-
-
-def _embed_slice(manager: ModelManager, data: Any, index: tuple[int, ...], rgb: bool,
-                 contrast: tuple[float, float]) -> tuple[tuple[int, ...], str, float | None]:
-    image = _read_slice(data, index, rgb)
-    embedding = manager.embed(image, rgb=rgb, contrast_limits=None if rgb else contrast)
-    info = manager.last_embed
-    seconds = info.seconds if info is not None and info.key == embedding.key and not info.from_cache else None
-    return index, embedding.key, seconds
-
-
-def _compute_object(job: int, manager: ModelManager, data: Any, index: tuple[int, ...], rgb: bool,
-                    contrast: tuple[float, float], object_id: int, prompts: Prompts,
-                    token: CancelToken) -> JobResult:
-    """Worker side of one click: embedding (cached), the object's session, replay to the current clicks."""
-    start = time.perf_counter()
-    image = _read_slice(data, index, rgb)
-    embedding = manager.embed(image, rgb=rgb, contrast_limits=None if rgb else contrast, cancel=token)
-    info = manager.last_embed
-    embedded = info.seconds if info is not None and info.key == embedding.key and not info.from_cache else None
-    session = manager.get_object(embedding, object_id) or manager.new_object(embedding, object_id)
-    mask = session.sync(prompts, cancel=token)
-    step = session.current
-    timings = dict(step.prediction.timings) if step is not None else {}
-    seconds = time.perf_counter() - start - (embedded or 0.0)
-    return JobResult(job, index, object_id, mask, embedding.key, seconds, timings, embedded)

@@ -1,8 +1,8 @@
 """The "Stack tools" section of the FocSAM annotator: precompute a stack's embeddings, propagate an object through z,
 and segment a whole stack from a prompts file.
 
-Each action runs :mod:`napari_focsam.stack` in a napari thread worker started through the controller (never on the
-GUI thread), one action at a time, with a napari progress bar counting slices and a Cancel button. A failure becomes
+Each action runs :mod:`napari_focsam.stack` in a worker thread started through the controller's ``run_job`` (never on
+the GUI thread), one action at a time, with a napari progress bar counting slices and a Cancel button. A failure becomes
 a notification and leaves every layer as it was; removing the image (or labels) layer a job works on stops it, and
 nothing is written. Results are written on the main thread only.
 """
@@ -367,9 +367,8 @@ class StackPanel(QCollapsible):
         self.job = job
         self._set_busy(True)
         self._say(f"{name} …")
-        job.worker = self.controller._start(func, args, {"progress": report, "cancel": token}, delivered,
-                                            token=token)
-        job.worker.finished.connect(lambda: self._finished(job))
+        job.worker = self.controller.run_job(lambda _: func(*args, progress=report, cancel=token), delivered,
+                                             token=token, on_finished=lambda: self._finished(job))
         return job.worker
 
     @Slot(int, int, int)

@@ -191,8 +191,8 @@ class FocsamWidget(QWidget):
         checkpoint = self.checkpoint_edit.text().strip() or None
         device = self.device_combo.currentText()
         self.load_button.setEnabled(False)
-        worker = self.controller.load_model(name, checkpoint, device, precision=self.precision_combo.currentData())
-        worker.finished.connect(lambda: self.load_button.setEnabled(True))
+        worker = self.controller.load_model(name, checkpoint, device, precision=self.precision_combo.currentData(),
+                                            on_finished=lambda: self.load_button.setEnabled(True))
         if self.controller.image is None and self.image_combo.currentData() is not None:
             self.use_layers()
         return worker
