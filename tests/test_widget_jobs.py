@@ -251,3 +251,23 @@ def test_a_click_on_an_embedded_slice_does_not_wait_for_a_prefetch(make_napari_v
         assert shown < first_prefetch_done, "the click waited for a prefetch embedding"
     finally:
         pool.setMaxThreadCount(threads)
+
+
+def test_layer_coordinates_match_napari_one_point_at_a_time():
+    from napari.layers import Image, Points, Shapes
+
+    from napari_focsam.plugin import layers as L
+
+    rng = np.random.default_rng(1)
+    stack = Image(np.zeros((5, 40, 50)), scale=(2, 0.5, 0.7), translate=(1, 3, -2))
+    rgb = Image(np.zeros((40, 50, 3)), rgb=True, scale=(0.5, 0.7))
+    for image, layer in ((stack, Points(rng.random((7, 3)) * 10, scale=(2, 0.5, 0.7), translate=(1, 3, -2))),
+                         (stack, Points(rng.random((7, 3)) * 10)),
+                         (stack, Shapes([rng.random((4, 3)) * 10], shape_type="rectangle")),
+                         (rgb, Points(rng.random((4, 2)) * 10, translate=(2, 1)))):
+        coords = np.concatenate(layer.data) if isinstance(layer, Shapes) else layer.data
+        one_by_one = np.array([image.world_to_data(layer.data_to_world(c))[:image.ndim] for c in coords])
+        np.testing.assert_allclose(L.layer_to_image(layer, image, coords), one_by_one)
+        back = np.array([layer.world_to_data(image.data_to_world(c)) for c in one_by_one])
+        np.testing.assert_allclose(L.image_to_layer(layer, image, one_by_one), back)
+        assert L.layer_to_image(layer, image, np.zeros((0, layer.ndim))).shape == (0, image.ndim)

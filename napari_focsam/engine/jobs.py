@@ -74,7 +74,6 @@ class JobRunner:
         self._outstanding = 0  # submitted jobs whose on_finished has not run yet
         self._background: deque[Job] = deque()
         self._background_running: Job | None = None
-        self._background_wake = threading.Condition(self._lock)
         self._background_nice = background_nice
         self._background_thread: threading.Thread | None = None
         self._closed = False
@@ -122,11 +121,10 @@ class JobRunner:
             for j in dropped:
                 self._background.remove(j)
             self._background.append(job)
-            if self._background_thread is None:
+            if self._background_thread is None:  # the thread ends when the queue is empty
                 self._background_thread = threading.Thread(target=self._background_loop, daemon=True,
                                                            name="focsam-background")
                 self._background_thread.start()
-            self._background_wake.notify()
         for j in dropped:
             self._finish(j, None, None, deliver=False)
         return job
@@ -183,7 +181,6 @@ class JobRunner:
         self.clear_background()
         with self._lock:
             self._closed = True
-            self._background_wake.notify_all()
             running = self._background_running
         if running is not None:
             running.token.cancel()
@@ -211,9 +208,8 @@ class JobRunner:
                 pass
         while True:
             with self._lock:
-                while not self._background and not self._closed:
-                    self._background_wake.wait()
-                if self._closed:
+                if not self._background or self._closed:
+                    self._background_thread = None
                     return
                 job = self._background_running = self._background.popleft()
             result, error = _call(job)

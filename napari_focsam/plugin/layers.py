@@ -101,12 +101,18 @@ def signs(points: Points) -> np.ndarray:
 
 
 def style_points(points: Points) -> None:
-    """Colour and shape every point by its sign (positive: green disc; negative: red cross)."""
+    """Colour and shape every point by its sign (positive: green disc; negative: red cross). Only what differs is
+    set: restyling every point on every click made each click slower as clicks accumulated."""
     positive = signs(points)
     if len(positive) == 0:
         return
-    points.face_color = np.where(positive[:, None], POSITIVE_COLOR, NEGATIVE_COLOR)
-    points.symbol = np.where(positive, POSITIVE_SYMBOL, NEGATIVE_SYMBOL).tolist()
+    colours = np.where(positive[:, None], POSITIVE_COLOR, NEGATIVE_COLOR)
+    current = np.asarray(points.face_color)
+    if current.shape != colours.shape or not np.allclose(current, colours):
+        points.face_color = colours
+    symbols = np.where(positive, POSITIVE_SYMBOL, NEGATIVE_SYMBOL)
+    if [str(getattr(s, "value", s)) for s in points.symbol] != symbols.tolist():
+        points.symbol = symbols.tolist()
 
 
 def set_signs(points: Points, indices: Sequence[int], positive: np.ndarray | bool) -> None:
@@ -141,15 +147,34 @@ def prompts_for_slice(points: Points, image: Image, index: tuple[int, ...]) -> t
 
 
 def layer_to_image(layer: Points | Shapes, image: Image, coords: np.ndarray) -> np.ndarray:
-    """Data coordinates of ``layer`` (N, layer ndim) as ``image`` data coordinates (N, image spatial ndim)."""
+    """Data coordinates of ``layer`` (N, layer ndim) as ``image`` data coordinates (N, image spatial ndim); all
+    points at once (one transform per point made each click slower as clicks accumulated)."""
     ndim = grid_ndim(image)
-    return np.array([image.world_to_data(layer.data_to_world(c))[:ndim] for c in coords]).reshape(-1, ndim)
+    world = _transform(layer, np.asarray(coords, dtype=float).reshape(-1, layer.ndim), inverse=False)
+    return _transform(image, _fit(world, image.ndim), inverse=True)[:, :ndim]
 
 
 def image_to_layer(layer: Points | Shapes, image: Image, coords: np.ndarray) -> np.ndarray:
     """``image`` data coordinates (N, image spatial ndim) as data coordinates of ``layer`` (N, layer ndim)."""
-    world = [image.data_to_world(np.asarray(c, dtype=float)) for c in coords]
-    return np.array([layer.world_to_data(w) for w in world]).reshape(-1, layer.ndim)
+    coords = np.asarray(coords, dtype=float)
+    coords = _fit(coords.reshape(len(coords), -1) if coords.size else np.zeros((0, image.ndim)), image.ndim)
+    world = _transform(image, coords, inverse=False)
+    return _transform(layer, _fit(world, layer.ndim), inverse=True)
+
+
+def _fit(coords: np.ndarray, ndim: int) -> np.ndarray:
+    """Rows of ``coords`` to ``ndim`` columns as napari does: the last ``ndim``, or zeros in front."""
+    if coords.shape[1] >= ndim:
+        return coords[:, coords.shape[1] - ndim:]
+    return np.concatenate([np.zeros((len(coords), ndim - coords.shape[1])), coords], axis=1)
+
+
+def _transform(layer: Image | Points | Shapes, coords: np.ndarray, *, inverse: bool) -> np.ndarray:
+    """``layer.data_to_world`` (or ``world_to_data``) of every row at once: the same affine napari applies."""
+    if len(coords) == 0:
+        return coords.reshape(0, layer.ndim)
+    affine = layer._transforms[1:].simplified  # what data_to_world/world_to_data use
+    return np.asarray(affine.inverse(coords) if inverse else affine(coords), dtype=float).reshape(len(coords), -1)
 
 
 def box_rows(shapes: Shapes, image: Image, index: tuple[int, ...]) -> list[tuple[int, np.ndarray]]:
@@ -198,9 +223,8 @@ def replace_slice_points(points: Points, image: Image, index: tuple[int, ...], p
     keep = np.setdiff1d(np.arange(len(points.data)), rows)
     kept_data = points.data[keep]
     kept_signs = signs(points)[keep]
-    image_coords = [tuple(index) + tuple(p) for p in prompts.points]
-    world = [image.data_to_world(np.asarray(c, dtype=float)) for c in image_coords]
-    new_data = np.array([points.world_to_data(w) for w in world]).reshape(-1, points.ndim)
+    image_coords = np.array([tuple(index) + tuple(p) for p in prompts.points], dtype=float)
+    new_data = image_to_layer(points, image, image_coords.reshape(len(prompts.points), len(index) + 2))
     data = np.concatenate([kept_data, new_data]) if len(kept_data) else new_data
     features = {SIGN_FEATURE: np.concatenate([kept_signs, np.asarray(prompts.labels, dtype=bool)])}
     points.data = data
