@@ -17,7 +17,8 @@ the longest recorded prefix. A stateless predictor (``stateless = True``, the fa
 in one step.
 
 Thread safety: all methods of one session are serialised by its lock (a click waits for a running click on the
-same object); different sessions run concurrently. A call given a :class:`CancelToken` that gets cancelled raises
+same object); different sessions run concurrently. Reading the state (``current``, ``mask``, ``prompts``,
+``can_undo``...) never waits: it sees the last completed step, so a GUI never blocks behind a replay. A call given a :class:`CancelToken` that gets cancelled raises
 :class:`Cancelled` and leaves the session at the last completed step.
 """
 
@@ -79,6 +80,7 @@ class ObjectSession:
         self._cursor = 0  # steps history[:cursor] are in effect; history[cursor:] can be redone
         self._dropped = 0  # steps dropped before history[0] (history limit, compaction)
         self._floor = 0  # undo stops here: 1 once older steps were released, else 0 (the empty object)
+        self._current: Step | None = None  # history[cursor - 1], published after every change
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ state
@@ -88,8 +90,7 @@ class ObjectSession:
 
     @property
     def current(self) -> Step | None:
-        with self._lock:
-            return self._history[self._cursor - 1] if self._cursor else None
+        return self._current
 
     @property
     def stateless(self) -> bool:
@@ -169,6 +170,7 @@ class ObjectSession:
             self._cursor = self._longest_prefix(target)
             if self._cursor == 0:
                 self._dropped = self._floor = 0
+            self._publish()
             done = self.prompts
             if target.box is not None and done.box is None and not self.predictor.supports_boxes:
                 raise ValueError(f"{self.predictor.display_name} takes clicks only, not boxes")
@@ -193,12 +195,14 @@ class ObjectSession:
         with self._lock:
             if self._cursor > self._floor:
                 self._cursor -= 1
+                self._publish()
             return self.mask
 
     def redo(self) -> np.ndarray:
         with self._lock:
             if self._cursor < len(self._history):
                 self._cursor += 1
+                self._publish()
             return self.mask
 
     def reset(self) -> None:
@@ -207,6 +211,7 @@ class ObjectSession:
             self._history.clear()
             self._cursor = 0
             self._dropped = self._floor = 0
+            self._publish()
 
     def compact(self) -> None:
         """Release what only undo and redo need (a committed object): keep the current step alone, its state
@@ -219,6 +224,7 @@ class ObjectSession:
             self._dropped += self._cursor - 1
             self._history = [self._history[self._cursor - 1].compacted()]
             self._cursor = self._floor = 1
+            self._publish()
 
     # ------------------------------------------------------------------ internals
     def _apply(self, prompts: Prompts, cancel: CancelToken | None) -> np.ndarray:
@@ -232,7 +238,11 @@ class ObjectSession:
             self._cursor -= excess
             self._dropped += excess
             self._floor = 1
+        self._publish()
         return prediction.mask
+
+    def _publish(self) -> None:
+        self._current = self._history[self._cursor - 1] if self._cursor else None
 
     def _longest_prefix(self, target: Prompts) -> int:
         """The number of steps in effect whose last prompts are a prefix of ``target`` (0: none, start over)."""

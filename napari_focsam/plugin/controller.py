@@ -382,6 +382,8 @@ class AnnotationController:
         label = int(self.labels.selected_label if label is None else label)
         self.jobs.cancel(lambda key: key[0] == CLICK and key[2] == label)
         self._committing.discard(label)
+        if label != self.object_id:
+            self._bases = {k: v for k, v in self._bases.items() if k[1] != label}
         where = np.nonzero(self.labels.data == label)
         if where[0].size:
             self.labels.data_setitem(where, 0)
