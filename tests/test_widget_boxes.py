@@ -9,7 +9,7 @@ import pytest
 napari = pytest.importorskip("napari")
 
 from napari_focsam.engine.manager import ModelManager  # noqa: E402
-from napari_focsam.plugin import controller as controller_module  # noqa: E402
+from napari_focsam.plugin import prompt_input as prompt_input_module  # noqa: E402
 from napari_focsam.plugin.widget import FocsamWidget  # noqa: E402
 
 from _widget_support import annotator, disc_image  # noqa: E402
@@ -167,7 +167,7 @@ def test_box_on_a_slice_of_a_scaled_stack_from_a_users_shapes_layer(make_napari_
 
 def test_a_model_without_boxes_says_so_once_and_ignores_the_box(make_napari_viewer, focsam_manager, monkeypatch):
     shown = []
-    monkeypatch.setattr(controller_module, "show_warning", shown.append)
+    monkeypatch.setattr(prompt_input_module, "show_warning", shown.append)
     viewer = make_napari_viewer()
     image = disc_image()
     widget = annotator(viewer, focsam_manager, image)
@@ -190,7 +190,7 @@ def test_a_model_without_boxes_says_so_once_and_ignores_the_box(make_napari_view
 
 def test_the_fallback_box_follows_what_the_fallback_supports(make_napari_viewer, monkeypatch):
     shown = []
-    monkeypatch.setattr(controller_module, "show_warning", shown.append)
+    monkeypatch.setattr(prompt_input_module, "show_warning", shown.append)
     viewer = make_napari_viewer()
     manager = ModelManager.load("fallback")
     widget = annotator(viewer, manager, disc_image())

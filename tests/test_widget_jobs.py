@@ -119,13 +119,14 @@ def test_cancel_is_the_one_action_that_discards_pending_clicks(make_napari_viewe
 def test_rapid_clicks_collapse_and_the_last_mask_is_exact(make_napari_viewer):
     viewer = make_napari_viewer()
     image = disc_image(shape=(256, 256), centre=(128, 128), radius=60)
-    slow = Slow(FallbackPredictor(), predict_delay=0.1)
+    slow = Slow(FallbackPredictor(), predict_delay=0.3)  # one model step: longer than a click takes here
     c = annotator(viewer, ModelManager(slow), image).controller
     delivered = []
     c.status.connect(lambda text: text.startswith("click") and delivered.append((time.monotonic(), slow.calls)))
     rng = np.random.default_rng(0)
     clicks = [(int(y), int(x), bool(p)) for y, x, p in zip(rng.integers(80, 176, 100), rng.integers(80, 176, 100),
                                                               rng.random(100) < 0.8)]
+    start = time.monotonic()
     for y, x, positive in clicks:
         c.click(y, x, positive=positive)
         _pump(0.01)
@@ -134,9 +135,11 @@ def test_rapid_clicks_collapse_and_the_last_mask_is_exact(make_napari_viewer):
     assert delivered, "no mask was delivered"
     first_calls = delivered[0][1]
     lag = delivered[-1][0] - last_click
-    print(f"100 clicks 10 ms apart: {first_calls} model steps before the first mask, {slow.calls} in all, "
-          f"{len(delivered)} masks shown, the last {1000 * lag:.0f} ms after the last click (loaded machine)")
-    assert first_calls <= 50, f"{first_calls} model steps before the first mask: superseded clicks were replayed"
+    print(f"100 clicks 10 ms apart (in {last_click - start:.1f} s): {first_calls} model steps before the first "
+          f"mask, {slow.calls} in all, {len(delivered)} masks shown, the last {1000 * lag:.0f} ms after the last "
+          "click (loaded machine)")
+    assert first_calls <= min(40, (last_click - start) / slow.predict_delay + 2), \
+        f"{first_calls} model steps before the first mask: superseded clicks were replayed"
     assert lag < 5.0  # a sanity bound only
     points = np.array([(y, x) for y, x, _ in clicks], float)
     labels = np.array([int(p) for _, _, p in clicks])

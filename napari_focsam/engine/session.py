@@ -18,8 +18,9 @@ in one step.
 
 Thread safety: all methods of one session are serialised by its lock (a click waits for a running click on the
 same object); different sessions run concurrently. Reading the state (``current``, ``mask``, ``prompts``,
-``can_undo``...) never waits: it sees the last completed step, so a GUI never blocks behind a replay. A call given a :class:`CancelToken` that gets cancelled raises
-:class:`Cancelled` and leaves the session at the last completed step.
+``can_undo``...) never waits: it sees the last completed step, so a GUI never blocks behind a replay. A call
+given a :class:`CancelToken` that gets cancelled raises :class:`Cancelled` and leaves the session at the last
+completed step.
 """
 
 from __future__ import annotations

@@ -17,44 +17,31 @@ take boxes only; for the others it is ignored with one message).
 
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels, Points, Shapes
-from napari.utils import progress as napari_progress
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_info, show_warning
 from napari.viewer import Viewer
 from psygnal import Signal
-from qtpy.QtCore import QObject
-from qtpy.QtCore import Signal as QtSignal
 
-from ..engine.jobs import Job, JobRunner
+from ..engine.jobs import Job
 from ..engine.manager import ModelManager
 from ..engine.session import ObjectSession
-from ..engine.types import CancelToken, Cancelled, Prompts
+from ..engine.types import Prompts
 from . import layers as L
+from .gui_jobs import GuiJobs
+from .label_edits import LabelEdits
+from .prompt_input import PromptInput
 from .work import ClickResult, compute_object, embed_slice
-
-JobResult = ClickResult  # the name the controller's results had
 
 CLICK = "click"  # job keys: (CLICK, slice, object id)
 
 
-class _Dispatcher(QObject):
-    """Runs callbacks from the runner's threads on the GUI thread (a queued signal to an object living there)."""
-
-    call = QtSignal(object)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.call.connect(lambda callback: callback())
-
-
-class AnnotationController:
-    """Drives one image / clicks / labels triple with a :class:`ModelManager`. Qt-free except for the dispatcher."""
+class AnnotationController(PromptInput, LabelEdits, GuiJobs):
+    """Drives one image / clicks / labels triple with a :class:`ModelManager` (layers read and written on the GUI
+    thread, model work in the job runner's threads)."""
 
     status = Signal(str)
     changed = Signal()
@@ -75,8 +62,7 @@ class AnnotationController:
         self._bases: dict[tuple[tuple[int, ...], int], np.ndarray] = {}
         self._keys: dict[tuple[int, ...], str] = {}  # slice -> embedding key of the current model
         self._committing: set[int] = set()  # committed objects whose jobs still run
-        self._dispatcher = _Dispatcher()
-        self.jobs = JobRunner(dispatch=self._dispatcher.call.emit)
+        self._init_jobs()
         self._muted = False
         self._boxes_warned = False  # "this model takes no boxes" was shown for the current manager
         self._box_ignored = False  # the latest request had a box the model does not take
@@ -147,82 +133,7 @@ class AnnotationController:
     def index(self) -> tuple[int, ...]:
         return L.current_index(self.viewer, self.image) if self.image is not None else ()
 
-    # ------------------------------------------------------------------ clicks
-    def click(self, y: float, x: float, positive: bool = True, index: tuple[int, ...] | None = None) -> None:
-        """Add a click (image pixel coordinates) exactly as a mouse click would: via the Points layer."""
-        if self.image is None or self.points is None:
-            raise RuntimeError("attach an image first")
-        index = self.index if index is None else tuple(index)
-        world = self.image.data_to_world(np.asarray((*index, y, x), dtype=float))
-        self.points.feature_defaults = {L.SIGN_FEATURE: bool(positive)}
-        self.points.add(self.points.world_to_data(world))
-        self.points.feature_defaults = {L.SIGN_FEATURE: self.next_positive}
-
-    def box(self, y0: float, x0: float, y1: float, x1: float, index: tuple[int, ...] | None = None) -> None:
-        """Draw a box (image pixel coordinates, corners inclusive) exactly as the rectangle tool would: via the
-        boxes layer. It becomes the current object's box on that slice (the latest rectangle there wins)."""
-        if self.image is None or self.boxes is None:
-            raise RuntimeError("attach an image first")
-        index = self.index if index is None else tuple(index)
-        corners = [(*index, y, x) for y, x in ((y0, x0), (y0, x1), (y1, x1), (y1, x0))]
-        self.boxes.add(L.image_to_layer(self.boxes, self.image, np.asarray(corners, dtype=float)),
-                       shape_type="rectangle")
-
-    def _sign_from_mouse(self, layer: Points, event: Any) -> None:
-        if layer.mode == "add":
-            negative = "Shift" in event.modifiers or event.button == 2
-            layer.feature_defaults = {L.SIGN_FEATURE: self.next_positive and not negative}
-
-    def _on_points_data(self, event: Any) -> None:
-        action = str(getattr(event, "action", "changed"))
-        if self._muted or action.endswith(("adding", "removing", "changing")):
-            return
-        with self._mute():
-            L.style_points(self.points)
-        self.update()
-
-    def _on_boxes_data(self, event: Any) -> None:
-        action = str(getattr(event, "action", "changed"))
-        if self._muted or action.endswith(("adding", "removing", "changing")):
-            return
-        self.update()
-
-    @property
-    def takes_boxes(self) -> bool:
-        return self.manager is not None and bool(self.manager.predictor.supports_boxes)
-
-    def _prompts(self, index: tuple[int, ...]) -> Prompts:
-        """The current object's prompts on slice ``index``: its clicks there, and its box there if the model takes
-        boxes (otherwise the box is ignored, with one message per model)."""
-        prompts, _ = L.prompts_for_slice(self.points, self.image, index)
-        box = L.box_for_slice(self.boxes, self.image, index) if self.boxes is not None else None
-        self._box_ignored = box is not None and not self.takes_boxes
-        if box is None:
-            return prompts
-        if self.takes_boxes:
-            return prompts.with_box(box)
-        if not self._boxes_warned:
-            self._boxes_warned = True
-            message = (f"{self.manager.display_name} takes clicks only: the box is ignored "
-                       "(load a SAM model to use boxes)")
-            show_warning(f"FocSAM: {message}")
-            self.status.emit(message)
-        return prompts
-
-    def toggle_sign(self) -> None:
-        """Flip the sign of the selected clicks, or, with none selected, of the next click."""
-        if self.points is None:
-            return
-        selected = sorted(self.points.selected_data)
-        if not selected:
-            self.next_positive = not self.next_positive
-            self.points.feature_defaults = {L.SIGN_FEATURE: self.next_positive}
-            self.status.emit(f"next click: {'positive' if self.next_positive else 'negative'}")
-            return
-        with self._mute():
-            L.set_signs(self.points, selected, ~L.signs(self.points)[selected])
-        self.update()
-
+    # ------------------------------------------------------------------ requests
     def update(self) -> None:
         """Recompute the current object on the current slice from the clicks there (latest request per slice and
         object wins; requests made while a job of theirs runs coalesce into one)."""
@@ -392,51 +303,6 @@ class AnnotationController:
             self.cancel()
         self.changed.emit()
 
-    def write_masks(self, label: int, masks: Mapping[tuple[int, ...], np.ndarray]) -> int:
-        """Write ``label``'s mask on several slices (e.g. a propagation through z) as one undoable step of the
-        Labels layer. On each slice the label's pixels become the mask; other objects keep theirs unless
-        ``overwrite``. For the current object, :meth:`cancel` still restores every slice. Returns pixels changed."""
-        if self.labels is None:
-            return 0
-        changed = 0
-        with _history_step(self.labels):
-            for index, mask in masks.items():
-                index = tuple(int(i) for i in index)
-                base = L.slice_copy(self.labels, index)
-                if label == self.object_id:
-                    base = self._bases.setdefault((index, label), base)
-                changed += L.write_object(self.labels, index, np.asarray(mask, bool), label, base,
-                                          overwrite=self.overwrite)
-        self.changed.emit()
-        return changed
-
-    def merge_labels(self, stack: np.ndarray) -> int:
-        """Add a label stack (e.g. a batch result; its ids as they are) to the Labels layer as one undoable step.
-
-        The current object is committed first. Only background pixels are filled, unless ``overwrite``: committed
-        objects are never changed otherwise. The next object gets an id above every id now present. Returns the
-        number of pixels changed."""
-        if self.labels is None:
-            return 0
-        stack = np.asarray(stack)
-        if stack.shape != self.labels.data.shape:
-            raise ValueError(f"labels of shape {stack.shape} do not fit the Labels layer {self.labels.data.shape}")
-        self.commit()
-        changed = 0
-        with _history_step(self.labels):
-            for index in np.ndindex(*stack.shape[:-2]):
-                new = stack[index]
-                view = np.asarray(self.labels.data[index] if index else self.labels.data)
-                take = (new != 0) & (new != view) & (self.overwrite | (view == 0))
-                if take.any():
-                    ys, xs = np.nonzero(take)
-                    where = tuple(np.full(len(ys), i) for i in index) + (ys, xs)
-                    self.labels.data_setitem(where, new[ys, xs].astype(self.labels.data.dtype))
-                    changed += len(ys)
-        self._start_new_object()
-        self.changed.emit()
-        return changed
-
     def _close_sessions(self, label: int) -> None:
         if self.manager is not None:
             for session in self.manager.objects():
@@ -489,33 +355,6 @@ class AnnotationController:
         self.jobs.cancel(lambda key: key[0] == CLICK)
         self._committing.clear()
 
-    @property
-    def busy(self) -> bool:
-        return self.jobs.busy
-
-    def run_job(self, func: Callable[[CancelToken], Any], on_done: Callable[[Any], None], *,
-                key: Hashable | None = None, token: CancelToken | None = None, progress: str | None = None,
-                on_finished: Callable[[], None] | None = None, supersede: bool = True) -> Job:
-        """Run ``func(token)`` in a worker thread; ``on_done(result)`` runs on the GUI thread, a failure becomes a
-        notification, ``on_finished()`` runs last in every case. Jobs with the same ``key`` are latest-wins (see
-        :class:`JobRunner`); without one the job is on its own. ``progress`` shows an indeterminate progress bar."""
-        bar = napari_progress(total=0, desc=progress) if progress else None
-
-        def finished() -> None:
-            if bar is not None:
-                bar.close()
-            if on_finished is not None:
-                on_finished()
-
-        return self.jobs.submit(("job", object()) if key is None else key, func, on_done, self._on_error,
-                                on_finished=finished, token=token, supersede=supersede)
-
-    def _on_error(self, exc: BaseException) -> None:
-        if isinstance(exc, Cancelled):
-            return
-        show_error(f"FocSAM: {exc}")
-        self.status.emit(f"error: {exc}")
-
     def _on_layer_removed(self, event: Any) -> None:
         if event.value in (self.image, self.points, self.labels, self.boxes):
             name = event.value.name
@@ -525,25 +364,6 @@ class AnnotationController:
 
     def _mute(self) -> _Muted:
         return _Muted(self)
-
-    def wait(self, timeout: float = 60.0, match: Callable[[Hashable], bool] | None = None) -> None:
-        """Block (processing Qt events) until no job is running (or none of the keys ``match`` selects): for
-        notebooks and tests."""
-        from qtpy.QtWidgets import QApplication
-
-        deadline = time.monotonic() + timeout
-        while self.jobs.busy if match is None else self.jobs.active(match):
-            if time.monotonic() > deadline:
-                raise TimeoutError("FocSAM jobs still running")
-            QApplication.processEvents()
-            time.sleep(0.002)
-        QApplication.processEvents()
-
-
-def _history_step(labels: Labels) -> Any:
-    """Group several writes into one undo step of the Labels layer where napari supports it."""
-    block = getattr(labels, "block_history", None)
-    return block() if callable(block) else contextlib.nullcontext()
 
 
 class _Muted:
