@@ -156,7 +156,7 @@ class FallbackPredictor:
         min_click_radius: float = 3.0,
         frame_gate: float = 0.5,
         box_margin: float = 0.1,
-        region_band: float = 0.1,
+        region_band: float = 0.05,
     ) -> None:
         if max_side < 1 or ref_side < 1:
             raise ValueError("max_side and ref_side must be positive")
