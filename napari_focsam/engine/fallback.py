@@ -291,11 +291,20 @@ class FallbackPredictor:
         markers = np.zeros(coarse.shape, np.int32)
         markers[self._background(coarse, points, labels, box)] = _BACKGROUND
         radius_max = max(self.click_radius * k, self.min_click_radius)
+        if box is not None and not (prompts is not None and (prompts.mask is not None or prompts.scribbles)):
+            # a box: assume the object covers the box's centre (under the clicks, short of any negative click)
+            y0, x0, y1, x1 = box
+            cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+            radius = min(radius_max, 0.25 * min(y1 - y0 + 1, x1 - x0 + 1))
+            negatives = points[labels == 0]
+            if len(negatives):
+                nearest = float(np.sqrt(((negatives - (cy, cx)) ** 2).sum(axis=1)).min())
+                radius = min(radius, self.opposite_fraction * nearest)
+            if radius > 0:
+                self._draw_disk(markers, cy, cx, radius, _OBJECT)
         seeds: list[tuple[int, int]] = []
-        dense_object = False
         if prompts is not None and (prompts.mask is not None or prompts.scribbles):
             seeds = draw_dense_markers(markers, prompts, original, self.region_band, 0.5 * radius_max)
-            dense_object = prompts.mask is not None or any(s.positive for s in prompts.scribbles)
         for (y, x), label in zip(points, labels):
             radius = radius_max
             opposite = points[labels != label]
@@ -303,11 +312,6 @@ class FallbackPredictor:
                 nearest = float(np.sqrt(((opposite - (y, x)) ** 2).sum(axis=1)).min())
                 radius = min(radius, max(1.0, self.opposite_fraction * nearest))
             self._draw_disk(markers, y, x, radius, _OBJECT if label == 1 else _BACKGROUND)
-        if box is not None and not (labels == 1).any() and not dense_object:
-            # a box alone: assume the object covers the box's centre
-            y0, x0, y1, x1 = box
-            radius = min(radius_max, 0.25 * min(y1 - y0 + 1, x1 - x0 + 1))
-            self._draw_disk(markers, (y0 + y1) // 2, (x0 + x1) // 2, radius, _OBJECT)
         return markers, seeds
 
     @staticmethod
