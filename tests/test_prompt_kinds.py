@@ -241,3 +241,23 @@ def test_self_intersecting_lasso_is_filled_not_refused(fallback, image):
     obj.add_polygon([[60, 100], [60, 220], [140, 100], [140, 220]])  # a bow tie
     region = obj.prompts.mask
     assert region[65, 160] and region[135, 160] and not region[100, 105]
+
+
+def test_napari_shapes_data_become_prompts():
+    from napari_focsam.engine.prompt_shapes import prompts_from_shapes, shape_to_prompt
+
+    square = np.array([[10.0, 10.0], [10.0, 40.0], [40.0, 40.0], [40.0, 10.0]])
+    assert shape_to_prompt(square, "rectangle")[0] == "polygon"
+    assert shape_to_prompt(np.vstack([square, square[:1] + 0.5]), "path")[0] == "polygon"  # a closed lasso
+    assert shape_to_prompt(square, "path")[0] == "scribble"
+    assert shape_to_prompt(np.c_[np.zeros(4), square], "line")[1].shape == (4, 2)  # leading axes dropped
+    kind, ellipse = shape_to_prompt(square, "ellipse")
+    assert kind == "polygon" and len(ellipse) == 64
+    prompts = prompts_from_shapes(Prompts(), [square, square + 50, [[5, 5], [5, 90]]],
+                                  ["ellipse", "polygon", "path"], (100, 100), positive=False)
+    assert prompts.mask[25, 25] and prompts.mask[75, 75] and not prompts.mask[11, 11]
+    assert len(prompts.scribbles) == 1 and not prompts.scribbles[0].positive
+    with pytest.raises(ValueError, match="outside the image"):
+        prompts_from_shapes(Prompts(), [[[5, 5], [5, 190]]], ["path"], (100, 100))
+    with pytest.raises(ValueError, match="not a prompt"):
+        shape_to_prompt(square, "star")

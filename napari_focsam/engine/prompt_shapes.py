@@ -182,3 +182,51 @@ def mask_to_low_res(mask: np.ndarray, geometry: ImageGeometry, scale: float, *, 
     m = F.pad(m, (0, size - rw, 0, size - rh))
     fraction = F.avg_pool2d(m, size // LOW_RES)
     return (float(scale) * (2.0 * fraction - 1.0)).to(device=device, dtype=dtype)
+
+
+# ---------------------------------------------------------------------- napari Shapes data (no napari import)
+#: napari shape types read as a region (filled) and as a stroke
+REGION_SHAPES = ("polygon", "rectangle", "ellipse")
+STROKE_SHAPES = ("path", "line")
+
+
+def shape_to_prompt(vertices: Any, shape_type: str, *, close_within: float = 2.0) -> tuple[str, np.ndarray]:
+    """One napari shape (vertices in image pixels (y, x), its ``shape_type``) as ``("polygon", vertices)`` or
+    ``("scribble", points)``.
+
+    ``polygon`` and ``rectangle`` are polygons; an ``ellipse`` (napari stores its bounding box's 4 corners) becomes a
+    64-gon; a ``path`` whose ends are within ``close_within`` pixels is a closed lasso (a polygon), any other path
+    or ``line`` a scribble.
+    """
+    points = np.asarray(vertices, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] < 2:
+        raise ValueError(f"shape vertices must be an (N, 2) array, got shape {points.shape}")
+    points = points[:, -2:]
+    if shape_type in ("polygon", "rectangle"):
+        return "polygon", points
+    if shape_type == "ellipse":
+        centre = points.mean(axis=0)
+        radii = (points.max(axis=0) - points.min(axis=0)) / 2
+        angle = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+        return "polygon", centre + np.stack([radii[0] * np.sin(angle), radii[1] * np.cos(angle)], axis=1)
+    if shape_type in STROKE_SHAPES:
+        closed = (shape_type == "path" and len(points) >= 4
+                  and float(np.hypot(*(points[0] - points[-1]))) <= close_within)
+        return ("polygon", points) if closed else ("scribble", points)
+    raise ValueError(f"napari shape type {shape_type!r} is not a prompt (use polygon, rectangle, ellipse, path "
+                     "or line)")
+
+
+def prompts_from_shapes(prompts: Any, data: Any, shape_types: Any, image_shape: tuple[int, int], *,
+                        positive: bool = True) -> Any:
+    """``prompts`` (a :class:`~napari_focsam.engine.types.Prompts`) with napari Shapes data added in order: regions
+    filled into the object's region, strokes as scribbles marked ``positive`` or not. ``data``/``shape_types`` are
+    a Shapes layer's ``data`` and ``shape_type`` lists, already in image pixel coordinates of one slice."""
+    for vertices, shape_type in zip(data, shape_types):
+        kind, points = shape_to_prompt(vertices, shape_type)
+        if kind == "polygon":
+            prompts = prompts.with_polygon(points, image_shape)
+        else:
+            check_extent(as_vertices(points, "scribble", 2), image_shape, "scribble")
+            prompts = prompts.with_scribble(points, positive)
+    return prompts
