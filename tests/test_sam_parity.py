@@ -79,12 +79,14 @@ def _region(shape: tuple[int, int]) -> np.ndarray:
     return mask
 
 
-def test_mask_prompt_matches_sam_predictor_mask_input_box_and_point(pair):
+@pytest.mark.parametrize("decoder", ["fast", "reference"])
+def test_mask_prompt_matches_sam_predictor_mask_input_box_and_point(pair, decoder):
     """A mask prompt = SamPredictor.predict(point_coords=deepest point, box=bounding box, mask_input=its logits),
     and the next click feeds the previous logits back with the same derived prompts."""
     from napari_focsam.engine.prompt_shapes import bounding_box, deepest_point, mask_to_low_res
 
     reference, ours, embedding, image = pair
+    ours = SamFamilyPredictor(ours._loaded, decoder=decoder)
     region = _region(image.shape[:2])
     session = ObjectSession(ours, embedding)
     mask = session.set_mask(region)
