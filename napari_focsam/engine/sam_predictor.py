@@ -26,6 +26,7 @@ coarse logits and mask token of a pass on the original embedding with that step'
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -45,6 +46,18 @@ MASK_LOGIT_SCALE = 6.9068
 #: scribble sampling: one point per this fraction of the image's longest side, at most SCRIBBLE_POINTS per stroke
 SCRIBBLE_SPACING = 1 / 16
 SCRIBBLE_POINTS = 6
+
+
+@dataclass(frozen=True, eq=False)
+class _Region:
+    """A region prompt as an object's state remembers it: the mask and what was derived from it once."""
+
+    mask: np.ndarray
+    point: tuple[float, float]
+    box: np.ndarray
+
+    def same(self, mask: np.ndarray) -> bool:
+        return self.mask is mask or (self.mask.shape == mask.shape and np.array_equal(self.mask, mask))
 
 
 def _as_dtype(value: torch.dtype | str | None) -> torch.dtype | None:
@@ -233,7 +246,7 @@ class SamFamilyPredictor:
         check_cancel(cancel)
         timings: dict[str, float] = {}
         with torch.inference_mode():
-            points, labels, box, mask_input = self.model_inputs(prompts, geometry, state)
+            points, labels, box, mask_input, region = self._model_inputs(prompts, geometry, state)
             sparse, dense = self._encode_prompts(points, labels, box, geometry, mask_input)
             refine_now = self.uses_refiner and state.features is None and state.step == REFINE_STEP
             features = state.features
@@ -257,7 +270,7 @@ class SamFamilyPredictor:
             start = time.perf_counter()
             mask = (self.transform.logits_to_original(out.logits, geometry) > 0)[0, 0].cpu().numpy()
             timings["postprocess"] = time.perf_counter() - start
-        next_state = ObjectState(logits=out.logits, features=features, step=state.step + 1, extra=prompts.mask)
+        next_state = ObjectState(logits=out.logits, features=features, step=state.step + 1, extra=region)
         return Prediction(mask=mask, state=next_state, score=float(out.iou[0, 0]), timings=timings)
 
     def _decode(self, features: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> DecoderOutput:
@@ -278,22 +291,28 @@ class SamFamilyPredictor:
         self, prompts: Prompts, geometry: ImageGeometry, state: ObjectState
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, torch.Tensor | None]:
         """The clicks (y, x), labels, box and mask input that the model gets for ``prompts`` (see the module)."""
+        return self._model_inputs(prompts, geometry, state)[:4]
+
+    def _model_inputs(
+        self, prompts: Prompts, geometry: ImageGeometry, state: ObjectState
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, torch.Tensor | None, _Region | None]:
         points, labels = [], []
         box = prompts.box
         mask_input = state.logits
-        region = prompts.mask
-        if region is not None:
-            if tuple(region.shape) != tuple(geometry.original_size):
-                raise ValueError(f"the mask prompt is {region.shape}, the image {tuple(geometry.original_size)}")
-            previous = state.extra
-            if not (previous is region or (isinstance(previous, np.ndarray) and previous.shape == region.shape
-                                           and np.array_equal(previous, region))):
-                mask_input = mask_to_low_res(region, geometry, self.mask_logit_scale, device=self.device,
+        region = None
+        if prompts.mask is not None:
+            mask = prompts.mask
+            if tuple(mask.shape) != tuple(geometry.original_size):
+                raise ValueError(f"the mask prompt is {mask.shape}, the image {tuple(geometry.original_size)}")
+            region = state.extra if isinstance(state.extra, _Region) and state.extra.same(mask) else None
+            if region is None:  # set or changed at this step: its logits replace the previous ones
+                region = _Region(mask, deepest_point(mask), bounding_box(mask))
+                mask_input = mask_to_low_res(mask, geometry, self.mask_logit_scale, device=self.device,
                                              dtype=self.dtype)
-            points.append(np.array([deepest_point(region)]))
+            points.append(np.array([region.point]))
             labels.append(np.ones(1, np.int64))
             if box is None and self.supports_boxes:
-                box = bounding_box(region)
+                box = region.box
         spacing = self.scribble_spacing * max(geometry.original_size)
         for scribble in prompts.scribbles:
             sampled = sample_stroke(scribble.points, spacing, self.scribble_points)
@@ -301,7 +320,7 @@ class SamFamilyPredictor:
             labels.append(np.full(len(sampled), int(scribble.positive), np.int64))
         points.append(prompts.points)
         labels.append(prompts.labels)
-        return np.concatenate(points).reshape(-1, 2), np.concatenate(labels), box, mask_input
+        return np.concatenate(points).reshape(-1, 2), np.concatenate(labels), box, mask_input, region
 
     def _encode_prompts(
         self, points: np.ndarray, labels: np.ndarray, box: np.ndarray | None, geometry: ImageGeometry,
