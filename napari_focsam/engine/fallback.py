@@ -112,8 +112,8 @@ class FallbackPredictor:
     """Interactive segmentation without model weights: marker-based watershed on a colour edge map.
 
     Takes every prompt kind (clicks, a box, a region, scribbles; see :mod:`.fallback_prompts`), CPU-only and
-    stateless: the mask is a deterministic function of the image and the prompts. The embedding (``features``) is a float32 tensor
-    ``(2, h, w)`` at the working resolution: channel 0 the coarse edge map, channel 1 the fine one.
+    stateless: the mask is a deterministic function of the image and the prompts. The embedding (``features``) is a
+    float32 tensor ``(2, h, w)`` at the working resolution: channel 0 the coarse edge map, channel 1 the fine one.
 
     Parameters
     ----------

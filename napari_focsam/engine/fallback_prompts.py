@@ -37,7 +37,8 @@ def working_region(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     small = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=shrink)[0, 0].numpy() >= 0.5
     if not small.any():  # thinner than a working pixel: keep the pixel under its deepest point
         y, x = deepest_point(mask)
-        small[min(size[0] - 1, int(y * size[0] / mask.shape[0])), min(size[1] - 1, int(x * size[1] / mask.shape[1]))] = True
+        row = min(size[0] - 1, int(y * size[0] / mask.shape[0]))
+        small[row, min(size[1] - 1, int(x * size[1] / mask.shape[1]))] = True
     return small
 
 
