@@ -7,6 +7,7 @@ The Python API (importing it never imports napari or Qt)::
     obj = manager.new_object(image)        # embeds the image (cached)
     mask = obj.click(120, 200)             # (y, x), positive
     mask = obj.click(150, 260, positive=False)
+    mask = obj.add_scribble([[40, 50], [60, 90]], positive=False)   # also add_polygon(vertices), set_mask(mask)
     obj.undo()
 """
 

@@ -47,6 +47,7 @@ from skimage.color import rgb2lab
 from skimage.segmentation import watershed
 
 from .._cancel import CancelToken, check_cancel
+from .fallback_prompts import draw_dense_markers
 from .types import ImageEmbedding, ImageGeometry, ObjectState, Prediction, Prompts
 
 #: bump whenever the output for the same parameters changes: it is part of the cache key (``fingerprint``)
@@ -110,9 +111,9 @@ def _normalised(gradient: np.ndarray) -> np.ndarray:
 class FallbackPredictor:
     """Interactive segmentation without model weights: marker-based watershed on a colour edge map.
 
-    Click-only (``supports_boxes = False``; a box in the prompts is ignored), CPU-only and stateless: the mask is a
-    deterministic function of the image and the ordered clicks. The embedding (``features``) is a float32 tensor
-    ``(2, h, w)`` at the working resolution: channel 0 the coarse edge map, channel 1 the fine one.
+    Takes every prompt kind (clicks, a box, a region, scribbles; see :mod:`.fallback_prompts`), CPU-only and
+    stateless: the mask is a deterministic function of the image and the prompts. The embedding (``features``) is a
+    float32 tensor ``(2, h, w)`` at the working resolution: channel 0 the coarse edge map, channel 1 the fine one.
 
     Parameters
     ----------
@@ -156,6 +157,7 @@ class FallbackPredictor:
         min_click_radius: float = 3.0,
         frame_gate: float = 0.5,
         box_margin: float = 0.1,
+        region_band: float = 0.05,
     ) -> None:
         if max_side < 1 or ref_side < 1:
             raise ValueError("max_side and ref_side must be positive")
@@ -175,6 +177,7 @@ class FallbackPredictor:
         self.min_click_radius = float(min_click_radius)
         self.frame_gate = float(frame_gate)
         self.box_margin = float(box_margin)
+        self.region_band = float(region_band)
 
     def __repr__(self) -> str:
         return f"FallbackPredictor({self.fingerprint})"
@@ -192,7 +195,7 @@ class FallbackPredictor:
             f"lightness={self.lightness_weight:g},sigmas={sigmas},fine_sigma={self.fine_sigma:g},"
             f"click_radius={self.click_radius:g},opposite={self.opposite_fraction:g},band={self.band:g},"
             f"min_smoothing_scale={self.min_smoothing_scale:g},min_click_radius={self.min_click_radius:g},"
-            f"frame_gate={self.frame_gate:g},box_margin={self.box_margin:g}"
+            f"frame_gate={self.frame_gate:g},box_margin={self.box_margin:g},region_band={self.region_band:g}"
         )
 
     # ------------------------------------------------------------------ embedding
@@ -281,11 +284,28 @@ class FallbackPredictor:
         labels: np.ndarray,
         k: float,
         box: tuple[int, int, int, int] | None,
-    ) -> np.ndarray:
-        """Watershed markers: the prior background (see :meth:`_background`), then the clicks' disks in order."""
+        prompts: Prompts | None = None,
+        original: tuple[int, int] | None = None,
+    ) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Watershed markers: the prior background (see :meth:`_background`), the region and scribbles (see
+        :mod:`.fallback_prompts`), then the clicks' disks in order; and the seeds the refinement keeps."""
         markers = np.zeros(coarse.shape, np.int32)
         markers[self._background(coarse, points, labels, box)] = _BACKGROUND
         radius_max = max(self.click_radius * k, self.min_click_radius)
+        if box is not None and not (prompts is not None and (prompts.mask is not None or prompts.scribbles)):
+            # a box: assume the object covers the box's centre (under the clicks, short of any negative click)
+            y0, x0, y1, x1 = box
+            cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+            radius = min(radius_max, 0.25 * min(y1 - y0 + 1, x1 - x0 + 1))
+            negatives = points[labels == 0]
+            if len(negatives):
+                nearest = float(np.sqrt(((negatives - (cy, cx)) ** 2).sum(axis=1)).min())
+                radius = min(radius, self.opposite_fraction * nearest)
+            if radius > 0:
+                self._draw_disk(markers, cy, cx, radius, _OBJECT)
+        seeds: list[tuple[int, int]] = []
+        if prompts is not None and (prompts.mask is not None or prompts.scribbles):
+            seeds = draw_dense_markers(markers, prompts, original, self.region_band, 0.5 * radius_max)
         for (y, x), label in zip(points, labels):
             radius = radius_max
             opposite = points[labels != label]
@@ -293,12 +313,7 @@ class FallbackPredictor:
                 nearest = float(np.sqrt(((opposite - (y, x)) ** 2).sum(axis=1)).min())
                 radius = min(radius, max(1.0, self.opposite_fraction * nearest))
             self._draw_disk(markers, y, x, radius, _OBJECT if label == 1 else _BACKGROUND)
-        if box is not None and not (labels == 1).any():
-            # a box alone: assume the object covers the box's centre
-            y0, x0, y1, x1 = box
-            radius = min(radius_max, 0.25 * min(y1 - y0 + 1, x1 - x0 + 1))
-            self._draw_disk(markers, (y0 + y1) // 2, (x0 + x1) // 2, radius, _OBJECT)
-        return markers
+        return markers, seeds
 
     @staticmethod
     def _seeds(points: np.ndarray, labels: np.ndarray, box: tuple[int, int, int, int] | None) -> np.ndarray:
@@ -379,7 +394,7 @@ class FallbackPredictor:
         fine = features[1].numpy()
         size = coarse.shape
         labels = np.asarray(prompts.labels, np.int64)
-        if not (labels == 1).any() and prompts.box is None:
+        if not prompts.has_object:
             return np.zeros(size, bool)
         k = self._length_scale(size)
         points = self._to_working(np.asarray(prompts.points, np.float64).reshape(-1, 2), original_size, size)
@@ -387,11 +402,14 @@ class FallbackPredictor:
         if prompts.box is not None:
             scale = (size[0] / original_size[0], size[1] / original_size[1])
             box = self._box_rows_cols(prompts.box, scale, size)
-        markers = self._markers(coarse, points, labels, k, box)
+        markers, dense_seeds = self._markers(coarse, points, labels, k, box, prompts, original_size)
         objects = watershed(coarse, markers) == _OBJECT
         check_cancel(cancel)
         if self.band > 0 and objects.any():
-            objects = self._refine(fine, objects, markers, self._seeds(points, labels, box), k)
+            seeds = self._seeds(points, labels, box)
+            if dense_seeds:
+                seeds = np.vstack([seeds.reshape(-1, 2), np.asarray(dense_seeds, np.int64)])
+            objects = self._refine(fine, objects, markers, seeds, k)
         return objects
 
     def predict(

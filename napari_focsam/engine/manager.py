@@ -264,3 +264,11 @@ class ModelManager:
         embedding = image if isinstance(image, ImageEmbedding) else self.embed(image, **image_kwargs)
         session = ObjectSession(self.predictor, embedding)
         return session.sync(Prompts(points, labels, box))
+
+    def segment_prompts(
+        self, image: np.ndarray | ImageEmbedding, prompts: Prompts, **image_kwargs: object
+    ) -> np.ndarray:
+        """One-shot: the mask that giving ``prompts`` (clicks, box, region, scribbles) in order gives, as
+        :meth:`ObjectSession.sync <napari_focsam.engine.session.ObjectSession.sync>` replays them."""
+        embedding = image if isinstance(image, ImageEmbedding) else self.embed(image, **image_kwargs)
+        return ObjectSession(self.predictor, embedding).sync(prompts)

@@ -8,11 +8,25 @@ One interactive step follows the official FocSAM pipeline (``interact_test``/``i
   token, the focus refiner turns them into a refined embedding, and the decoder runs again on it with the same
   prompts and mask input; the refined embedding then replaces the original for this object, for every later step;
 * logits are brought to the original resolution with the model's own post-processing and thresholded at 0.
+
+Prompts that are not clicks become what SAM takes (:meth:`SamFamilyPredictor.model_inputs`):
+
+* a **region** (mask, label, filled polygons): at the step that sets or changes it, its low-resolution logits
+  (:func:`~.prompt_shapes.mask_to_low_res`, ``±mask_logit_scale``) replace the previous step's logits as the mask
+  input; at every step it adds a positive click at its deepest interior point and, for SAM (not FocSAM, which
+  never saw boxes), its bounding box unless the user gave a box;
+* a **scribble**: points sampled along it (:func:`~.prompt_shapes.sample_stroke`: one per
+  ``scribble_spacing`` × the image's longest side, at most ``scribble_points``), with the scribble's label.
+
+FocSAM thus always sees what it was fine-tuned on: clicks and a previous-logits mask input. The rule for the
+refiner does not change: it runs once, at step index 1 (the object's second step, whatever its kind), with the
+coarse logits and mask token of a pass on the original embedding with that step's prompts and mask input.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,10 +36,28 @@ from ..models.fast_decoder import FastDecoder, default_decoder_dtype
 from ..models.fast_encoder import ATTENTION_MODES, FAST_ENCODER_VERSION, FastImageEncoder, default_encoder_dtype
 from ..models.loader import LoadedModel
 from ..models.transforms import make_transform
+from .prompt_shapes import bounding_box, deepest_point, mask_to_low_res, sample_stroke
 from .types import CancelToken, ImageEmbedding, ImageGeometry, ObjectState, Prediction, Prompts, check_cancel
 
 #: the official ``refine_start_step``: the refiner runs at step index 1, i.e. the second click
 REFINE_STEP = 1
+#: a region prompt's logits: ±logit(0.999), the magnitude micro-sam gives its mask prompts
+MASK_LOGIT_SCALE = 6.9068
+#: scribble sampling: one point per this fraction of the image's longest side, at most SCRIBBLE_POINTS per stroke
+SCRIBBLE_SPACING = 1 / 16
+SCRIBBLE_POINTS = 6
+
+
+@dataclass(frozen=True, eq=False)
+class _Region:
+    """A region prompt as an object's state remembers it: the mask and what was derived from it once."""
+
+    mask: np.ndarray
+    point: tuple[float, float]
+    box: np.ndarray
+
+    def same(self, mask: np.ndarray) -> bool:
+        return self.mask is mask or (self.mask.shape == mask.shape and np.array_equal(self.mask, mask))
 
 
 def _as_dtype(value: torch.dtype | str | None) -> torch.dtype | None:
@@ -86,8 +118,14 @@ class SamFamilyPredictor:
         decoder_autocast: torch.dtype | None = None,
         decoder_upscale_dtype: torch.dtype | str | None = None,
         decoder_attention_dtype: torch.dtype | str | None = None,
+        mask_logit_scale: float = MASK_LOGIT_SCALE,
+        scribble_spacing: float = SCRIBBLE_SPACING,
+        scribble_points: int = SCRIBBLE_POINTS,
     ) -> None:
         self._loaded = loaded
+        self.mask_logit_scale = float(mask_logit_scale)
+        self.scribble_spacing = float(scribble_spacing)
+        self.scribble_points = int(scribble_points)
         self.model = loaded.model
         spec = loaded.spec
         self.spec = spec
@@ -208,7 +246,8 @@ class SamFamilyPredictor:
         check_cancel(cancel)
         timings: dict[str, float] = {}
         with torch.inference_mode():
-            sparse, dense = self._encode_prompts(prompts, geometry, state.logits)
+            points, labels, box, mask_input, region = self._model_inputs(prompts, geometry, state)
+            sparse, dense = self._encode_prompts(points, labels, box, geometry, mask_input)
             refine_now = self.uses_refiner and state.features is None and state.step == REFINE_STEP
             features = state.features
             start = time.perf_counter()
@@ -231,7 +270,7 @@ class SamFamilyPredictor:
             start = time.perf_counter()
             mask = (self.transform.logits_to_original(out.logits, geometry) > 0)[0, 0].cpu().numpy()
             timings["postprocess"] = time.perf_counter() - start
-        next_state = ObjectState(logits=out.logits, features=features, step=state.step + 1)
+        next_state = ObjectState(logits=out.logits, features=features, step=state.step + 1, extra=region)
         return Prediction(mask=mask, state=next_state, score=float(out.iou[0, 0]), timings=timings)
 
     def _decode(self, features: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> DecoderOutput:
@@ -248,15 +287,51 @@ class SamFamilyPredictor:
             return self._fast_decoder(features, sparse, dense)
         return decode(self.model.mask_decoder, features, self._image_pe, sparse, dense)
 
+    def model_inputs(
+        self, prompts: Prompts, geometry: ImageGeometry, state: ObjectState
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, torch.Tensor | None]:
+        """The clicks (y, x), labels, box and mask input that the model gets for ``prompts`` (see the module)."""
+        return self._model_inputs(prompts, geometry, state)[:4]
+
+    def _model_inputs(
+        self, prompts: Prompts, geometry: ImageGeometry, state: ObjectState
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, torch.Tensor | None, _Region | None]:
+        points, labels = [], []
+        box = prompts.box
+        mask_input = state.logits
+        region = None
+        if prompts.mask is not None:
+            mask = prompts.mask
+            if tuple(mask.shape) != tuple(geometry.original_size):
+                raise ValueError(f"the mask prompt is {mask.shape}, the image {tuple(geometry.original_size)}")
+            region = state.extra if isinstance(state.extra, _Region) and state.extra.same(mask) else None
+            if region is None:  # set or changed at this step: its logits replace the previous ones
+                region = _Region(mask, deepest_point(mask), bounding_box(mask))
+                mask_input = mask_to_low_res(mask, geometry, self.mask_logit_scale, device=self.device,
+                                             dtype=self.dtype)
+            points.append(np.array([region.point]))
+            labels.append(np.ones(1, np.int64))
+            if box is None and self.supports_boxes:
+                box = region.box
+        spacing = self.scribble_spacing * max(geometry.original_size)
+        for scribble in prompts.scribbles:
+            sampled = sample_stroke(scribble.points, spacing, self.scribble_points)
+            points.append(sampled)
+            labels.append(np.full(len(sampled), int(scribble.positive), np.int64))
+        points.append(prompts.points)
+        labels.append(prompts.labels)
+        return np.concatenate(points).reshape(-1, 2), np.concatenate(labels), box, mask_input, region
+
     def _encode_prompts(
-        self, prompts: Prompts, geometry: ImageGeometry, prev_logits: torch.Tensor | None
+        self, points: np.ndarray, labels: np.ndarray, box: np.ndarray | None, geometry: ImageGeometry,
+        mask_input: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        coords = labels = boxes = None
-        if len(prompts):
-            xy = self.transform.points_to_input(prompts.points, geometry)
+        coords = label_tensor = boxes = None
+        if len(points):
+            xy = self.transform.points_to_input(points, geometry)
             coords = torch.as_tensor(xy, dtype=torch.float32, device=self.device)[None]  # float32, as both official codes
-            labels = torch.tensor(prompts.labels, device=self.device)[None]
-        if prompts.box is not None:
-            box = self.transform.box_to_input(prompts.box, geometry)
-            boxes = torch.as_tensor(box, dtype=torch.float32, device=self.device)[None]
-        return encode_prompts(self.model.prompt_encoder, coords, labels, boxes, prev_logits)
+            label_tensor = torch.tensor(labels, device=self.device)[None]
+        if box is not None:
+            boxes = torch.as_tensor(self.transform.box_to_input(box, geometry), dtype=torch.float32,
+                                    device=self.device)[None]
+        return encode_prompts(self.model.prompt_encoder, coords, label_tensor, boxes, mask_input)

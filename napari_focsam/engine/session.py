@@ -2,8 +2,9 @@
 
 Every step stores the prompts it saw and the immutable :class:`Prediction` it produced (mask, raw logits, FocSAM's
 refined embedding or none, step count). Undo and redo only move a cursor over that history, so they restore the
-exact earlier state — the very tensors — without recomputing anything. A new click after an undo drops the redo
-branch.
+exact earlier state — the very tensors — without recomputing anything. A new step after an undo drops the redo
+branch. Every prompt kind is one step: a click, a box, a polygon (added to the object's region), a scribble, a mask
+(replacing the region); a refused prompt (ValueError) changes nothing.
 
 Bounded memory: a session keeps at most ``max_history`` steps (:data:`DEFAULT_MAX_HISTORY`); older ones are dropped
 and undo stops at the oldest kept step. Every step carries the whole state the next one needs, so dropping older
@@ -27,11 +28,13 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
 from .predictor import Predictor
-from .types import CancelToken, ImageEmbedding, ObjectState, Prediction, Prompts, check_cancel
+from .prompt_shapes import as_mask, check_extent
+from .types import CancelToken, ImageEmbedding, ObjectState, Prediction, Prompts, Scribble, check_cancel
 
 #: undo steps kept per object (older steps are dropped; the current state stays exact)
 DEFAULT_MAX_HISTORY = 50
@@ -155,18 +158,47 @@ class ObjectSession:
         with self._lock:
             return self._apply(self.prompts.with_box(box), cancel)
 
+    def add_polygon(self, vertices: Any, *, cancel: CancelToken | None = None) -> np.ndarray:
+        """Add a filled polygon (lasso) of (y, x) vertices to the object's region, as one step.
+
+        Filled by the nonzero winding rule (a self-intersecting lasso is filled where it loops); see
+        :mod:`.prompt_shapes`. Vertices outside the image, zero area or no pixel covered: ValueError.
+        """
+        with self._lock:
+            return self._apply(self.prompts.with_polygon(vertices, self.shape), cancel)
+
+    def add_scribble(self, points: Any, positive: bool = True, *, cancel: CancelToken | None = None) -> np.ndarray:
+        """Add a stroke (polyline of (y, x) points) marking object (``positive``) or background, as one step."""
+        scribble = Scribble(points, positive)
+        check_extent(scribble.points, self.shape, "scribble")
+        with self._lock:
+            return self._apply(self.prompts.with_scribble(scribble.points, scribble.positive), cancel)
+
+    def set_mask(self, mask: Any, *, cancel: CancelToken | None = None) -> np.ndarray:
+        """Make ``mask`` ((H, W), bool or 0/1: a user mask, ``labels == label_id``) the object's region, as one
+        step; it replaces an earlier region prompt (polygons included)."""
+        region = as_mask(mask, self.shape)
+        with self._lock:
+            return self._apply(self.prompts.with_mask(region), cancel)
+
     def sync(self, target: Prompts, *, cancel: CancelToken | None = None) -> np.ndarray:
-        """Make the session's prompts equal ``target``; the result is exactly what clicking ``target`` in order
-        gives.
+        """Make the session's prompts equal ``target``; the result is exactly what giving ``target`` one step at a
+        time gives, in the order box, region, scribbles, clicks.
 
         It goes back to the longest recorded step whose prompts are a prefix of ``target`` and adds the rest: for
-        a stateful model (SAM, FocSAM) one click at a time, as a user would have (each step's logits feed the
+        a stateful model (SAM, FocSAM) one prompt at a time, as a user would have (each step's logits feed the
         next); for a stateless one in a single step. ``cancel`` is checked between steps only, never inside one:
         a superseded replay keeps every step it completed (the step under way included), so the next call
         continues from there instead of starting over.
         """
         for y, x in target.points:
             self._check_inside(y, x)
+        for scribble in target.scribbles:
+            check_extent(scribble.points, self.shape, "scribble")
+        if target.mask is not None and target.mask.shape != self.shape:
+            as_mask(target.mask, self.shape)  # raises the shape message
+        if target.box is not None and not self.predictor.supports_boxes:
+            raise ValueError(f"{self.predictor.display_name} takes clicks only, not boxes")
         with self._lock:
             self._cursor = self._longest_prefix(target)
             if self._cursor == 0:
@@ -176,12 +208,20 @@ class ObjectSession:
             if target.box is not None and done.box is None and not self.predictor.supports_boxes:
                 raise ValueError(f"{self.predictor.display_name} takes clicks only, not boxes")
             if self.stateless:
-                if len(done) < len(target) or (target.box is not None and done.box is None):
+                if (len(done) < len(target) or (target.box is not None and done.box is None)
+                        or (target.mask is not None and done.mask is None)
+                        or len(done.scribbles) < len(target.scribbles)):
                     self._apply(target, cancel)
                 return self.mask
             steps = []
             if target.box is not None and done.box is None:
                 done = done.with_box(target.box)
+                steps.append(done)
+            if target.mask is not None and done.mask is None:
+                done = done.with_mask(target.mask)
+                steps.append(done)
+            for scribble in target.scribbles[len(done.scribbles):]:
+                done = done.with_scribble(scribble.points, scribble.positive)
                 steps.append(done)
             for i in range(len(done), len(target)):
                 done = done.with_point(*target.points[i], bool(target.labels[i]))
@@ -253,8 +293,17 @@ class ObjectSession:
             same_box = (prompts.box is None) or (
                 target.box is not None and np.array_equal(prompts.box, target.box)
             )
+            same_region = prompts.mask is None or (
+                target.mask is not None and (prompts.mask is target.mask or np.array_equal(prompts.mask, target.mask))
+            )
+            n_scribbles = len(prompts.scribbles)
+            same_scribbles = n_scribbles <= len(target.scribbles) and all(
+                a.same(b) for a, b in zip(prompts.scribbles, target.scribbles)
+            )
             if (
                 same_box
+                and same_region
+                and same_scribbles
                 and n <= len(target)
                 and np.array_equal(prompts.points, target.points[:n])
                 and np.array_equal(prompts.labels, target.labels[:n])

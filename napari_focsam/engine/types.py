@@ -15,6 +15,7 @@ import torch
 
 from .._cancel import CancelToken, Cancelled, check_cancel  # noqa: F401  (re-exported)
 from ..models.geometry import ImageGeometry  # noqa: F401  (re-exported)
+from .prompt_shapes import as_mask, as_vertices, fill_polygon
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,8 +36,32 @@ class ImageEmbedding:
 
 
 @dataclass(frozen=True, eq=False)
+class Scribble:
+    """A stroke (a polyline of (y, x) points, at least two distinct) that marks object (positive) or background."""
+
+    points: np.ndarray
+    positive: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "points", as_vertices(self.points, "scribble", 2))
+        object.__setattr__(self, "positive", bool(self.positive))
+
+    def same(self, other: Scribble) -> bool:
+        return self.positive == other.positive and np.array_equal(self.points, other.points)
+
+
+@dataclass(frozen=True, eq=False)
 class Prompts:
-    """The prompts of one object: clicks (y, x) with labels 1 = positive / 0 = negative, and an optional box.
+    """The prompts of one object: clicks, an optional box, an optional region (mask) and scribbles.
+
+    * ``points`` (y, x) with ``labels`` 1 = positive / 0 = negative, in click order;
+    * ``box``: (y0, x0, y1, x1), inclusive pixel coordinates;
+    * ``mask``: the object's region prompt, an (H, W) bool array: a user mask, an existing label, or filled polygons
+      (several polygons of one object are one region, their union);
+    * ``scribbles``: positive or negative strokes, in drawing order.
+
+    Replaying prompts (:meth:`ObjectSession.sync <napari_focsam.engine.session.ObjectSession.sync>`, prompts files)
+    applies them in this order, one step each: box, region, scribbles, clicks.
 
     Immutable: every change returns a new instance, so a session's history can share them safely.
     """
@@ -44,6 +69,8 @@ class Prompts:
     points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float64))
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
     box: np.ndarray | None = None  # (y0, x0, y1, x1), inclusive pixel coordinates
+    mask: np.ndarray | None = None  # (H, W) bool region prompt
+    scribbles: tuple[Scribble, ...] = ()
 
     def __post_init__(self) -> None:
         points = np.asarray(self.points, dtype=np.float64).reshape(-1, 2)
@@ -66,21 +93,54 @@ class Prompts:
             box = np.array([min(y0, y1), min(x0, x1), max(y0, y1), max(x0, x1)])
             box.setflags(write=False)
             object.__setattr__(self, "box", box)
+        if self.mask is not None and not (isinstance(self.mask, np.ndarray) and self.mask.dtype == bool
+                                          and not self.mask.flags.writeable and self.mask.ndim == 2):
+            object.__setattr__(self, "mask", as_mask(self.mask))
+        scribbles = tuple(s if isinstance(s, Scribble) else Scribble(*s) for s in self.scribbles)
+        object.__setattr__(self, "scribbles", scribbles)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     @property
     def is_empty(self) -> bool:
-        return len(self.labels) == 0 and self.box is None
+        return len(self.labels) == 0 and self.box is None and self.mask is None and not self.scribbles
+
+    @property
+    def has_object(self) -> bool:
+        """Whether anything says where the object is: a positive click or scribble, a box or a region."""
+        return (bool((self.labels == 1).any()) or self.box is not None or self.mask is not None
+                or any(s.positive for s in self.scribbles))
+
+    def _replace(self, **changes: Any) -> Prompts:
+        fields = {"points": self.points, "labels": self.labels, "box": self.box, "mask": self.mask,
+                  "scribbles": self.scribbles}
+        fields.update(changes)
+        return Prompts(**fields)
 
     def with_point(self, y: float, x: float, positive: bool = True) -> Prompts:
-        return Prompts(
-            np.vstack([self.points, [[y, x]]]), np.append(self.labels, int(bool(positive))), self.box
-        )
+        return self._replace(points=np.vstack([self.points, [[y, x]]]),
+                             labels=np.append(self.labels, int(bool(positive))))
 
     def with_box(self, box: Any) -> Prompts:
-        return Prompts(self.points, self.labels, box)
+        return self._replace(box=box)
+
+    def with_mask(self, mask: Any) -> Prompts:
+        """The region prompt replaced by ``mask`` ((H, W), bool or 0/1, not empty)."""
+        return self._replace(mask=as_mask(mask, None if self.mask is None else self.mask.shape))
+
+    def with_polygon(self, vertices: Any, shape: tuple[int, int]) -> Prompts:
+        """The region grown by a filled polygon (nonzero winding rule, see :mod:`.prompt_shapes`) on an image of
+        ``shape`` (H, W)."""
+        filled = fill_polygon(vertices, shape)
+        if self.mask is not None:
+            if self.mask.shape != filled.shape:
+                raise ValueError(f"the object's region is {self.mask.shape}, the polygon's image {filled.shape}")
+            filled |= self.mask
+        return self._replace(mask=as_mask(filled))
+
+    def with_scribble(self, points: Any, positive: bool = True) -> Prompts:
+        return self._replace(scribbles=(*self.scribbles, Scribble(points, positive)))
 
 
 @dataclass(frozen=True, eq=False)

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .first_prompts import FIRST_PROMPTS
 from .protocol import IGNORE_MODES, TIE_BREAKS, Protocol
 
 ORACLE = "oracle"
@@ -36,7 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "official FocSAM code (255 = background everywhere); 'all' also left out of the IoU")
     parser.add_argument("--tie-break", choices=TIE_BREAKS, default="random",
                         help="among equidistant click candidates: seeded uniform choice per object, or row-major first")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the tie-breaking choice")
+    parser.add_argument("--seed", type=int, default=42,
+                        help="seed of the tie-breaking choice and of the simulated first prompts")
+    parser.add_argument("--first-prompt", nargs="+", choices=FIRST_PROMPTS, default=["click"], metavar="KIND",
+                        help="the first prompt, simulated from the ground truth, before the clicks: "
+                             f"{', '.join(FIRST_PROMPTS)} (several: one run each, compared in one table; "
+                             "see docs/evaluation.md)")
     parser.add_argument("--official", action="store_true",
                         help="the official FocSAM protocol exactly (same as --ignore-mode none)")
     parser.add_argument("--float32", action="store_true",
@@ -70,19 +76,31 @@ def run(args: argparse.Namespace) -> int:
     from .summary import COMPARISON_MD
 
     dataset = SegmentationDataset(args.dataset)
-    protocol = Protocol(n_clicks=args.clicks, ignore_mode="none" if args.official else args.ignore_mode,
-                        tie_break=args.tie_break, seed=args.seed)
     out = args.out or Path("evaluation") / dataset.name
     predictor = load_predictor(args)
     if getattr(predictor, "is_fallback", False):
         print(f"note: {predictor.display_name} is the weight-free fallback, not SAM/FocSAM", file=sys.stderr)
     metadata = {"model": args.model, "checkpoint": str(args.checkpoint) if args.checkpoint else None}
-    result = evaluate(predictor, dataset, out, protocol, name=args.name, limit=args.limit, ids=args.ids,
-                      max_instances=args.max_instances, progress=not args.no_progress, overwrite=args.overwrite,
-                      metadata=metadata)
-    print(f"{result.computed} objects evaluated, {result.reused} reused from {result.folder}")
-    if result.failed:
-        print(f"{len(result.failed)} objects failed: {result.failed[:5]}", file=sys.stderr)
+    status = 0
+    for kind in dict.fromkeys(args.first_prompt):
+        if kind == "box" and not getattr(predictor, "supports_boxes", True):
+            print(f"skipped --first-prompt box: {predictor.display_name} takes no boxes", file=sys.stderr)
+            status = 1
+            continue
+        protocol = Protocol(n_clicks=args.clicks, ignore_mode="none" if args.official else args.ignore_mode,
+                            tie_break=args.tie_break, seed=args.seed, first_prompt=kind)
+        label = args.name or args.model
+        extra = {} if kind == "click" else {
+            "display_name": f"{getattr(predictor, 'display_name', label)}, first prompt: {kind}"}
+        result = evaluate(predictor, dataset, out, protocol, name=label if kind == "click" else f"{label}+{kind}",
+                          limit=args.limit, ids=args.ids, max_instances=args.max_instances,
+                          progress=not args.no_progress, overwrite=args.overwrite,
+                          metadata={**metadata, "first_prompt": kind, **extra})
+        print(f"{result.computed} objects evaluated, {result.reused} reused from {result.folder}")
+        if result.failed:
+            print(f"{len(result.failed)} objects failed: {result.failed[:5]}", file=sys.stderr)
+        if result.failed and not result.summary.get("n_objects"):
+            status = 1
     table = out / COMPARISON_MD
     if table.is_file():
         print(table.read_text())
@@ -94,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"wrote {path}")
         except ImportError:  # matplotlib is optional
             print("matplotlib is not installed: no plots (pip install napari-focsam[plot])", file=sys.stderr)
-    return 1 if result.failed and not result.summary.get("n_objects") else 0
+    return status
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -64,5 +64,5 @@ class OracleBackend:
         if self._target.shape != tuple(embedding.geometry.original_size):
             raise ValueError(f"target {self._target.shape} does not match the image {embedding.geometry.original_size}")
         step = 0 if state is None else state.step
-        mask = self._target.copy() if (prompts.labels == 1).any() else np.zeros_like(self._target)
+        mask = self._target.copy() if prompts.has_object else np.zeros_like(self._target)
         return Prediction(mask=mask, state=ObjectState(step=step + 1), timings={"decoder": 0.0})

@@ -48,6 +48,9 @@ class Protocol:
     noc_thresholds: tuple[float, ...] = field(default=NOC_THRESHOLDS)
     miou_clicks: tuple[int, ...] = field(default=MIOU_CLICKS)
     delta_threshold: float = DELTA_IOU_THRESHOLD
+    #: the first step's prompt: "click" (the simulator's), or one simulated from the ground truth (box, polygon,
+    #: scribble, mask; see :mod:`.first_prompts`), after which the click simulator goes on
+    first_prompt: str = "click"
 
     def __post_init__(self) -> None:
         if self.n_clicks < 1:
@@ -56,6 +59,10 @@ class Protocol:
             raise ValueError(f"ignore_mode must be one of {IGNORE_MODES}, got {self.ignore_mode!r}")
         if self.tie_break not in TIE_BREAKS:
             raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {self.tie_break!r}")
+        from .first_prompts import FIRST_PROMPTS
+
+        if self.first_prompt not in FIRST_PROMPTS:
+            raise ValueError(f"first_prompt must be one of {FIRST_PROMPTS}, got {self.first_prompt!r}")
         object.__setattr__(self, "noc_thresholds", tuple(float(t) for t in self.noc_thresholds))
         object.__setattr__(self, "miou_clicks", tuple(int(k) for k in self.miou_clicks))
 
@@ -68,6 +75,8 @@ class Protocol:
         data = asdict(self)
         data["noc_thresholds"] = list(self.noc_thresholds)
         data["miou_clicks"] = list(self.miou_clicks)
+        if self.first_prompt == "click":
+            del data["first_prompt"]  # as before first prompts existed, so earlier results stay resumable
         return data
 
     @classmethod
@@ -83,6 +92,11 @@ class Protocol:
         if not ignore.any():
             return None, None
         return ignore, (ignore if self.ignore_mode == "all" else None)
+
+    def first_prompt_rng(self, key: str) -> np.random.Generator:
+        """The generator of one object's simulated first prompt (independent of the tie-breaking one)."""
+        digest = hashlib.sha256(f"{self.seed}:first-prompt:{self.first_prompt}:{key}".encode()).digest()
+        return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
     def rng(self, key: str) -> np.random.Generator | None:
         """The tie-breaking generator of one object (``None`` for row-major-first ties)."""

@@ -1,7 +1,9 @@
 """The evaluation runner: the official click loop over every object of a dataset, with any predictor.
 
 For each image the predictor embeds once (timed: the encoder); for each of its objects the loop runs exactly
-``protocol.n_clicks`` steps, as the official ``interact_test``:
+``protocol.n_clicks`` steps, as the official ``interact_test`` (with ``protocol.first_prompt`` other than
+``"click"``, step 1 uses a prompt simulated from the ground truth instead, :mod:`.first_prompts`, and the
+simulator's clicks follow from step 2 on):
 
 1. the simulator adds the next click from the previous prediction (an all-empty mask before the first step), or
    none when the prediction has no error left;
@@ -32,6 +34,7 @@ from ..engine.predictor import Predictor
 from ..engine.types import ImageEmbedding, ObjectState, Prompts
 from .clicker import ClickSimulator
 from .datasets import EvalObject, SegmentationDataset
+from .first_prompts import simulate_first_prompt
 from .metrics import iou, noc_per_object
 from .oracle import TargetAware
 from .protocol import IGNORE_VALUE, Protocol
@@ -69,10 +72,14 @@ def evaluate_object(
     ious: list[float] = []
     clicks: list[list[int] | None] = []
     timings: list[dict[str, float]] = []
-    for _ in range(protocol.n_clicks):
+    first = (None if protocol.first_prompt == "click"
+             else simulate_first_prompt(protocol.first_prompt, gt, protocol.first_prompt_rng(obj.key)))
+    for step in range(protocol.n_clicks):
         start = time.perf_counter()
-        click = simulator.step(pred)
+        click = simulator.step(pred) if step or first is None else None
         click_s = time.perf_counter() - start
+        if step == 0 and first is not None:
+            prompts = first
         if click is not None:
             prompts = prompts.with_point(click.y, click.x, click.positive)
         clicks.append(None if click is None else [click.y, click.x, click.label])

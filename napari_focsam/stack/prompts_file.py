@@ -1,4 +1,4 @@
-"""Prompts files for batch segmentation: CSV or JSON; each prompt names a slice, an object, and a click or a box.
+"""Prompts files for batch segmentation: CSV or JSON; each prompt names a slice, an object, and what it is.
 
 CSV (a header row, then one prompt per row; column names are case-insensitive)::
 
@@ -11,8 +11,28 @@ CSV (a header row, then one prompt per row; column names are case-insensitive)::
 too, (t, slice) is the index into a (T, Z, Y, X) stack. ``object_id`` (aliases ``object``, ``id``) is the positive
 integer written into the label stack. ``label`` may be left out (every click positive). Box columns are optional.
 
+Polygons, scribbles and masks (CSV): a ``kind`` column (``click``, ``box``, ``polygon``, ``scribble``, ``mask``;
+empty = click or box as above). A polygon or scribble is one row per vertex with the same slice, object and
+``shape`` number, vertices in file order; a scribble's ``label`` says positive or negative. A mask row names a label
+image in a ``mask`` column (a path, relative to the prompts file: .tif/.tiff, .npy, .png) and optionally the label
+id in it (``mask_value``, default the object id); the label image is one slice (Y, X) or the whole stack::
+
+    slice,object_id,kind,shape,y,x,label,mask,mask_value
+    3,1,polygon,1,10,10,,,
+    3,1,polygon,1,10,60,,,
+    3,1,polygon,1,50,35,,,
+    3,2,scribble,1,80,20,negative,,
+    3,2,scribble,1,90,40,negative,,
+    4,3,mask,,,,,labels.tif,7
+
 JSON: a list of prompts (or ``{"prompts": [...]}``); each is either one click or box with the CSV's keys, or one
-object on one slice with ``"points": [[y, x], ...]``, optional ``"labels": [1, 0, ...]`` and optional ``"box"``.
+object on one slice with ``"points": [[y, x], ...]``, optional ``"labels": [1, 0, ...]`` and optional ``"box"``,
+``"polygons": [[[y, x], ...], ...]``, ``"scribbles": [{"points": [[y, x], ...], "positive": true}, ...]`` and
+``"mask": "labels.tif"`` with optional ``"mask_value"``.
+
+One object's prompts on one slice are applied in the order box, region (its mask and polygons, the polygons
+filled by the nonzero rule and united), scribbles, clicks; scribbles and clicks in file order (see
+:meth:`ObjectSession.sync <napari_focsam.engine.session.ObjectSession.sync>`).
 
 Clicks of one object on one slice are applied in file order, as a user would have clicked them. An object with only
 negative clicks on a slice is *absent* there: it gets no pixels, and it stops propagation through z.
@@ -25,10 +45,13 @@ import json
 import math
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ..engine.prompt_shapes import check_extent
 from ..engine.types import Prompts
 
 __all__ = ["PromptRecord", "PromptSet", "PromptsFileError", "build_prompt_set", "read_prompts"]
@@ -41,7 +64,12 @@ _ALIASES = {
     "x": ("x", "col", "column"),
     "label": ("label", "positive", "polarity", "sign", "is_positive"),
     "y0": ("y0",), "x0": ("x0",), "y1": ("y1",), "x1": ("x1",),
+    "kind": ("kind", "type", "prompt", "shape_type", "shape-type"),
+    "shape": ("shape", "shape_id", "stroke", "polygon_id"),
+    "mask": ("mask", "mask_file", "labels_file"),
+    "mask_value": ("mask_value", "mask_label", "label_id"),
 }
+KINDS = ("click", "box", "polygon", "scribble", "mask")
 _POSITIVE = {"1", "positive", "pos", "+", "true", "yes", "p", "fg", "foreground"}
 _NEGATIVE = {"0", "negative", "neg", "-", "false", "no", "n", "bg", "background", "-1"}
 
@@ -61,6 +89,11 @@ class PromptRecord:
     point: tuple[float, float] | None = None
     positive: bool = True
     box: tuple[float, float, float, float] | None = None
+    kind: str = ""  #: "" (a click and/or a box), "polygon", "scribble" or "mask"
+    vertices: tuple[tuple[float, float], ...] = ()  #: a polygon's or scribble's (y, x) points
+    shape: int | None = None  #: which polygon/scribble of the object a CSV vertex row belongs to
+    mask: str | None = None  #: a label image file (absolute, or relative to the working directory)
+    mask_value: int | None = None  #: the label id in that file (default: the object id)
 
 
 @dataclass
@@ -97,9 +130,9 @@ def read_prompts(path: str | os.PathLike[str]) -> list[PromptRecord]:
         raise PromptsFileError(f"{path}: no such prompts file") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise PromptsFileError(f"{path}: cannot read the prompts file ({exc})") from exc
-    if path.suffix.lower() == ".json":
-        return _read_json(text, path.name)
-    return _read_csv(text, path.name)
+    records = _read_json(text, path.name) if path.suffix.lower() == ".json" else _read_csv(text, path.name)
+    return [replace(r, mask=str(path.parent / r.mask)) if r.mask and not Path(r.mask).expanduser().is_absolute()
+            else r for r in records]
 
 
 def _number(value: Any, what: str, where: str, *, integer: bool = False) -> float | int:
@@ -143,6 +176,24 @@ def _record(fields: dict[str, Any], where: str) -> PromptRecord:
     object_id = _number(fields["object_id"], "object_id", where, integer=True)
     if object_id < 1:
         raise PromptsFileError(f"{where}: object_id must be a positive integer (0 is background), got {object_id}")
+    kind = str(fields.get("kind") or "").strip().lower()
+    if kind in ("click", "point", "box"):
+        kind = ""
+    if kind and kind not in KINDS:
+        raise PromptsFileError(f"{where}: unknown kind {fields['kind']!r} (known: {', '.join(KINDS)})")
+    if kind == "mask":
+        if not present("mask"):
+            raise PromptsFileError(f"{where}: a mask prompt needs a mask column (a label image file)")
+        value = _number(fields["mask_value"], "mask_value", where, integer=True) if present("mask_value") else None
+        return PromptRecord(where, index, t, object_id, kind="mask", mask=str(fields["mask"]).strip(),
+                            mask_value=value)
+    if kind in ("polygon", "scribble"):
+        if not (present("y") and present("x")):
+            raise PromptsFileError(f"{where}: a {kind} vertex needs y and x")
+        shape = _number(fields["shape"], "shape", where, integer=True) if present("shape") else 0
+        vertex = (_number(fields["y"], "y", where), _number(fields["x"], "x", where))
+        positive = _polarity(fields["label"], where) if present("label") else True
+        return PromptRecord(where, index, t, object_id, positive=positive, kind=kind, vertices=(vertex,), shape=shape)
     has_point = present("y") or present("x")
     box_fields = [present(n) for n in ("y0", "x0", "y1", "x1")]
     if any(box_fields) and not all(box_fields):
@@ -191,8 +242,10 @@ def _read_csv(text: str, name: str) -> list[PromptRecord]:
     if missing:
         raise PromptsFileError(f"{name}: missing column(s) {', '.join(missing)} in the header "
                                f"{', '.join(reader.fieldnames)}")
-    if not ({"y", "x"} <= set(columns.values()) or {"y0", "x0", "y1", "x1"} <= set(columns.values())):
-        raise PromptsFileError(f"{name}: the header needs y and x columns (clicks) or y0, x0, y1, x1 (boxes)")
+    if not ({"y", "x"} <= set(columns.values()) or {"y0", "x0", "y1", "x1"} <= set(columns.values())
+            or {"kind", "mask"} <= set(columns.values())):
+        raise PromptsFileError(f"{name}: the header needs y and x columns (clicks, polygons, scribbles), "
+                               "y0, x0, y1, x1 (boxes) or kind and mask (masks)")
     records = []
     for row in reader:
         where = f"{name}:{numbered[min(reader.line_num, len(numbered)) - 1][0]}"
@@ -201,7 +254,29 @@ def _read_csv(text: str, name: str) -> list[PromptRecord]:
         records.append(_record({columns[k]: v for k, v in row.items()}, where))
     if not records:
         raise PromptsFileError(f"{name}: no prompts after the header")
-    return records
+    return _group_shapes(records)
+
+
+def _group_shapes(records: list[PromptRecord]) -> list[PromptRecord]:
+    """Merge the CSV's vertex rows of one polygon or scribble (same slice, t, object, kind and shape) into one
+    record, at the place of its first row."""
+    out: list[PromptRecord] = []
+    shapes: dict[tuple, int] = {}
+    for record in records:
+        if record.kind not in ("polygon", "scribble"):
+            out.append(record)
+            continue
+        key = (record.slice, record.t, record.object_id, record.kind, record.shape)
+        if key not in shapes:
+            shapes[key] = len(out)
+            out.append(record)
+        else:
+            first = out[shapes[key]]
+            if first.positive != record.positive:
+                raise PromptsFileError(f"{record.where}: this scribble's label differs from its first row's "
+                                       f"({first.where})")
+            out[shapes[key]] = replace(first, vertices=first.vertices + record.vertices)
+    return out
 
 
 def _read_json(text: str, name: str) -> list[PromptRecord]:
@@ -218,11 +293,13 @@ def _read_json(text: str, name: str) -> list[PromptRecord]:
         where = f"{name}[{i}]"
         if not isinstance(item, dict):
             raise PromptsFileError(f"{where}: each prompt must be an object, got {type(item).__name__}")
-        columns = _canonical([k for k in item if k not in ("points", "labels", "box")], where)
+        structured = ("points", "labels", "box", "polygons", "scribbles", "mask", "mask_value")
+        columns = _canonical([k for k in item if k not in structured], where)
         fields = {columns[k]: v for k, v in item.items() if k in columns}
-        if "points" not in item and "box" not in item:
+        if not any(k in item for k in structured):
             records.append(_record(fields, where))
             continue
+        records.extend(_json_shapes(item, fields, where))
         points = item.get("points") or []
         labels = item.get("labels", [1] * len(points))
         if not isinstance(points, list) or not isinstance(labels, list) or len(labels) != len(points):
@@ -241,12 +318,76 @@ def _read_json(text: str, name: str) -> list[PromptRecord]:
     return records
 
 
+def _json_shapes(item: dict[str, Any], fields: dict[str, Any], where: str) -> list[PromptRecord]:
+    """The polygon, scribble and mask records of one JSON object record."""
+    base = _record({**fields, "kind": "mask", "mask": "-"}, where)  # checks slice, t, object_id
+    out = []
+    if item.get("mask") is not None:
+        value = item.get("mask_value")
+        out.append(replace(base, mask=str(item["mask"]), mask_value=None if value is None else _number(
+            value, "mask_value", where, integer=True)))
+    polygons = item.get("polygons") or []
+    scribbles = item.get("scribbles") or []
+    if not isinstance(polygons, list) or not isinstance(scribbles, list):
+        raise PromptsFileError(f"{where}: 'polygons' and 'scribbles' must be lists")
+    for j, polygon in enumerate(polygons):
+        out.append(replace(base, where=f"{where}.polygons[{j}]", kind="polygon", mask=None,
+                           vertices=_vertices(polygon, f"{where}.polygons[{j}]")))
+    for j, scribble in enumerate(scribbles):
+        here = f"{where}.scribbles[{j}]"
+        points, positive = (scribble.get("points"), scribble.get("positive", True)) if isinstance(scribble, dict) \
+            else (scribble, True)
+        out.append(replace(base, where=here, kind="scribble", mask=None, vertices=_vertices(points, here),
+                           positive=_polarity(positive, here)))
+    return out
+
+
+def _vertices(points: Any, where: str) -> tuple[tuple[float, float], ...]:
+    if not isinstance(points, list) or not all(isinstance(p, list) and len(p) == 2 for p in points):
+        raise PromptsFileError(f"{where}: expected a list of [y, x] points")
+    return tuple((_number(p[0], "y", where), _number(p[1], "x", where)) for p in points)
+
+
+def _label_slice(record: PromptRecord, index: int, leading_shape: tuple[int, ...], image_shape: tuple[int, int],
+                 cache: dict[str, np.ndarray]) -> np.ndarray:
+    """The mask ``labels == value`` of a mask record on slice ``index``."""
+    path = Path(record.mask).expanduser()
+    if str(path) not in cache:
+        try:
+            if path.suffix.lower() == ".npy":
+                cache[str(path)] = np.load(path, allow_pickle=False)
+            elif path.suffix.lower() in (".tif", ".tiff"):
+                import tifffile
+
+                cache[str(path)] = tifffile.imread(path)
+            else:
+                from skimage.io import imread
+
+                cache[str(path)] = imread(path)
+        except (OSError, ValueError) as exc:
+            raise PromptsFileError(f"{record.where}: cannot read the label image {path} ({exc})") from exc
+    labels = cache[str(path)]
+    if labels.shape == image_shape:
+        plane = labels
+    elif labels.shape == (*leading_shape, *image_shape):
+        plane = labels.reshape(-1, *image_shape)[index]
+    else:
+        raise PromptsFileError(f"{record.where}: the label image {path.name} is {labels.shape}; it must be one slice "
+                               f"{image_shape} or the whole stack {(*leading_shape, *image_shape)}")
+    value = record.object_id if record.mask_value is None else record.mask_value
+    mask = plane == value
+    if not mask.any():
+        raise PromptsFileError(f"{record.where}: label {value} does not occur in {path.name} on slice {index}")
+    return mask
+
+
 def build_prompt_set(records: Iterable[PromptRecord], leading_shape: tuple[int, ...],
                      image_shape: tuple[int, int]) -> PromptSet:
     """Check the records against a stack (slice range, clicks and boxes inside the image) and group them."""
     n_slices = math.prod(leading_shape)
     height, width = image_shape
     grouped: dict[int, dict[int, Prompts]] = {}
+    cache: dict[str, np.ndarray] = {}
     for record in records:
         if record.t is not None:
             if len(leading_shape) != 2:
@@ -262,11 +403,16 @@ def build_prompt_set(records: Iterable[PromptRecord], leading_shape: tuple[int, 
                 raise PromptsFileError(f"{record.where}: slice {index} is outside the stack of {n_slices} slices "
                                        f"(0..{n_slices - 1})")
         coords = ([record.point] if record.point else []) + ([record.box[:2], record.box[2:]] if record.box else [])
+        if record.kind in ("polygon", "scribble"):
+            coords = []  # checked (inclusive of the image's outer edge) by the prompt itself below
         for y, x in coords:
             if not (-0.5 <= y < height - 0.5 and -0.5 <= x < width - 0.5):
                 raise PromptsFileError(f"{record.where}: (y={y:g}, x={x:g}) is outside the {height}x{width} slice")
         objects = grouped.setdefault(index, {})
         prompts = objects.get(record.object_id, Prompts())
+        if record.kind:
+            objects[record.object_id] = _with_shape(prompts, record, index, leading_shape, (height, width), cache)
+            continue
         if record.box is not None:
             if prompts.box is not None:
                 raise PromptsFileError(f"{record.where}: object {record.object_id} already has a box on slice {index}")
@@ -275,3 +421,23 @@ def build_prompt_set(records: Iterable[PromptRecord], leading_shape: tuple[int, 
             prompts = prompts.with_point(record.point[0], record.point[1], record.positive)
         objects[record.object_id] = prompts
     return PromptSet(grouped)
+
+
+def _with_shape(prompts: Prompts, record: PromptRecord, index: int, leading_shape: tuple[int, ...],
+                image_shape: tuple[int, int], cache: dict[str, np.ndarray]) -> Prompts:
+    """``prompts`` with the record's polygon, scribble or mask; a bad one is a PromptsFileError naming the record."""
+    try:
+        if record.kind == "mask":
+            if prompts.mask is not None:
+                raise PromptsFileError(f"{record.where}: object {record.object_id} already has a mask or polygon "
+                                       f"on slice {index} (give one mask, or polygons only)")
+            return prompts.with_mask(_label_slice(record, index, leading_shape, image_shape, cache))
+        if record.kind == "polygon":
+            return prompts.with_polygon(record.vertices, image_shape)
+        scribble = prompts.with_scribble(record.vertices, record.positive)
+        check_extent(scribble.scribbles[-1].points, image_shape, "scribble")
+        return scribble
+    except PromptsFileError:
+        raise
+    except ValueError as exc:
+        raise PromptsFileError(f"{record.where}: {exc}") from None

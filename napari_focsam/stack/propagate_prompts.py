@@ -39,7 +39,7 @@ def _jobs(prompt_set: PromptSet, leading_shape: tuple[int, ...]) -> list[Job]:
         prefix, z = tuple(int(i) for i in lead[:-1]), int(lead[-1])
         for object_id, prompts in prompt_set.objects(index):
             frames, absent = grouped.setdefault((prefix, object_id), ({}, []))
-            if prompts.labels.any() or prompts.box is not None:
+            if prompts.has_object:
                 frames[z] = prompts
             else:
                 absent.append(z)

@@ -149,13 +149,14 @@ def paint_objects(
 ) -> np.ndarray:
     """The label image of ``objects`` (id, prompts) on one prepared slice: each object is clicked in file order.
 
-    Objects whose prompts have no positive click and no box are absent from the slice (left out). Where masks
-    overlap, the smaller id keeps the pixel (objects are painted in ascending id order, never over another).
+    Objects whose prompts have no positive click or scribble, no box and no region are absent from the slice (left
+    out). Where masks overlap, the smaller id keeps the pixel (objects are painted in ascending id order, never over
+    another).
     """
     embedding = manager.embed(image)
     labels = np.zeros(embedding.geometry.original_size, dtype=dtype)
     for object_id, prompts in sorted(objects, key=lambda item: item[0]):
-        if not prompts.labels.any() and prompts.box is None:
+        if not prompts.has_object:
             continue
         mask = ObjectSession(manager.predictor, embedding, object_id=object_id).sync(prompts)
         labels[mask & (labels == 0)] = object_id
