@@ -171,28 +171,30 @@ def _describe_partial(state_dict: Mapping[str, torch.Tensor]) -> str | None:
     return None
 
 
-def _decoder_hint(spec: ModelSpec, state_dict: Mapping[str, torch.Tensor]) -> str | None:
-    """What to do when the decoder in a file is not the one ``spec`` needs (HQ/PA/SAM mix-ups)."""
+def _missing_parts(spec: ModelSpec, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """HQ-SAM's / PA-SAM's decoder parts that are absent or incomplete in a (mapped) state dict."""
+    parts = HQ_DECODER_PARTS if spec.decoder == "hq" else PA_DECODER_PARTS if spec.decoder == "pa" else ()
+    expected = _expected_shapes(spec)
+    return [p.rstrip(".") for p in parts
+            if any(k.startswith("mask_decoder." + p) and k not in state_dict for k in expected)]
+
+
+def _decoder_hint(spec: ModelSpec, state_dict: Mapping[str, torch.Tensor], decoder_only: bool) -> str | None:
+    """What to do when the decoder in a file is not the one ``spec`` needs (HQ/PA/SAM mix-ups, missing parts)."""
     kind = decoder_kind(state_dict)
-    if spec.decoder == "pa" and is_decoder_only(state_dict) and kind == "pa":
-        return ("This is PA-SAM's decoder file on its own: PA-SAM also needs SAM ViT-L's image and prompt encoder. "
-                "Load it with its SAM checkpoint: ModelManager.load('pa_sam_vit_l', checkpoint=<epoch_20.pth>, "
-                "base_checkpoint=<sam_vit_l_0b3195.pth>), or put epoch_20.pth in the models folder (the SAM ViT-L "
-                "file is downloaded or found there).")
     if kind and kind != spec.decoder:
         names = {"hq": "HQ-SAM (sam_hq_vit_b/l/h)", "pa": "PA-SAM (pa_sam_vit_l)", "sam": "SAM or FocSAM"}
         return (f"Its mask decoder is {names[kind]}'s, but {spec.name} needs "
                 f"{names.get(spec.decoder, spec.decoder)}'s: pick the model that matches the file.")
-    if kind == spec.decoder and kind in ("hq", "pa"):
-        parts = HQ_DECODER_PARTS if kind == "hq" else PA_DECODER_PARTS
-        missing = [p.rstrip(".") for p in parts
-                   if not any(k.startswith("mask_decoder." + p) for k in state_dict)
-                   or any(k.startswith("mask_decoder." + p) for k in _expected_shapes(spec)
-                          if k not in state_dict)]
-        if missing:
-            return (f"Its {spec.display_name} decoder is incomplete ({', '.join(missing)} missing or partial): the "
-                    "file is truncated, from another version, or a training snapshot; download the official file "
-                    "again.")
+    missing = _missing_parts(spec, state_dict) if kind == spec.decoder else []
+    if missing:
+        return (f"Its {spec.display_name} decoder is incomplete ({', '.join(missing)} missing or partial): the file "
+                "is truncated, from another version, or a training snapshot; download the official file again.")
+    if spec.decoder == "pa" and kind == "pa" and is_decoder_only(state_dict) and not decoder_only:
+        return ("This is PA-SAM's decoder file on its own: PA-SAM also needs SAM ViT-L's image and prompt encoder. "
+                "Load it with its SAM checkpoint: ModelManager.load('pa_sam_vit_l', checkpoint=<epoch_20.pth>, "
+                "base_checkpoint=<sam_vit_l_0b3195.pth>), or put epoch_20.pth in the models folder (the SAM ViT-L "
+                "file is downloaded or found there).")
     return None
 
 
@@ -261,7 +263,7 @@ def check_compatible(spec: ModelSpec, state_dict: Mapping[str, torch.Tensor], so
     if match is not None and match.name != spec.name:
         lines.append(f"Load it as {match.name!r} instead.")
     else:
-        hint = _decoder_hint(spec, state_dict)
+        hint = _decoder_hint(spec, state_dict, decoder_only)
         if hint:
             lines.append(hint)
     for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):

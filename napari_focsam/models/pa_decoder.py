@@ -155,9 +155,9 @@ def _adapted_layer(layer, adapter: PromptAdapter, prompt_encoder: PromptEncoder,
     content = (k + x)[:, torch.cat([pos, neg])]  # (1, 8, C)
     adapted = torch.cat([t[:, :1], r.unsqueeze(1), t[:, 2:], content], dim=1)
     zeros = q.new_zeros((batch, 2 * TOP_K, q.shape[2]))
-    q = layer.norm2(torch.cat([q, zeros], dim=1) + torch.cat([a, zeros], dim=1) + adapted)
     qpe = torch.cat([qpe, pe_new], dim=1)
-    record["queries_out"], record["query_pe_out"] = q, qpe
+    record["queries_out"], record["query_pe_out"] = adapted, qpe  # the adapter's outputs
+    q = layer.norm2(torch.cat([q, zeros], dim=1) + torch.cat([a, zeros], dim=1) + adapted)
     k = k + x
     q = layer.norm3(q + layer.mlp(q))
     k = layer.norm4(k + layer.cross_attn_image_to_token(q=k + kpe, k=q + qpe, v=q))

@@ -104,6 +104,8 @@ class SamTransform(_Transform):
         resized = self._resize.apply_image(image)
         x = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None]
         mean, std = _normalisation(device)
+        if dtype == torch.float64:  # as the official Sam.preprocess of a float64 model: float32 constants, float64 math
+            x, mean, std = x.to(dtype), mean.to(dtype), std.to(dtype)
         x = (x - mean) / std
         h, w = x.shape[-2:]
         x = F.pad(x, (0, self.input_size - w, 0, self.input_size - h))
