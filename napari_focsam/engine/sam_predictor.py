@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from types import MappingProxyType
 
 import numpy as np
 import torch
@@ -279,7 +280,7 @@ class SamFamilyPredictor:
         return Prediction(mask=mask, state=next_state, score=float(out.iou[0, 0]), timings=timings)
 
     def _decode(self, features: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
-                extras: Mapping[str, torch.Tensor]) -> DecoderOutput:
+                extras: Mapping[str, torch.Tensor] = MappingProxyType({})) -> DecoderOutput:
         """The single-mask decoder pass: :class:`FastDecoder` (default; equal to the reference within float
         rounding, 1e-9 against the official golden data in float64) or segment-anything's forward as written; HQ-SAM's
         and PA-SAM's decoders with their per-image extras."""

@@ -29,7 +29,7 @@ import torch
 
 from .._version import __version__
 from ..engine.predictor import Predictor
-from ..engine.types import ImageEmbedding, ObjectState, Prompts
+from ..engine.types import ImageEmbedding, ObjectState, Prompts, unpack_embedding
 from .clicker import ClickSimulator
 from .datasets import EvalObject, SegmentationDataset
 from .metrics import iou, noc_per_object
@@ -96,11 +96,11 @@ def evaluate_object(
 def embed_image(predictor: Predictor, image: np.ndarray, key: str) -> tuple[ImageEmbedding, float]:
     """The predictor's embedding of an (H, W, 3) uint8 image and the seconds it took (the encoder time)."""
     start = time.perf_counter()
-    features, geometry = predictor.embed(image)
+    features, geometry, extras = unpack_embedding(predictor.embed(image))
     if isinstance(features, torch.Tensor) and features.device.type == "cuda":
         torch.cuda.synchronize(features.device)  # CUDA runs asynchronously: time the work, not its launch
     seconds = time.perf_counter() - start
-    return ImageEmbedding(features=features, geometry=geometry, key=f"evaluation:{key}"), seconds
+    return ImageEmbedding(features=features, geometry=geometry, key=f"evaluation:{key}", extras=extras), seconds
 
 
 @dataclass
