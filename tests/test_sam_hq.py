@@ -175,3 +175,32 @@ def test_hq_file_as_sam_and_sam_file_as_hq_say_what_they_are(pair, tmp_path):
     with pytest.raises(CheckpointError) as info:
         load_model("sam_hq_tiny", partial_file)
     assert "hf_mlp" in str(info.value) and "download the official file" in str(info.value)
+
+
+@pytest.mark.parametrize("multimask", [False, True])
+@pytest.mark.parametrize("name", list(CASES))
+def test_fused_transformer_matches_the_reference(pair, name, multimask):
+    """HQ-SAM through the fast decoder's fused transformer (float32) equals the reference decoder forward."""
+    from napari_focsam.models.fast_decoder import FastDecoder
+
+    _, ours, embedding, _, _ = pair
+    case = CASES[name]
+    reference = _ours(ours, embedding, case, multimask=multimask, hq_token_only=False)
+    fast = FastDecoder(ours.model.mask_decoder, ours._image_pe)
+    geometry = embedding.geometry
+    coords = labels = boxes = None
+    if "point_coords" in case:
+        coords = torch.as_tensor(ours.transform.points_to_input(case["point_coords"][:, ::-1], geometry))[None]
+        labels = torch.as_tensor(case["point_labels"])[None]
+    if "box" in case:
+        x0, y0, x1, y1 = case["box"]
+        boxes = torch.as_tensor(ours.transform.box_to_input(np.array([y0, x0, y1, x1]), geometry),
+                                dtype=torch.float32)[None]
+    with torch.inference_mode():
+        sparse, dense = encode_prompts(ours.model.prompt_encoder, coords, labels, boxes, None)
+        out = decode_hq(ours.model.mask_decoder, embedding.features, embedding.extras["hq_features"],
+                        ours._image_pe, sparse, dense, multimask_output=multimask, fast=fast)
+    assert torch.equal(out.selected, reference.selected)
+    scale = reference.logits.abs().max()
+    assert (out.logits - reference.logits).abs().max() <= 1e-5 * max(1.0, float(scale))
+    assert (out.iou - reference.iou).abs().max() <= 1e-5

@@ -146,7 +146,7 @@ class SamFamilyPredictor:
         self.hq_token_only = bool(hq_token_only)
         self._fast_decoder = (
             FastDecoder(self.model.mask_decoder, self._image_pe, upscale_dtype=upscale, attention_dtype=attention)
-            if decoder == "fast" and self.head == "sam" else None
+            if decoder == "fast" and self.head in ("sam", "hq") else None
         )
 
     def _decoder_dtype(self, option: str, value: torch.dtype | str | None) -> torch.dtype | None:
@@ -312,7 +312,7 @@ class SamFamilyPredictor:
             if upscale is not None and self.device.type == "cpu" and not torch.backends.mkldnn.enabled:
                 upscale = None  # torch's generic bfloat16 convolution is far slower than float32
             out = decode_hq(self.model.mask_decoder, features, extras[needed], self._image_pe, sparse, dense,
-                            hq_token_only=self.hq_token_only, upscale_dtype=upscale)
+                            hq_token_only=self.hq_token_only, upscale_dtype=upscale, fast=self._fast_decoder)
             return DecoderOutput(logits=out.logits, iou=out.iou, token=out.token)
         from ..models.pa_decoder import decode_pa
 

@@ -36,6 +36,8 @@ from segment_anything.modeling.mask_decoder import MLP
 import torch.nn.functional as F
 from torch import nn
 
+from .fast_decoder import FastDecoder
+
 __all__ = ["HQMaskDecoder", "HQDecoderOutput", "hq_image_features", "decode_hq"]
 
 
@@ -110,22 +112,32 @@ def decode_hq(
     multimask_output: bool = False,
     hq_token_only: bool = False,
     upscale_dtype: torch.dtype | None = None,
+    fast: FastDecoder | None = None,
 ) -> HQDecoderOutput:
     """HQ-SAM's decoder for one image and a batch of prompt sets (see the module docstring for the selection).
 
     ``upscale_dtype`` (e.g. ``torch.bfloat16``) runs the 3x3 convolutions of ``embedding_maskfeature`` on the
-    256² features, the largest per-click cost HQ-SAM adds, in that dtype (None: the model's dtype).
+    256² features, the largest per-click cost HQ-SAM adds, in that dtype (None: the model's dtype). ``fast``: a
+    :class:`~napari_focsam.models.fast_decoder.FastDecoder` of this decoder, which then runs the two-way
+    transformer (the same function, fused; only the output tokens read afterwards go through the final attention).
     """
     batch = sparse.shape[0]
-    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight, decoder.hf_token.weight], dim=0)
-    tokens = torch.cat([output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse], dim=1)
-    if image_embeddings.shape[0] != batch:
-        image_embeddings = image_embeddings.expand(batch, -1, -1, -1)
-    src = image_embeddings + dense
-    pos_src = image_pe.expand(batch, -1, -1, -1)
-    b, c, h, w = src.shape
-    hs, src = decoder.transformer(src, pos_src, tokens)
     n_sam = decoder.num_mask_tokens  # SAM's four mask tokens; the HQ token follows them
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight, decoder.hf_token.weight], dim=0)
+    if fast is not None:
+        kept = list(range(n_sam + 2)) if multimask_output else [0, 1, 1 + n_sam]
+        hs_kept, keys = fast.transformer(image_embeddings, sparse, dense, output_tokens, kept)
+        hs = hs_kept.new_zeros((batch, n_sam + 2, hs_kept.shape[2]))
+        hs[:, kept] = hs_kept
+    else:
+        tokens = torch.cat([output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse], dim=1)
+        if image_embeddings.shape[0] != batch:
+            image_embeddings = image_embeddings.expand(batch, -1, -1, -1)
+        src = image_embeddings + dense
+        pos_src = image_pe.expand(batch, -1, -1, -1)
+        b, c, h, w = src.shape
+        hs, src = decoder.transformer(src, pos_src, tokens)
+        keys = src.transpose(1, 2).reshape(b, c, h, w)
     iou_all = decoder.iou_prediction_head(hs[:, 0, :])  # (B, 4)
     if multimask_output:
         iou, best = torch.max(iou_all[:, 1:n_sam], dim=1)
@@ -134,7 +146,7 @@ def decode_hq(
     else:
         selected = torch.zeros(batch, dtype=torch.long, device=hs.device)
         iou = iou_all[:, 0:1]
-    upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+    upscaled = decoder.output_upscaling(keys)
     up_b, up_c, up_h, up_w = upscaled.shape
     rows = torch.arange(batch, device=hs.device)
     hq_hyper = decoder.hf_mlp(hs[:, 1 + n_sam, :]).unsqueeze(1)  # (B, 1, 32)
