@@ -83,6 +83,30 @@ def compare(label: str, base: ModelManager, other: ModelManager, image, sequence
     return embeddings
 
 
+def extra_time(manager: ModelManager, image: np.ndarray, repeats: int) -> float:
+    """The per-image work HQ-SAM / PA-SAM add after the encoder (minimum over ``repeats``): more stable than the
+    difference of two noisy embedding times."""
+    from napari_focsam.models.hq_decoder import hq_image_features
+    from napari_focsam.models.pa_decoder import guiding_features
+
+    predictor = manager.predictor
+    decoder = predictor.model.mask_decoder
+    times = []
+    with torch.inference_mode():
+        x = predictor.transform.image_to_input(image, predictor.device, predictor.dtype)
+        features = torch.randn(1, 256, 64, 64, dtype=predictor.dtype)
+        width = predictor.spec.encoder.embed_dim
+        early = torch.randn(1, 64, 64, width, dtype=predictor.dtype)
+        for _ in range(max(1, repeats)):
+            start = time.perf_counter()
+            if predictor.head == "hq":
+                hq_image_features(decoder, features, early)
+            else:
+                guiding_features(decoder, x)
+            times.append(time.perf_counter() - start)
+    return min(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hq", default="sam_hq_vit_b")
@@ -122,9 +146,15 @@ def main() -> None:
     agreement = min(float((a == b).mean()) for a, b in zip(fast_masks, exact_masks, strict=True))
     hq_fast, hq_exact = embeddings["other"].extras["hq_features"], exact_embedding.extras["hq_features"]
     deviation = float(torch.linalg.vector_norm(hq_fast - hq_exact) / torch.linalg.vector_norm(hq_exact))
+    sam_embed = next(row for row in rows if row[0] == "HQ-SAM: embedding (s)")[2]
+    rows.append(("HQ-SAM: extra per embedding, HQ features alone (s)", args.base, sam_embed,
+                 extra_time(hq, image, args.click_repeats)))
     if not args.no_pa:
         pa_base, pa = load(args.pa_base), load(args.pa)
         compare("PA-SAM", pa_base, pa, image, sequence, args.repeats, args.click_repeats, rows)
+        sam_embed = next(row for row in rows if row[0] == "PA-SAM: embedding (s)")[2]
+        rows.append(("PA-SAM: extra per embedding, guiding branch alone (s)", args.pa_base, sam_embed,
+                     extra_time(pa, image, args.click_repeats)))
 
     print(f"load average {os.getloadavg()[0]:.2f} (other processes inflate times); threads {torch.get_num_threads()}; "
           f"device {args.device}; HQ-SAM encoder {hq.predictor.encoder_numerics}, decoder upscaling "

@@ -55,7 +55,7 @@ def test_bench_hq_prints_the_extra_cost_of_hq_and_pa() -> None:
     out = _run("bench_hq.py", "--hq", "sam_hq_tiny", "--base", "sam_tiny", "--pa", "pa_sam_tiny", "--pa-base",
                "sam_tiny", "--clicks", "2", "--click-repeats", "1")
     rows = [line for line in out.splitlines() if line.startswith(("HQ-SAM:", "PA-SAM:"))]
-    assert len(rows) == 5
+    assert len(rows) == 7
     for line in rows:
         base, other, ratio = (float(v) for v in line.split()[-3:])
         assert base > 0 and other > 0 and abs(ratio - other / base) < 0.01 + 1e-3 * ratio, line

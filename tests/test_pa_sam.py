@@ -246,3 +246,31 @@ def test_missing_adapter_keys_are_named(files, tmp_path):
     message = str(info.value)
     assert "6 missing keys" in message and "prompt_adapter.refined_mlp" in message
     assert "prompt_adapter missing or partial" in message
+
+
+def test_official_evaluation_frame_through_the_predictor(model, inputs):
+    """preprocessing="stretch": the original image stretched to 1024² (case 4's frame), the box in original pixels,
+    the logits interpolated straight to the original size, as the official evaluate()."""
+    case = _golden("case_4_eval_path")
+    predictor = SamFamilyPredictor(model, preprocessing="stretch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the golden frame was resized single-threaded (see StretchTransform)
+    try:
+        x = predictor.transform.image_to_input(inputs["original_rgb"], torch.device("cpu"), torch.float64)
+        _, geometry, extras = predictor.embed(inputs["original_rgb"])
+    finally:
+        torch.set_num_threads(threads)
+    frame = ((x[0] * torch.tensor([58.395, 57.12, 57.375], dtype=torch.float32).double().view(3, 1, 1))
+             + torch.tensor([123.675, 116.28, 103.53], dtype=torch.float32).double().view(3, 1, 1))
+    assert np.array_equal(np.rint(frame.numpy()).astype(np.uint8), inputs["stretch_image"])
+    _close(extras["pa_guide"].sum((0, 2, 3)), inputs["stretch_guiding_embedding_channel_sums"], "G sums")
+    embedding = ImageEmbedding(_embedding(inputs, case), geometry, "golden", extras)
+    x0, y0, x1, y1 = case["box"][0]
+    sy, sx = 1024 / 300, 1024 / 450
+    with torch.inference_mode():
+        prediction = predictor.predict(embedding, Prompts(box=(y0 / sy, x0 / sx, y1 / sy, x1 / sx)), None)
+    _close(prediction.state.logits, case["low_res_masks_all"][:, :1], "masks_sam")
+    assert np.array_equal(prediction.mask, case["upsampled_logits"][0, 0] > 0)
+    gt = inputs["gt_label_original"] > 128
+    iou = (prediction.mask & gt).sum() / (prediction.mask | gt).sum()
+    assert abs(iou - float(case["official_iou"])) < 1e-6  # the official compute_iou of this case

@@ -93,6 +93,7 @@ class ModelManager:
         progress: Callable[[int, int | None], None] | None = None,
         base_checkpoint: str | os.PathLike | None = None,
         hq_token_only: bool = False,
+        preprocessing: str | None = None,
     ) -> ModelManager:
         """Load a model by name (``"sam_vit_b"``, ``"focsam_vit_h"``, …, or ``"fallback"``) and its weights.
 
@@ -120,7 +121,8 @@ class ModelManager:
         HQ-SAM (``sam_hq_vit_*``): ``hq_token_only=True`` returns the HQ token's mask alone instead of its sum with
         SAM's (the official default). PA-SAM (``pa_sam_vit_l``): its decoder file (``epoch_20.pth``) holds the
         decoder only; ``base_checkpoint`` names SAM ViT-L's file for the encoders (default: from the model cache,
-        downloaded if needed). See docs/models.md.
+        downloaded if needed). ``preprocessing="stretch"`` puts images in the stretched 1024² frame of PA-SAM's and
+        HQ-SAM's official evaluation instead of SAM's aspect-preserving one. See docs/models.md.
         """
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -152,7 +154,7 @@ class ModelManager:
                                        decoder_autocast=decoder_autocast,
                                        decoder_upscale_dtype=decoder_upscale_dtype,
                                        decoder_attention_dtype=decoder_attention_dtype,
-                                       hq_token_only=hq_token_only)
+                                       hq_token_only=hq_token_only, preprocessing=preprocessing)
         return cls(predictor, cache=cache)
 
     # ------------------------------------------------------------------ description

@@ -101,6 +101,7 @@ class SamFamilyPredictor:
         decoder_upscale_dtype: torch.dtype | str | None = None,
         decoder_attention_dtype: torch.dtype | str | None = None,
         hq_token_only: bool = False,
+        preprocessing: str | None = None,
     ) -> None:
         self._loaded = loaded
         self.model = loaded.model
@@ -110,7 +111,8 @@ class SamFamilyPredictor:
         self.display_name = spec.display_name
         self.supports_boxes = not spec.refiner
         self.uses_refiner = spec.refiner
-        self.transform = make_transform(spec.preprocessing, self.model.input_size)
+        #: ``preprocessing`` overrides the spec's frame, e.g. "stretch" for PA-SAM's official evaluation frame
+        self.transform = make_transform(preprocessing or spec.preprocessing, self.model.input_size)
         param = next(self.model.parameters())
         self._device, self.dtype = param.device, param.dtype
         attention = encoder_attention or "reference"
