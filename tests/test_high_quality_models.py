@@ -121,6 +121,20 @@ def test_evaluation_runs(model, tmp_path):
     assert run.summary["n_objects"] == 5
 
 
+def test_evaluate_cli_in_the_stretched_frame(tmp_path):
+    from test_evaluation_runner import _write_dataset
+
+    from napari_focsam.evaluation.cli import main as evaluate_main
+
+    root = _write_dataset(tmp_path / "toy")
+    code = evaluate_main(["--dataset", str(root), "--model", "pa_sam_tiny", "--allow-random-weights", "--frame",
+                          "stretch", "--clicks", "2", "--out", str(tmp_path / "out"), "--limit", "1", "--no-plots",
+                          "--no-progress", "--device", "cpu"])
+    assert code == 0
+    config = (tmp_path / "out" / "pa_sam_tiny" / "config.json").read_text()
+    assert "stretch-v1" in config  # the frame is part of the recorded fingerprint
+
+
 def test_models_list_and_verify(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("NAPARI_FOCSAM_CACHE", str(tmp_path / "cache"))
     assert cli_main(["models", "list"]) == 0

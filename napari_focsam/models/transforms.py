@@ -185,7 +185,7 @@ class StretchTransform(_Transform):
         return ImageGeometry(size, size, (self.input_size, self.input_size), self.input_size)
 
     def image_to_input(self, image: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        x = torch.as_tensor(image, device=device).permute(2, 0, 1)[None].float()
+        x = torch.from_numpy(np.array(image, dtype=np.uint8)).to(device).permute(2, 0, 1)[None].float()
         x = F.interpolate(x, (self.input_size, self.input_size), mode="bilinear", align_corners=False)
         x = x.to(torch.uint8)  # truncation toward zero, as numpy's astype(np.uint8) of these non-negative values
         work = torch.float64 if dtype == torch.float64 else torch.float32
