@@ -30,15 +30,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from segment_anything.modeling import MaskDecoder, TwoWayTransformer
 from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.mask_decoder import MLP
-import torch.nn.functional as F
 from torch import nn
 
 from .fast_decoder import FastDecoder
 
-__all__ = ["HQMaskDecoder", "HQDecoderOutput", "hq_image_features", "decode_hq"]
+__all__ = ["HQDecoderOutput", "HQMaskDecoder", "decode_hq", "hq_image_features"]
 
 
 def _upsampler(in_channels: int, mid: int, out: int) -> nn.Sequential:

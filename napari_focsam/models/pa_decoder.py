@@ -36,7 +36,7 @@ from segment_anything.modeling.mask_decoder import MLP
 from segment_anything.modeling.transformer import Attention
 from torch import nn
 
-__all__ = ["PAMaskDecoder", "PADecoderOutput", "guiding_features", "canny_edges", "decode_pa"]
+__all__ = ["PADecoderOutput", "PAMaskDecoder", "canny_edges", "decode_pa", "guiding_features"]
 
 #: how many cells the adapter mines on each side (positive, negative)
 TOP_K = 4

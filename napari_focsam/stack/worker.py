@@ -170,8 +170,8 @@ class ReturnedFeatures(NamedTuple):
     array: np.ndarray  #: bfloat16 features as float32 (exact; numpy has no bfloat16)
     torch_dtype: str
     geometry: dict[str, Any]
-    #: the model's per-image extras (HQ-SAM, PA-SAM): name -> (array, torch dtype name)
-    extras: dict[str, tuple[np.ndarray, str]] = {}
+    #: the model's per-image extras (HQ-SAM, PA-SAM): name -> (array, torch dtype name); None: none
+    extras: dict[str, tuple[np.ndarray, str]] | None = None
 
     @classmethod
     def of(cls, key: str, features: torch.Tensor, geometry: ImageGeometry,
@@ -181,13 +181,13 @@ class ReturnedFeatures(NamedTuple):
             return (t.float() if t.dtype == torch.bfloat16 else t).numpy(), str(t.dtype).removeprefix("torch.")
 
         array, dtype = plain(features)
-        return cls(key, array, dtype, geometry.to_attrs(), {n: plain(t) for n, t in (extras or {}).items()})
+        return cls(key, array, dtype, geometry.to_attrs(), {n: plain(t) for n, t in (extras or {}).items()} or None)
 
     def tensor(self) -> torch.Tensor:
         return torch.from_numpy(np.array(self.array)).to(getattr(torch, self.torch_dtype))
 
     def extra_tensors(self) -> dict[str, torch.Tensor]:
-        return {n: torch.from_numpy(np.array(a)).to(getattr(torch, d)) for n, (a, d) in self.extras.items()}
+        return {n: torch.from_numpy(np.array(a)).to(getattr(torch, d)) for n, (a, d) in (self.extras or {}).items()}
 
 
 class EmbedReport(NamedTuple):
