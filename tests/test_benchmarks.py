@@ -48,3 +48,16 @@ def test_bench_widget_prints_the_plugin_overhead() -> None:
     for _, total, model, overhead in lines:
         assert float(total) > 0 and float(model) > 0
         assert abs(float(total) - float(model) - float(overhead)) < 0.2
+
+
+def test_bench_hq_prints_the_extra_cost_of_hq_and_pa() -> None:
+    pytest.importorskip("cv2")
+    out = _run("bench_hq.py", "--hq", "sam_hq_tiny", "--base", "sam_tiny", "--pa", "pa_sam_tiny", "--pa-base",
+               "sam_tiny", "--clicks", "2", "--click-repeats", "1")
+    rows = [line for line in out.splitlines() if line.startswith(("HQ-SAM:", "PA-SAM:"))]
+    assert len(rows) == 7
+    for line in rows:
+        base, other, ratio = (float(v) for v in line.split()[-3:])
+        assert base > 0 and other > 0 and abs(ratio - other / base) < 0.01 + 1e-3 * ratio, line
+    agreement = re.search(r"masks ≥([\d.]+)% equal", out)
+    assert agreement and float(agreement.group(1)) >= 99.0, out  # the bf16 tolerance the docs state

@@ -16,9 +16,12 @@ On-disk layout (a zarr v3 group, one directory on the local file system)::
                    torch_dtype       the tensor's dtype; "bfloat16" tensors are stored as float32 (exactly) and
                                      converted back on reading
                    package_version   napari_focsam.__version__ of the writer (informational)
+                   extras            only when the embedding has extras (HQ-SAM, PA-SAM): {name: {dtype, shape,
+                                     torch_dtype, checksum}} for each extra tensor
                    checksum          BLAKE2b-128 hex digest of the array's C-order bytes; written last
             features/                zarr array: the tensor as numpy, one chunk in all (ndim < 4) or one chunk per
                                      leading index (ndim >= 4); default zarr compression
+            extra_<name>/            zarr array: one per extra tensor, stored and verified like ``features``
         .staging-<key>-<pid>-<hex>/  an entry being written (or left by a crash; removed after an hour)
 
 Writing: an entry is written completely into a ``.staging-*`` directory of the store, its ``checksum`` attr last,
@@ -70,7 +73,7 @@ import torch
 import zarr
 
 from .._version import __version__
-from .types import ImageEmbedding, ImageGeometry
+from .types import ImageEmbedding, ImageGeometry, unpack_embedding
 
 __all__ = ["CacheStats", "CacheWarning", "EmbeddingCache", "EmbeddingSource"]
 
@@ -162,10 +165,40 @@ def _on_device(embedding: ImageEmbedding, device: torch.device | str | None) -> 
     """``embedding`` itself, or a copy whose features are on ``device`` when they are elsewhere."""
     if device is None:
         return embedding
-    features = embedding.features.to(torch.device(device))
-    if features is embedding.features:
-        return embedding
-    return ImageEmbedding(features=features, geometry=embedding.geometry, key=embedding.key)
+    return embedding.to(device)
+
+
+#: the names an embedding's extras may have in the store (zarr array names ``extra_<name>``)
+_EXTRA_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def _storable_array(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor as the C-order numpy array the store keeps (bfloat16 as float32, exactly)."""
+    tensor = tensor.detach()
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.to(torch.float32)
+    return np.asarray(tensor.cpu().numpy(), order="C")
+
+
+def _read_extra(group: Any, name: str, meta: Any) -> torch.Tensor:
+    """One verified extra tensor of a stored entry; raises :class:`_Corrupt` when it is not sound."""
+    try:
+        shape = tuple(int(n) for n in meta["shape"])
+        dtype = np.dtype(meta["dtype"])
+        torch_dtype = _TORCH_DTYPE_BY_NAME[meta["torch_dtype"]]
+        expected = meta["checksum"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _Corrupt(f"bad attributes of extra {name!r}: {type(exc).__name__}: {exc}") from exc
+    node = group.get(f"extra_{name}") if _EXTRA_NAME.fullmatch(str(name)) else None
+    if not isinstance(node, zarr.Array):
+        raise _Corrupt(f"no array for extra {name!r}")
+    data = np.asarray(node[...])
+    if data.shape != shape or data.dtype != dtype or _STORABLE.get(torch_dtype) != dtype:
+        raise _Corrupt(f"extra {name!r} is {data.dtype} {data.shape}, its attributes say {dtype} {shape}")
+    if _checksum(data) != expected:
+        raise _Corrupt(f"checksum mismatch in extra {name!r}")
+    tensor = torch.from_numpy(np.array(data, order="C"))
+    return tensor if tensor.dtype == torch_dtype else tensor.to(torch_dtype)
 
 
 def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -337,16 +370,8 @@ class EmbeddingCache:
                     embedding = self._source_lookup(key, device)
                 if embedding is None:
                     self._count("misses")
-                    result = compute()
-                    if not (isinstance(result, tuple) and len(result) == 2):
-                        raise TypeError("compute() must return a (features, geometry) tuple")
-                    features, geometry = result
-                    if not isinstance(features, torch.Tensor) or not isinstance(geometry, ImageGeometry):
-                        raise TypeError(
-                            "compute() must return (torch.Tensor, ImageGeometry), got "
-                            f"({type(features).__name__}, {type(geometry).__name__})"
-                        )
-                    embedding = ImageEmbedding(features=features, geometry=geometry, key=key)
+                    features, geometry, extras = unpack_embedding(compute())
+                    embedding = ImageEmbedding(features=features, geometry=geometry, key=key, extras=extras)
                     self.put(embedding)  # before releasing the waiters, so nobody computes it again meanwhile
                 flight.result = embedding
             finally:
@@ -660,7 +685,8 @@ class EmbeddingCache:
         features = torch.from_numpy(data)
         if features.dtype != torch_dtype:
             features = features.to(torch_dtype)
-        return ImageEmbedding(features=features, geometry=geometry, key=key)
+        extras = {name: _read_extra(group, name, meta) for name, meta in dict(attrs.get("extras") or {}).items()}
+        return ImageEmbedding(features=features, geometry=geometry, key=key, extras=extras)
 
     def _write(self, embedding: ImageEmbedding) -> None:
         """Write ``embedding`` to the store (if usable), unless an identical complete entry is already there."""
@@ -677,6 +703,18 @@ class EmbeddingCache:
             tensor = tensor.to(torch.float32)  # exact; read back as bfloat16 (attr torch_dtype)
         array = np.asarray(tensor.cpu().numpy(), order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
         checksum = _checksum(array)
+        extra_arrays: dict[str, np.ndarray] = {}
+        extra_attrs: dict[str, Any] = {}
+        for name, extra in embedding.extras.items():
+            if extra.dtype not in _STORABLE or not _EXTRA_NAME.fullmatch(name):
+                self._report(f"embedding {key} has an extra {name!r} ({extra.dtype}) that the store does not hold; "
+                             "it is kept in memory only")
+                return
+            extra_arrays[name] = _storable_array(extra)
+            extra_attrs[name] = {"dtype": str(extra_arrays[name].dtype),
+                                 "shape": [int(n) for n in extra_arrays[name].shape],
+                                 "torch_dtype": str(extra.dtype).removeprefix("torch."),
+                                 "checksum": _checksum(extra_arrays[name])}
         attrs: dict[str, Any] = {
             "key": key,
             "geometry": embedding.geometry.to_attrs(),
@@ -685,6 +723,8 @@ class EmbeddingCache:
             "torch_dtype": str(embedding.features.dtype).removeprefix("torch."),
             "package_version": __version__,
         }
+        if extra_attrs:
+            attrs["extras"] = extra_attrs
         problem = None
         with self._io_lock:
             final = self._entry_path(key)
@@ -702,6 +742,10 @@ class EmbeddingCache:
                     config={"write_empty_chunks": True},
                 )
                 features[...] = array
+                for name, extra_array in extra_arrays.items():
+                    node = group.create_array(f"extra_{name}", shape=extra_array.shape, dtype=extra_array.dtype,
+                                              chunks=_chunks(extra_array.shape), config={"write_empty_chunks": True})
+                    node[...] = extra_array
                 group.attrs.update({"checksum": checksum})  # last: an interrupted entry has no checksum
                 if os.path.lexists(final):
                     _remove_path(final)

@@ -52,6 +52,22 @@ class EmbedInfo:
     from_cache: bool
 
 
+def _base_resolver(model: str, **kwargs: object) -> Callable[[], object] | None:
+    """For a registry entry whose file is a decoder only (PA-SAM), a callable that finds its base model's file."""
+    from ..models.registry import REGISTRY
+
+    entry = REGISTRY.get(model)
+    if entry is None or entry.base_model is None:
+        return None
+
+    def resolve() -> object:
+        from ..models.download import resolve_checkpoint
+
+        return resolve_checkpoint(entry.base_model, **kwargs)  # type: ignore[arg-type]
+
+    return resolve
+
+
 class ModelManager:
     """Holds a predictor (SAM, FocSAM or the fallback), the embedding cache and the per-object sessions."""
 
@@ -87,6 +103,9 @@ class ModelManager:
         allow_random_weights: bool = False,
         download: bool = True,
         progress: Callable[[int, int | None], None] | None = None,
+        base_checkpoint: str | os.PathLike | None = None,
+        hq_token_only: bool = False,
+        preprocessing: str | None = None,
     ) -> ModelManager:
         """Load a model by name (``"sam_vit_b"``, ``"focsam_vit_h"``, …, or ``"fallback"``) and its weights.
 
@@ -110,6 +129,12 @@ class ModelManager:
         float rounding); ``decoder_autocast=torch.bfloat16`` runs the whole decoder under autocast.
         ``precision="float32"`` turns every lower-precision default off at once (encoder and decoder in the model's
         dtype; options passed explicitly still apply), for comparisons with published figures.
+
+        HQ-SAM (``sam_hq_vit_*``): ``hq_token_only=True`` returns the HQ token's mask alone instead of its sum with
+        SAM's (the official default). PA-SAM (``pa_sam_vit_l``): its decoder file (``epoch_20.pth``) holds the
+        decoder only; ``base_checkpoint`` names SAM ViT-L's file for the encoders (default: from the model cache,
+        downloaded if needed). ``preprocessing="stretch"`` puts images in the stretched 1024² frame of PA-SAM's and
+        HQ-SAM's official evaluation instead of SAM's aspect-preserving one. See docs/models.md.
         """
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -132,12 +157,16 @@ class ModelManager:
         if precision == "float32" or decoder != "fast" or decoder_autocast is not None:  # no bf16 decoder default
             decoder_upscale_dtype = None if decoder_upscale_dtype == "auto" else decoder_upscale_dtype
             decoder_attention_dtype = None if decoder_attention_dtype == "auto" else decoder_attention_dtype
-        loaded = load_model(model, checkpoint, device=resolve_device(device), dtype=dtype)
+        base = base_checkpoint
+        if base is None:
+            base = _base_resolver(model, download=download, progress=progress)
+        loaded = load_model(model, checkpoint, device=resolve_device(device), dtype=dtype, base_checkpoint=base)
         predictor = SamFamilyPredictor(loaded, encoder_attention=encoder_attention, encoder_dtype=encoder_dtype,
                                        encoder_autocast=encoder_autocast, decoder=decoder,
                                        decoder_autocast=decoder_autocast,
                                        decoder_upscale_dtype=decoder_upscale_dtype,
-                                       decoder_attention_dtype=decoder_attention_dtype)
+                                       decoder_attention_dtype=decoder_attention_dtype,
+                                       hq_token_only=hq_token_only, preprocessing=preprocessing)
         return cls(predictor, cache=cache)
 
     # ------------------------------------------------------------------ description

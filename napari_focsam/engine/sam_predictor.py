@@ -26,7 +26,9 @@ coarse logits and mask token of a pass on the original embedding with that step'
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 import torch
@@ -58,6 +60,20 @@ class _Region:
 
     def same(self, mask: np.ndarray) -> bool:
         return self.mask is mask or (self.mask.shape == mask.shape and np.array_equal(self.mask, mask))
+
+
+#: the per-image extra tensor each decoder head needs, and its payload version (part of the fingerprint)
+_EXTRAS = {"hq": ("hq_features", 1), "pa": ("pa_guide", 1)}
+
+
+def extras_payload(head: str) -> str:
+    """The name of the per-image extra a decoder head reads from the embedding ('' for SAM's plain decoder).
+
+    HQ-SAM: ``"hq_features"``, (1, 32, 256, 256), ``embedding_encoder(embedding) + compress_vit_feat(early ViT
+    features)``, which no prompt changes (8 MiB in float32; the early features themselves would be 12-20 MiB).
+    PA-SAM: ``"pa_guide"``, (1, 256, 64, 64), the guiding branch's embedding of the preprocessed image (4 MiB).
+    """
+    return _EXTRAS[head][0] if head in _EXTRAS else ""
 
 
 def _as_dtype(value: torch.dtype | str | None) -> torch.dtype | None:
@@ -121,6 +137,8 @@ class SamFamilyPredictor:
         mask_logit_scale: float = MASK_LOGIT_SCALE,
         scribble_spacing: float = SCRIBBLE_SPACING,
         scribble_points: int = SCRIBBLE_POINTS,
+        hq_token_only: bool = False,
+        preprocessing: str | None = None,
     ) -> None:
         self._loaded = loaded
         self.mask_logit_scale = float(mask_logit_scale)
@@ -133,7 +151,8 @@ class SamFamilyPredictor:
         self.display_name = spec.display_name
         self.supports_boxes = not spec.refiner
         self.uses_refiner = spec.refiner
-        self.transform = make_transform(spec.preprocessing, self.model.input_size)
+        #: ``preprocessing`` overrides the spec's frame, e.g. "stretch" for PA-SAM's official evaluation frame
+        self.transform = make_transform(preprocessing or spec.preprocessing, self.model.input_size)
         param = next(self.model.parameters())
         self._device, self.dtype = param.device, param.dtype
         attention = encoder_attention or "reference"
@@ -163,9 +182,13 @@ class SamFamilyPredictor:
         attention = self._decoder_dtype("decoder_attention_dtype", decoder_attention_dtype)
         self.decoder_upscale_dtype = upscale or self.dtype
         self.decoder_attention_dtype = attention or self.dtype
+        #: HQ-SAM / PA-SAM run their own decoder (:mod:`..models.hq_decoder`, :mod:`..models.pa_decoder`)
+        self.head = spec.decoder
+        #: HQ-SAM: the HQ token's mask alone (True) or summed with SAM's token-0 mask (False, the official default)
+        self.hq_token_only = bool(hq_token_only)
         self._fast_decoder = (
             FastDecoder(self.model.mask_decoder, self._image_pe, upscale_dtype=upscale, attention_dtype=attention)
-            if decoder == "fast" else None
+            if decoder == "fast" and self.head in ("sam", "hq") else None
         )
 
     def _decoder_dtype(self, option: str, value: torch.dtype | str | None) -> torch.dtype | None:
@@ -198,35 +221,61 @@ class SamFamilyPredictor:
 
     @property
     def fingerprint(self) -> str:
-        return f"{self.name}|weights={self._loaded.weights_id}|{self.transform.name}|encoder={self.encoder_numerics}"
+        base = f"{self.name}|weights={self._loaded.weights_id}|{self.transform.name}|encoder={self.encoder_numerics}"
+        if self.head not in _EXTRAS:
+            return base
+        name, version = _EXTRAS[self.head]
+        return f"{base}|extras={name}-v{version}"
 
     # ------------------------------------------------------------------ embedding
-    def embed(self, image: np.ndarray, *, cancel: CancelToken | None = None) -> tuple[torch.Tensor, ImageGeometry]:
+    def embed(
+        self, image: np.ndarray, *, cancel: CancelToken | None = None
+    ) -> tuple[torch.Tensor, ImageGeometry] | tuple[torch.Tensor, ImageGeometry, dict[str, torch.Tensor]]:
+        """The embedding of an (H, W, 3) uint8 RGB image; HQ-SAM and PA-SAM add their per-image extras (see
+        :func:`extras_payload`), computed from the same encoder pass and the same preprocessed input."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"embed() takes an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
         geometry = self.transform.geometry(image.shape[:2])
+        early_wanted = self.head == "hq"
+        early = None
         with torch.inference_mode():
             x = self.transform.image_to_input(image, self.device, self.dtype)
             if self.fast_encoder is not None:
-                features = self.fast_encoder(x, cancel_check=lambda: check_cancel(cancel))
+                result = self.fast_encoder(x, cancel_check=lambda: check_cancel(cancel), early=early_wanted)
+                features, early = result if early_wanted else (result, None)
             elif self.encoder_autocast is not None:
                 with torch.autocast(self.device.type, dtype=self.encoder_autocast):
-                    features = self._encode(x, cancel)
+                    features, early = self._encode(x, cancel)
             else:
-                features = self._encode(x, cancel)
-        return features.to(self.dtype), geometry
+                features, early = self._encode(x, cancel)
+            features = features.to(self.dtype)
+            if self.head == "hq":
+                from ..models.hq_decoder import hq_image_features
 
-    def _encode(self, x: torch.Tensor, cancel: CancelToken | None) -> torch.Tensor:
+                check_cancel(cancel)
+                extras = {"hq_features": hq_image_features(self.model.mask_decoder, features, early).to(self.dtype)}
+                return features, geometry, extras
+            if self.head == "pa":
+                from ..models.pa_decoder import guiding_features
+
+                check_cancel(cancel)
+                return features, geometry, {"pa_guide": guiding_features(self.model.mask_decoder, x).to(self.dtype)}
+        return features, geometry
+
+    def _encode(self, x: torch.Tensor, cancel: CancelToken | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """segment-anything's ``ImageEncoderViT.forward`` (the reference path), with a cancellation point before every
-        block."""
+        block; also the tokens after the first global-attention block (HQ-SAM's early features; None for others)."""
         encoder = self.model.image_encoder
         x = encoder.patch_embed(x)
         if encoder.pos_embed is not None:
             x = x + encoder.pos_embed
+        early = None
         for block in encoder.blocks:
             check_cancel(cancel)
             x = block(x)
-        return encoder.neck(x.permute(0, 3, 1, 2))
+            if early is None and self.head == "hq" and block.window_size == 0:
+                early = x
+        return encoder.neck(x.permute(0, 3, 1, 2)), early
 
     # ------------------------------------------------------------------ one step
     def predict(
@@ -252,7 +301,7 @@ class SamFamilyPredictor:
             features = state.features
             start = time.perf_counter()
             if refine_now:
-                coarse = self._decode(embedding.features, sparse, dense)
+                coarse = self._decode(embedding.features, sparse, dense, embedding.extras)
                 timings["decoder"] = time.perf_counter() - start
                 check_cancel(cancel)
                 start = time.perf_counter()
@@ -264,7 +313,7 @@ class SamFamilyPredictor:
                 check_cancel(cancel)
                 start = time.perf_counter()
             current = embedding.features if features is None else features
-            out = self._decode(current, sparse, dense)
+            out = self._decode(current, sparse, dense, embedding.extras)
             timings["decoder"] = timings.get("decoder", 0.0) + time.perf_counter() - start
             check_cancel(cancel)
             start = time.perf_counter()
@@ -273,16 +322,21 @@ class SamFamilyPredictor:
         next_state = ObjectState(logits=out.logits, features=features, step=state.step + 1, extra=region)
         return Prediction(mask=mask, state=next_state, score=float(out.iou[0, 0]), timings=timings)
 
-    def _decode(self, features: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> DecoderOutput:
+    def _decode(self, features: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
+                extras: Mapping[str, torch.Tensor] = MappingProxyType({})) -> DecoderOutput:
         """The single-mask decoder pass: :class:`FastDecoder` (default; equal to the reference within float
-        rounding, 1e-9 against the official golden data in float64) or segment-anything's forward as written."""
+        rounding, 1e-9 against the official golden data in float64) or segment-anything's forward as written; HQ-SAM's
+        and PA-SAM's decoders with their per-image extras."""
         if self.decoder_autocast is not None:
             with torch.autocast(self.device.type, dtype=self.decoder_autocast):
-                out = self._decode_plain(features, sparse, dense)
+                out = self._decode_plain(features, sparse, dense, extras)
             return DecoderOutput(out.logits.to(self.dtype), out.iou.to(self.dtype), out.token.to(self.dtype))
-        return self._decode_plain(features, sparse, dense)
+        return self._decode_plain(features, sparse, dense, extras)
 
-    def _decode_plain(self, features: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> DecoderOutput:
+    def _decode_plain(self, features: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
+                      extras: Mapping[str, torch.Tensor]) -> DecoderOutput:
+        if self.head != "sam":
+            return self._decode_head(features, sparse, dense, extras)
         if self._fast_decoder is not None:
             return self._fast_decoder(features, sparse, dense)
         return decode(self.model.mask_decoder, features, self._image_pe, sparse, dense)
@@ -321,6 +375,28 @@ class SamFamilyPredictor:
         points.append(prompts.points)
         labels.append(prompts.labels)
         return np.concatenate(points).reshape(-1, 2), np.concatenate(labels), box, mask_input, region
+
+    def _decode_head(self, features: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
+                     extras: Mapping[str, torch.Tensor]) -> DecoderOutput:
+        """HQ-SAM's or PA-SAM's decoder, single-mask output (SAM's token 0 plus the HQ mask / PA's token 0)."""
+        needed = extras_payload(self.head)
+        if needed not in extras:
+            raise ValueError(f"this embedding has no {needed!r}: it was not computed by {self.display_name} "
+                             f"(its extras: {sorted(extras) or 'none'})")
+        if self.head == "hq":
+            from ..models.hq_decoder import decode_hq
+
+            upscale = self.decoder_upscale_dtype if self.decoder_upscale_dtype != self.dtype else None
+            if upscale is not None and self.device.type == "cpu" and not torch.backends.mkldnn.enabled:
+                upscale = None  # torch's generic bfloat16 convolution is far slower than float32
+            out = decode_hq(self.model.mask_decoder, features, extras[needed], self._image_pe, sparse, dense,
+                            hq_token_only=self.hq_token_only, upscale_dtype=upscale, fast=self._fast_decoder)
+            return DecoderOutput(logits=out.logits, iou=out.iou, token=out.token)
+        from ..models.pa_decoder import decode_pa
+
+        out = decode_pa(self.model.mask_decoder, self.model.prompt_encoder, features, extras[needed],
+                        self._image_pe, sparse, dense)
+        return DecoderOutput(logits=out.logits, iou=out.iou[:, :1], token=out.hs[:, 1:2])
 
     def _encode_prompts(
         self, points: np.ndarray, labels: np.ndarray, box: np.ndarray | None, geometry: ImageGeometry,

@@ -7,7 +7,9 @@ centre is at its integer index. The single place where they become the models' (
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -23,16 +25,51 @@ class ImageEmbedding:
     """What a predictor computes once per image (slice) and every click reuses.
 
     ``features`` is model specific: (1, 256, 64, 64) for SAM and FocSAM, an edge map for the fallback.
+    ``extras`` holds a backend's further per-image tensors by name (e.g. HQ-SAM's ``"hq_features"``, PA-SAM's
+    ``"pa_guide"``); the cache and the stores keep, move and verify them with ``features`` without knowing what they
+    are, and :attr:`nbytes` counts them. Empty for SAM, FocSAM and the fallback.
     ``key`` is the cache key (data signature + model fingerprint + preprocessing); see :mod:`.signature`.
     """
 
     features: torch.Tensor
     geometry: ImageGeometry
     key: str
+    extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        extras = dict(self.extras or {})
+        for name, tensor in extras.items():
+            if not isinstance(tensor, torch.Tensor):
+                raise TypeError(f"embedding extra {name!r} is a {type(tensor).__name__}, not a tensor")
+        object.__setattr__(self, "extras", MappingProxyType(extras))
 
     @property
     def nbytes(self) -> int:
-        return self.features.numel() * self.features.element_size()
+        tensors = (self.features, *self.extras.values())
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def to(self, device: torch.device | str) -> ImageEmbedding:
+        """This embedding with every tensor on ``device`` (itself when they are all there already)."""
+        device = torch.device(device)
+        features = self.features.to(device)
+        extras = {name: t.to(device) for name, t in self.extras.items()}
+        if features is self.features and all(extras[n] is t for n, t in self.extras.items()):
+            return self
+        return ImageEmbedding(features=features, geometry=self.geometry, key=self.key, extras=extras)
+
+
+def unpack_embedding(result: Any) -> tuple[torch.Tensor, ImageGeometry, dict[str, torch.Tensor]]:
+    """A predictor's ``embed()`` result, ``(features, geometry)`` or ``(features, geometry, extras)``, as a triple."""
+    if not (isinstance(result, tuple) and len(result) in (2, 3)):
+        raise TypeError("embed() must return (features, geometry) or (features, geometry, extras)")
+    features, geometry = result[0], result[1]
+    extras = dict(result[2]) if len(result) == 3 else {}
+    if not isinstance(features, torch.Tensor) or not isinstance(geometry, ImageGeometry):
+        raise TypeError(
+            f"embed() must return (torch.Tensor, ImageGeometry[, extras]), got "
+            f"({type(features).__name__}, {type(geometry).__name__})"
+        )
+    return features, geometry, extras
 
 
 @dataclass(frozen=True, eq=False)

@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--float32", action="store_true",
                         help="float32 throughout (encoder and decoder), instead of the device's fast "
                              "defaults (bfloat16 on CPUs with native bfloat16); for comparisons with published figures")
+    parser.add_argument("--frame", choices=("model", "stretch"), default="model",
+                        help="the image frame: the model's own (SAM: aspect kept, padded), or 'stretch' to 1024² as "
+                             "HQ-SAM's and PA-SAM's official evaluation does (see docs/models.md)")
     parser.add_argument("--allow-random-weights", action="store_true",
                         help="build SAM/FocSAM with random weights when no checkpoint is given (tests only)")
     parser.add_argument("--overwrite", action="store_true", help="discard this backend's previous results")
@@ -65,7 +68,8 @@ def load_predictor(args: argparse.Namespace):  # noqa: ANN201  (a Predictor)
 
     manager = ModelManager.load(args.model, args.checkpoint, device=args.device,
                                 precision="float32" if args.float32 else "fast",
-                                allow_random_weights=args.allow_random_weights)
+                                allow_random_weights=args.allow_random_weights,
+                                preprocessing="stretch" if getattr(args, "frame", "model") == "stretch" else None)
     return manager.predictor
 
 

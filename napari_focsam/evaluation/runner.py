@@ -31,7 +31,7 @@ import torch
 
 from .._version import __version__
 from ..engine.predictor import Predictor
-from ..engine.types import ImageEmbedding, ObjectState, Prompts
+from ..engine.types import ImageEmbedding, ObjectState, Prompts, unpack_embedding
 from .clicker import ClickSimulator
 from .datasets import EvalObject, SegmentationDataset
 from .first_prompts import simulate_first_prompt
@@ -103,11 +103,11 @@ def evaluate_object(
 def embed_image(predictor: Predictor, image: np.ndarray, key: str) -> tuple[ImageEmbedding, float]:
     """The predictor's embedding of an (H, W, 3) uint8 image and the seconds it took (the encoder time)."""
     start = time.perf_counter()
-    features, geometry = predictor.embed(image)
+    features, geometry, extras = unpack_embedding(predictor.embed(image))
     if isinstance(features, torch.Tensor) and features.device.type == "cuda":
         torch.cuda.synchronize(features.device)  # CUDA runs asynchronously: time the work, not its launch
     seconds = time.perf_counter() - start
-    return ImageEmbedding(features=features, geometry=geometry, key=f"evaluation:{key}"), seconds
+    return ImageEmbedding(features=features, geometry=geometry, key=f"evaluation:{key}", extras=extras), seconds
 
 
 @dataclass

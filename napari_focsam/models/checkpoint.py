@@ -1,6 +1,6 @@
 """Checkpoint files: safe reading, layout detection, key mapping and clear errors.
 
-Three layouts are understood, all mapped onto :class:`~napari_focsam.models.sam.InteractiveModel`'s keys
+Four layouts are understood, all mapped onto :class:`~napari_focsam.models.sam.InteractiveModel`'s keys
 (``image_encoder.``, ``prompt_encoder.``, ``mask_decoder.``, ``refiner.``):
 
 * **SAM** (``sam_vit_{b,l,h}_*.pth``): a plain state dict with segment-anything's own keys.
@@ -9,6 +9,9 @@ Three layouts are understood, all mapped onto :class:`~napari_focsam.models.sam.
   (the fine-tuned decoder) and ``refine_head.``; SAM files converted by FocSAM's converter have the same layout
   without ``refine_head.``.
 * **napari-focsam** (``*.safetensors``): tensors only, already in our key layout (see :func:`save_lean`).
+* **PA-SAM decoder** (``epoch_20.pth``): the mask decoder's state dict without any prefix (mapped under
+  ``mask_decoder.``); its image and prompt encoder come from the SAM ViT-L file (see :func:`merge_base`). HQ-SAM's
+  ``sam_hq_vit_*.pth`` are plain SAM-layout state dicts with the HQ decoder's extra keys.
 
 Nothing in a file is ever executed: see :mod:`.safe_pickle`.
 """
@@ -106,8 +109,12 @@ def _extract_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
 
 def to_model_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map any supported layout onto :class:`InteractiveModel`'s keys (unknown keys are kept as they are)."""
+    if _is_bare_decoder(state_dict):  # PA-SAM's epoch_N.pth: the mask decoder's state dict, no prefix
+        return {"mask_decoder." + k: v for k, v in state_dict.items()}
     mapped: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
+        if key.startswith(_PA_MERGED_OLD_DECODER):  # PA-SAM's merged sam_pa_epoch_N.pth keeps SAM's old decoder
+            continue
         new = key
         for official, ours in _OFFICIAL_PREFIXES.items():
             if key.startswith(official):
@@ -121,11 +128,84 @@ def to_model_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
     return mapped
 
 
+# ---- HQ-SAM and PA-SAM files (see docs/models.md) ----
+#: the keys only HQ-SAM's / PA-SAM's decoders have (under ``mask_decoder.``)
+HQ_DECODER_PARTS = ("hf_token.", "hf_mlp.", "compress_vit_feat.", "embedding_encoder.", "embedding_maskfeature.")
+PA_DECODER_PARTS = ("guiding_conv.", "prompt_adapter.")
+_DECODER_ROOTS = ("transformer.", "iou_token.", "mask_tokens.", "output_upscaling.", "output_hypernetworks_mlps.",
+                  "iou_prediction_head.", *HQ_DECODER_PARTS, *PA_DECODER_PARTS)
+_PA_MERGED_OLD_DECODER = "mask_decoder_ori."
+
+
+def _is_bare_decoder(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Whether every key is a mask-decoder key without prefix (PA-SAM's ``epoch_N.pth`` layout)."""
+    return bool(state_dict) and all(k.startswith(_DECODER_ROOTS) for k in state_dict)
+
+
+def decoder_kind(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Which decoder a (mapped) state dict holds: "hq", "pa", "sam" or "" (none)."""
+    decoder = [k[len("mask_decoder."):] for k in state_dict if k.startswith("mask_decoder.")]
+    if any(k.startswith(HQ_DECODER_PARTS) for k in decoder):
+        return "hq"
+    if any(k.startswith(PA_DECODER_PARTS) for k in decoder):
+        return "pa"
+    return "sam" if decoder else ""
+
+
+def is_decoder_only(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a (mapped) state dict holds a mask decoder and nothing else (no image or prompt encoder)."""
+    return bool(state_dict) and all(k.startswith("mask_decoder.") for k in state_dict)
+
+
+def _describe_partial(state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """A description of HQ/PA/decoder-only files that match no spec exactly (e.g. with keys missing)."""
+    kind = decoder_kind(state_dict)
+    names = {"hq": "an HQ-SAM", "pa": "a PA-SAM", "sam": "a SAM"}
+    if is_decoder_only(state_dict):
+        what = f"{names.get(kind, 'a')} mask decoder alone (no image encoder, no prompt encoder"
+        return what + ("; PA-SAM's epoch_N.pth layout)" if kind == "pa" else ")")
+    if kind in ("hq", "pa"):
+        pos = state_dict.get("image_encoder.pos_embed")
+        width = f" with an encoder of width {pos.shape[-1]}" if pos is not None else ""
+        return f"{names[kind]} model{width}, but not a complete one of any known size"
+    return None
+
+
+def _missing_parts(spec: ModelSpec, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """HQ-SAM's / PA-SAM's decoder parts that are absent or incomplete in a (mapped) state dict."""
+    parts = HQ_DECODER_PARTS if spec.decoder == "hq" else PA_DECODER_PARTS if spec.decoder == "pa" else ()
+    expected = _expected_shapes(spec)
+    return [p.rstrip(".") for p in parts
+            if any(k.startswith("mask_decoder." + p) and k not in state_dict for k in expected)]
+
+
+def _decoder_hint(spec: ModelSpec, state_dict: Mapping[str, torch.Tensor], decoder_only: bool) -> str | None:
+    """What to do when the decoder in a file is not the one ``spec`` needs (HQ/PA/SAM mix-ups, missing parts)."""
+    kind = decoder_kind(state_dict)
+    if kind and kind != spec.decoder:
+        names = {"hq": "HQ-SAM (sam_hq_vit_b/l/h)", "pa": "PA-SAM (pa_sam_vit_l)", "sam": "SAM or FocSAM"}
+        return (f"Its mask decoder is {names[kind]}'s, but {spec.name} needs "
+                f"{names.get(spec.decoder, spec.decoder)}'s: pick the model that matches the file.")
+    missing = _missing_parts(spec, state_dict) if kind == spec.decoder else []
+    if missing:
+        return (f"Its {spec.display_name} decoder is incomplete ({', '.join(missing)} missing or partial): the file "
+                "is truncated, from another version, or a training snapshot; download the official file again.")
+    if spec.decoder == "pa" and kind == "pa" and is_decoder_only(state_dict) and not decoder_only:
+        return ("This is PA-SAM's decoder file on its own: PA-SAM also needs SAM ViT-L's image and prompt encoder. "
+                "Load it with its SAM checkpoint: ModelManager.load('pa_sam_vit_l', checkpoint=<epoch_20.pth>, "
+                "base_checkpoint=<sam_vit_l_0b3195.pth>), or put epoch_20.pth in the models folder (the SAM ViT-L "
+                "file is downloaded or found there).")
+    return None
+
+
 def describe_weights(state_dict: Mapping[str, torch.Tensor]) -> str:
     """A short human description of what a (mapped) state dict looks like, e.g. ``'SAM ViT-L (sam_vit_l)'``."""
     match = best_matching_spec(state_dict)
     if match is not None:
         return f"{match.display_name} ({match.name})"
+    partial = _describe_partial(state_dict)
+    if partial is not None:
+        return partial
     parts = sorted({k.split(".")[0] for k in state_dict})
     pos = state_dict.get("image_encoder.pos_embed")
     width = f", encoder width {pos.shape[-1]}" if pos is not None else ""
@@ -158,10 +238,17 @@ def _expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     return _SHAPE_CACHE[spec.name]
 
 
-def check_compatible(spec: ModelSpec, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+def check_compatible(spec: ModelSpec, state_dict: Mapping[str, torch.Tensor], source: str, *,
+                     decoder_only: bool = False) -> None:
     """Raise a :class:`CheckpointError` naming missing/unexpected keys and shape mismatches, and what the file
-    looks like, unless ``state_dict`` (mapped) fits ``spec`` exactly."""
+    looks like, unless ``state_dict`` (mapped) fits ``spec`` exactly.
+
+    ``decoder_only``: a file holding only the mask decoder (PA-SAM's ``epoch_20.pth``) is accepted when its decoder
+    fits ``spec`` exactly (its encoder comes from another file).
+    """
     expected = _expected_shapes(spec)
+    if decoder_only and is_decoder_only(state_dict):
+        expected = {k: v for k, v in expected.items() if k.startswith("mask_decoder.")}
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     mismatched = [
@@ -175,6 +262,10 @@ def check_compatible(spec: ModelSpec, state_dict: Mapping[str, torch.Tensor], so
     match = best_matching_spec(state_dict)
     if match is not None and match.name != spec.name:
         lines.append(f"Load it as {match.name!r} instead.")
+    else:
+        hint = _decoder_hint(spec, state_dict, decoder_only)
+        if hint:
+            lines.append(hint)
     for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
         if items:
             shown = ", ".join(items[:5]) + (f", … ({len(items) - 5} more)" if len(items) > 5 else "")
@@ -209,3 +300,14 @@ def save_lean(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, m
     save_file(tensors, str(tmp), metadata={"format": LEAN_FORMAT, "model": model_name})
     os.replace(tmp, path)
     return path
+
+
+def merge_base(decoder_state: Mapping[str, torch.Tensor], base_state: Mapping[str, torch.Tensor]
+               ) -> dict[str, torch.Tensor]:
+    """A decoder-only state (PA-SAM) completed with the image and prompt encoder of a SAM checkpoint (both mapped).
+
+    The base file's own mask decoder is dropped: the decoder file holds the whole decoder.
+    """
+    merged = {k: v for k, v in base_state.items() if k.startswith(("image_encoder.", "prompt_encoder."))}
+    merged.update(decoder_state)
+    return merged

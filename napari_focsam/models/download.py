@@ -145,6 +145,11 @@ def offline_message(entry: ModelEntry, reason: str) -> str:
                   f"     (direct link: {entry.urls[0]});" if entry.urls else "",
                   f"  2. put {entry.file_name} from inside it (or the zip itself, named {entry.archive_name}) in",
                   f"     {folder}"]
+    elif not entry.urls:  # a manual download (PA-SAM): where to get it and where to put it
+        size = f" ({entry.human_size})" if entry.size is not None or entry.size_note else ""
+        lines += [f"  It cannot be downloaded automatically. {entry.description}",
+                  f"  1. get {entry.file_name}{size} as described at {entry.page_url};",
+                  f"  2. put it, named {entry.file_name}, in", f"     {folder}"]
     else:
         url = entry.urls[0] if entry.urls else entry.page_url
         size = f" ({entry.human_size})" if entry.size is not None or entry.size_note else ""

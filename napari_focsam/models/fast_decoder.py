@@ -227,9 +227,53 @@ class FastDecoder:
         dense: torch.Tensor,
     ) -> DecoderOutput:
         decoder = self.decoder
-        transformer = decoder.transformer
         batch = sparse.shape[0]
         output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+        _, c, h, w = image_embeddings.shape
+        # only the IoU token and mask token 0 are read after the final attention (single-mask output), and the
+        # final attention and norm act on each token separately: the other tokens are left out from here on
+        hs, keys, keys_low, folded = self._run(image_embeddings, sparse, dense, output_tokens, slice(0, 2))
+        if folded:
+            # converted channel-first (a transposed copy would be slow), or already converted for the attention
+            keys = keys_low if keys_low.dtype == self._upscale_dtype else self._in_upscale_dtype(keys)
+            rows = keys[0].T if batch == 1 else keys.transpose(1, 2).reshape(batch * h * w, c)
+        else:
+            rows = self._in_upscale_dtype(keys).reshape(batch * h * w, c)
+        mask_token = hs[:, 1:2, :]
+
+        hyper_in = decoder.output_hypernetworks_mlps[0](mask_token[:, 0, :])  # (B, c')
+        logits = self._upscaled_logits(rows, hyper_in, batch, h, w)
+        iou = decoder.iou_prediction_head(hs[:, 0, :])[:, 0:1]
+        return DecoderOutput(logits=logits, iou=iou, token=mask_token)
+
+    def transformer(
+        self,
+        image_embeddings: torch.Tensor,
+        sparse: torch.Tensor,
+        dense: torch.Tensor,
+        output_tokens: torch.Tensor,
+        kept: list[int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two-way transformer alone, for decoders with other output tokens (HQ-SAM's sixth, its HQ token).
+
+        ``output_tokens`` (T, C) precede the prompt tokens; ``kept`` lists the tokens read afterwards (the final
+        attention runs on those only). Returns their final embeddings (B, len(kept), C) and the image tokens
+        (B, C, h, w) in the model's dtype, a copy the caller owns.
+        """
+        batch = sparse.shape[0]
+        _, c, h, w = image_embeddings.shape
+        hs, keys, _, folded = self._run(image_embeddings, sparse, dense, output_tokens, kept)
+        if folded:
+            keys = keys.reshape(batch, c, h, w).clone()
+        else:
+            keys = keys.transpose(1, 2).reshape(batch, c, h, w)
+        return hs, keys
+
+    def _run(self, image_embeddings, sparse, dense, output_tokens, kept):
+        """The transformer, up to the final attention on the ``kept`` tokens and its norm: (hs, keys, keys in the
+        attention dtype or None, folded) with keys (B, C, N) when folded, else (B, N, C)."""
+        transformer = self.decoder.transformer
+        batch = sparse.shape[0]
         point_pe = torch.cat([output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse], dim=1)
         _, c, h, w = image_embeddings.shape
         ws = self._workspace
@@ -242,10 +286,8 @@ class FastDecoder:
                         out=ws.get("keys", shape, image_embeddings))
         queries = point_pe
         final = transformer.final_attn_token_to_image
-        # only the IoU token and mask token 0 are read after the final attention (single-mask output), and the
-        # final attention and norm act on each token separately: the other tokens are left out from here on
-        kept = slice(0, 2)
         folded = final.num_heads * point_pe.shape[1] <= self._fold_limit(image_embeddings.dtype)
+        keys_low = None
         if folded:
             keys = src.flatten(2)  # (B, C, N): channel-first, as the embedding already is
             for layer, *_ in self.layers:
@@ -253,9 +295,6 @@ class FastDecoder:
             keys_pe = self._keys_pe(keys)
             keys_low = self._converted(keys, keys_pe.dtype, "keys_low")
             attn_out = self._token_to_image_folded(final, queries[:, kept] + point_pe[:, kept], keys_low, keys_pe)
-            # converted channel-first (a transposed copy would be slow), or already converted for the attention
-            keys = keys_low if keys_low.dtype == self._upscale_dtype else self._in_upscale_dtype(keys)
-            rows = keys[0].T if batch == 1 else keys.transpose(1, 2).reshape(batch * h * w, c)
         else:
             keys = src.flatten(2).transpose(1, 2)  # (B, N, C), a view
             for layer, weight, constant, dim in self.layers:
@@ -265,14 +304,8 @@ class FastDecoder:
                 final, final.q_proj(queries[:, kept] + point_pe[:, kept]), projected[..., : self.final_dim],
                 projected[..., self.final_dim :],
             )
-            rows = self._in_upscale_dtype(keys).reshape(batch * h * w, c)
         hs = transformer.norm_final_attn(queries[:, kept] + attn_out)
-        mask_token = hs[:, 1:2, :]
-
-        hyper_in = decoder.output_hypernetworks_mlps[0](mask_token[:, 0, :])  # (B, c')
-        logits = self._upscaled_logits(rows, hyper_in, batch, h, w)
-        iou = decoder.iou_prediction_head(hs[:, 0, :])[:, 0:1]
-        return DecoderOutput(logits=logits, iou=iou, token=mask_token)
+        return hs, keys, keys_low, folded
 
     def _fold_limit(self, dtype: torch.dtype) -> int:
         """``heads * tokens`` up to which the folded path is taken (see the module docstring)."""

@@ -243,10 +243,13 @@ class FastImageEncoder:
         return self._table(("rel", i, q_size), make)  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ forward
-    def __call__(self, x: torch.Tensor, cancel_check: Callable[[], None] | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, cancel_check: Callable[[], None] | None = None,
+                 *, early: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The image embedding of a preprocessed (B, 3, S, S) input, in the stat dtype (float32 for bf16/fp16).
 
-        ``cancel_check`` is called before every block (it raises to abandon the computation).
+        ``cancel_check`` is called before every block (it raises to abandon the computation). With ``early``, also
+        the tokens after the first global-attention block, channels last (B, H, W, C) in the stat dtype: HQ-SAM's
+        early ViT features (segment_anything_hq's ``interm_embeddings[0]``), from the same pass.
         """
         blocks = self._prepare()
         enc = self.encoder
@@ -254,11 +257,18 @@ class FastImageEncoder:
         x = self._patch_embed(x)  # (B, H, W, C) in the stat dtype, a fresh tensor
         if enc.pos_embed is not None:
             x += enc.pos_embed.to(stat)
+        kept = None
         for i, blk in enumerate(blocks):
             if cancel_check is not None:
                 cancel_check()
             x = self._block(i, blk, x)
-        return self._neck(x)
+            if early and kept is None and blk.window_size == 0:
+                kept = x.clone()  # later blocks may update the token tensor in place
+        if not early:
+            return self._neck(x)
+        if kept is None:
+            raise ValueError("this encoder has no global-attention block, so it has no early features")
+        return self._neck(x), kept
 
     def _patch_embed(self, x: torch.Tensor) -> torch.Tensor:
         """The non-overlapping patch convolution as one linear over flattened patches, in the stat dtype.

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .checkpoint import check_compatible, read_checkpoint, to_model_keys, weights_fingerprint
+from .checkpoint import (
+    CheckpointError,
+    check_compatible,
+    is_decoder_only,
+    merge_base,
+    read_checkpoint,
+    to_model_keys,
+    weights_fingerprint,
+)
 from .sam import InteractiveModel, build_model
 from .specs import ModelSpec, get_spec
 
@@ -47,9 +56,12 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
+    base_checkpoint: str | os.PathLike | Callable[[], str | os.PathLike | None] | None = None,
 ) -> LoadedModel:
     """Build ``spec`` and load ``checkpoint`` into it strictly; without a checkpoint, seeded random weights.
 
+    ``base_checkpoint``: for a decoder-only file (PA-SAM's ``epoch_20.pth``), the SAM checkpoint whose image and
+    prompt encoder complete it (a path, or a callable returning one, called only when it is needed).
     Raises :class:`~napari_focsam.models.checkpoint.CheckpointError` with a message naming the problem.
     """
     spec = get_spec(spec) if isinstance(spec, str) else spec
@@ -61,7 +73,19 @@ def load_model(
     else:
         path = Path(checkpoint)
         state = to_model_keys(read_checkpoint(path))
-        check_compatible(spec, state, str(path))
+        source = str(path)
+        if spec.decoder == "pa" and is_decoder_only(state):
+            check_compatible(spec, state, source, decoder_only=True)
+            base = base_checkpoint() if callable(base_checkpoint) else base_checkpoint
+            if base is None:
+                check_compatible(spec, state, source)  # raises, saying what the file is and what to do
+            base_state = to_model_keys(read_checkpoint(Path(base)))
+            if is_decoder_only(base_state):
+                raise CheckpointError(f"{base} holds a mask decoder only: the base checkpoint must be SAM ViT-L's "
+                                      "full file (sam_vit_l_0b3195.pth), which has the image and prompt encoder")
+            state = merge_base(state, base_state)
+            source = f"{path} + encoders of {base}"
+        check_compatible(spec, state, source)
         with torch.device("meta"):
             model = InteractiveModel(spec)
         model.load_state_dict(state, strict=True, assign=True)
@@ -69,7 +93,6 @@ def load_model(
         unset = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
         if unset:
             raise RuntimeError(f"internal error: {len(unset)} tensors were not loaded, e.g. {unset[:3]}")
-        source = str(path)
     weights_id = weights_fingerprint(state)
     model = model.to(device=device, dtype=dtype)
     for param in model.parameters():

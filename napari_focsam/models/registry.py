@@ -65,6 +65,9 @@ class ModelEntry:
     #: the archive's file name in the cache (downloaded there, or dropped there by hand)
     archive_name: str | None = None
     description: str = ""
+    #: the registry entry whose checkpoint supplies the image and prompt encoder when this entry's file holds a mask
+    #: decoder only (PA-SAM: "sam_vit_l")
+    base_model: str | None = None
 
     @property
     def has_weights(self) -> bool:
@@ -138,7 +141,54 @@ _BUILTIN: tuple[ModelEntry, ...] = (
     ),
 )
 
-REGISTRY: dict[str, ModelEntry] = {entry.name: entry for entry in _BUILTIN}
+# ---- HQ-SAM and PA-SAM (see docs/models.md) ----
+# HQ-SAM's checkpoints are published on the authors' Hugging Face model hub (lkeab/hq-sam, linked from the SysCV/sam-hq
+# README). Each URL is pinned to the commit that uploaded the file; its SHA-256 and size are the Git LFS pointer of
+# that commit (oid sha256 / size), as shown on the hub's file pages: sam_hq_vit_b.pth in 8a94b5e, sam_hq_vit_l.pth in
+# 519b37f, sam_hq_vit_h.pth in 67ab824. (Not re-downloaded from the build machine, which has no internet access; a
+# wrong value would make the download fail its hash check loudly, never accept a wrong file.)
+_HQ_URL = "https://huggingface.co/lkeab/hq-sam/resolve/{}/{}"
+_HQ_PAGE = "https://huggingface.co/lkeab/hq-sam"
+_HQ_HASH_NOTE = "sha256 of the Git LFS object in huggingface.co/lkeab/hq-sam (commit {})"
+_PA_PAGE = "https://github.com/xzz2/pa-sam"
+
+
+def _sam_hq(size: str, commit: str, sha256: str, nbytes: int, description: str) -> ModelEntry:
+    file_name = f"sam_hq_vit_{size}.pth"
+    return ModelEntry(
+        name=f"sam_hq_vit_{size}", display_name=f"HQ-SAM ViT-{size.upper()}", spec_name=f"sam_hq_vit_{size}",
+        preprocessing="sam", file_name=file_name,
+        urls=(_HQ_URL.format(commit, file_name), _HQ_URL.format("main", file_name)), page_url=_HQ_PAGE,
+        sha256=sha256, hash_note=_HQ_HASH_NOTE.format(commit[:7]), size=nbytes, licence="Apache-2.0",
+        description=description,
+    )
+
+
+_HIGH_QUALITY: tuple[ModelEntry, ...] = (
+    _sam_hq("b", "8a94b5e92b6a4997d813d9057f37a8cb6213082a",
+            "14a9d662cd6f5a9c2dba6d40ab0058d88d287e4a18fd6fdc6ad5fb1a3fdeaa57", 379_335_069,
+            "HQ-SAM ViT-B (NeurIPS 2023): SAM ViT-B with a high-quality output token fusing early ViT features, for "
+            "finer boundaries."),
+    _sam_hq("l", "519b37f36c603d27fadf4000b8f8e10258b213eb",
+            "e1a6c385d62bf005ded91a54d5ec55c985cfc4103ef89c08d90f39f04934c343", 1_254_865_805,
+            "HQ-SAM ViT-L: SAM ViT-L with HQ-SAM's high-quality output token (finer boundaries)."),
+    _sam_hq("h", "67ab82412bc794d5ce2e9799b8b6a3c0a8cfe1d2",
+            "a7ac14a085326d9fa6199c8c698c4f0e7280afdbb974d2c4660ec60877b45e35", 2_570_940_653,
+            "HQ-SAM ViT-H: SAM ViT-H with HQ-SAM's high-quality output token (finer boundaries)."),
+    ModelEntry(
+        name="pa_sam_vit_l", display_name="PA-SAM ViT-L", spec_name="pa_sam_vit_l", preprocessing="sam",
+        file_name="epoch_20.pth", urls=(), page_url=_PA_PAGE, sha256=None,
+        hash_note=("no hash or size is published (the authors share epoch_20.pth through Baidu Pan only): the file "
+                   "is checked by its structure, every key and shape of PA-SAM's decoder (152 keys)"),
+        size=None, size_note="~18 MB (decoder only; plus SAM ViT-L, 1.2 GB)", licence="none stated (no LICENSE file)",
+        base_model="sam_vit_l",
+        description=("PA-SAM (ICME 2024): SAM ViT-L with a prompt adapter in its decoder for finer masks. Manual "
+                     "download: get epoch_20.pth from the Baidu Pan link in the README of github.com/xzz2/pa-sam and "
+                     "put it in the models folder; SAM ViT-L's checkpoint is downloaded as usual."),
+    ),
+)
+
+REGISTRY: dict[str, ModelEntry] = {entry.name: entry for entry in (*_BUILTIN, *_HIGH_QUALITY)}
 
 
 def get_entry(name: str) -> ModelEntry:

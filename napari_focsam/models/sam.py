@@ -1,8 +1,9 @@
-"""SAM and FocSAM networks, built from segment-anything's own module classes.
+"""SAM, FocSAM, HQ-SAM and PA-SAM networks, built from segment-anything's own module classes.
 
 :class:`InteractiveModel` holds SAM's image encoder, prompt encoder and mask decoder under the same attribute names
 as segment-anything's ``Sam``, so an official SAM checkpoint's ``state_dict`` loads into it unchanged. A FocSAM model
-adds the :class:`~napari_focsam.models.refiner.FocusRefiner` as ``refiner``.
+adds the :class:`~napari_focsam.models.refiner.FocusRefiner` as ``refiner``; HQ-SAM and PA-SAM models have their own
+``mask_decoder`` (:mod:`.hq_decoder`, :mod:`.pa_decoder`), which extends SAM's under the official key names.
 """
 
 from __future__ import annotations
@@ -49,19 +50,34 @@ class InteractiveModel(nn.Module):
             input_image_size=(enc.img_size, enc.img_size),
             mask_in_chans=16,
         )
-        self.mask_decoder = MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=PROMPT_EMBED_DIM, mlp_dim=2048, num_heads=8),
-            transformer_dim=PROMPT_EMBED_DIM,
-            iou_head_depth=3,
-            iou_head_hidden_dim=256,
-        )
+        self.mask_decoder = _mask_decoder(spec)
         self.refiner = FocusRefiner(embed_dim=PROMPT_EMBED_DIM, depth=spec.refiner_depth) if spec.refiner else None
         self.eval()
 
     @property
     def input_size(self) -> int:
         return self.spec.encoder.img_size
+
+
+def _mask_decoder(spec: ModelSpec) -> MaskDecoder:
+    """SAM's mask decoder, or HQ-SAM's / PA-SAM's (both extend it and keep its keys)."""
+    if spec.decoder == "hq":
+        from .hq_decoder import HQMaskDecoder
+
+        return HQMaskDecoder(vit_dim=spec.encoder.embed_dim, transformer_dim=PROMPT_EMBED_DIM)
+    if spec.decoder == "pa":
+        from .pa_decoder import PAMaskDecoder
+
+        return PAMaskDecoder(transformer_dim=PROMPT_EMBED_DIM)
+    if spec.decoder != "sam":
+        raise ValueError(f"unknown decoder {spec.decoder!r} in spec {spec.name!r}")
+    return MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=TwoWayTransformer(depth=2, embedding_dim=PROMPT_EMBED_DIM, mlp_dim=2048, num_heads=8),
+        transformer_dim=PROMPT_EMBED_DIM,
+        iou_head_depth=3,
+        iou_head_hidden_dim=256,
+    )
 
 
 def build_model(spec: ModelSpec, *, seed: int | None = None) -> InteractiveModel:

@@ -45,10 +45,15 @@ class ModelSpec:
     refiner_depth: int = 12
     #: the file name of the official checkpoint, for messages and the model registry
     checkpoint_name: str | None = None
+    #: the mask decoder: "sam" (segment-anything's), "hq" (HQ-SAM's, see :mod:`.hq_decoder`) or "pa" (PA-SAM's,
+    #: see :mod:`.pa_decoder`)
+    decoder: str = "sam"
 
     @property
     def family(self) -> str:
-        return "focsam" if self.refiner else "sam"
+        if self.refiner:
+            return "focsam"
+        return {"hq": "sam_hq", "pa": "pa_sam"}.get(self.decoder, "sam")
 
 
 VIT_B = EncoderConfig(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11))
@@ -74,6 +79,21 @@ SPECS: dict[str, ModelSpec] = {
                   refiner_depth=2),
     )
 }
+
+# ---- HQ-SAM and PA-SAM (high-quality mask decoders on SAM's encoders; see docs/models.md) ----
+#: a tiny encoder with two global blocks, so that HQ-SAM's "first global block" is not the last block
+VIT_TINY_HQ = EncoderConfig(embed_dim=64, depth=3, num_heads=2, global_attn_indexes=(1, 2))
+SPECS.update({
+    spec.name: spec
+    for spec in (
+        ModelSpec("sam_hq_vit_b", "HQ-SAM ViT-B", VIT_B, "sam", decoder="hq", checkpoint_name="sam_hq_vit_b.pth"),
+        ModelSpec("sam_hq_vit_l", "HQ-SAM ViT-L", VIT_L, "sam", decoder="hq", checkpoint_name="sam_hq_vit_l.pth"),
+        ModelSpec("sam_hq_vit_h", "HQ-SAM ViT-H", VIT_H, "sam", decoder="hq", checkpoint_name="sam_hq_vit_h.pth"),
+        ModelSpec("pa_sam_vit_l", "PA-SAM ViT-L", VIT_L, "sam", decoder="pa", checkpoint_name="epoch_20.pth"),
+        ModelSpec("sam_hq_tiny", "HQ-SAM tiny (random weights, for tests)", VIT_TINY_HQ, "sam", decoder="hq"),
+        ModelSpec("pa_sam_tiny", "PA-SAM tiny (random weights, for tests)", VIT_TINY, "sam", decoder="pa"),
+    )
+})
 
 
 def get_spec(name: str) -> ModelSpec:

@@ -104,6 +104,8 @@ class SamTransform(_Transform):
         resized = self._resize.apply_image(image)
         x = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None]
         mean, std = _normalisation(device)
+        if dtype == torch.float64:  # as the official Sam.preprocess of a float64 model: float32 constants, float64 math
+            x, mean, std = x.to(dtype), mean.to(dtype), std.to(dtype)
         x = (x - mean) / std
         h, w = x.shape[-2:]
         x = F.pad(x, (0, self.input_size - w, 0, self.input_size - h))
@@ -164,10 +166,47 @@ class FocsamTransform(_Transform):
         return padded[..., :h, :w]
 
 
-TRANSFORMS = {"sam": SamTransform, "focsam": FocsamTransform}
+class StretchTransform(_Transform):
+    """PA-SAM's (and HQ-SAM's) official evaluation frame: the image stretched to S² (aspect ratio not kept).
+
+    As their ``evaluate()``: a float32 bilinear resize (no antialiasing) truncated back to uint8, SAM's
+    normalisation; coordinates scale per axis; the low-resolution logits are interpolated straight to the original
+    size (no S² upsampling and crop). With several threads torch's float32 bilinear resize can differ from the
+    single-threaded one by one grey level on a few pixels.
+    """
+
+    name = "stretch-v1"
+
+    def __init__(self, input_size: int = 1024) -> None:
+        self.input_size = input_size
+
+    def geometry(self, original_size: tuple[int, int]) -> ImageGeometry:
+        size = (int(original_size[0]), int(original_size[1]))
+        return ImageGeometry(size, size, (self.input_size, self.input_size), self.input_size)
+
+    def image_to_input(self, image: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        x = torch.from_numpy(np.array(image, dtype=np.uint8)).to(device).permute(2, 0, 1)[None].float()
+        x = F.interpolate(x, (self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        x = x.to(torch.uint8)  # truncation toward zero, as numpy's astype(np.uint8) of these non-negative values
+        work = torch.float64 if dtype == torch.float64 else torch.float32
+        mean, std = (t.to(work) for t in _normalisation(device))
+        return ((x.to(work) - mean) / std).to(dtype)
+
+    def points_to_input(self, points_yx: np.ndarray, geometry: ImageGeometry) -> np.ndarray:
+        (h, w), s = geometry.original_size, self.input_size
+        xy = yx_to_xy(points_yx)
+        xy[..., 0] *= s / w
+        xy[..., 1] *= s / h
+        return xy.astype(np.float32)
+
+    def logits_to_original(self, logits: torch.Tensor, geometry: ImageGeometry) -> torch.Tensor:
+        return resized(logits, geometry.original_size)
 
 
-def make_transform(preprocessing: str, input_size: int = 1024) -> SamTransform | FocsamTransform:
+TRANSFORMS = {"sam": SamTransform, "focsam": FocsamTransform, "stretch": StretchTransform}
+
+
+def make_transform(preprocessing: str, input_size: int = 1024) -> SamTransform | FocsamTransform | StretchTransform:
     try:
         return TRANSFORMS[preprocessing](input_size)
     except KeyError:

@@ -118,7 +118,8 @@ def _safetensors_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int
 def check_structure(path: Path, spec_name: str) -> str:
     """Raise CheckpointError unless the file's keys and shapes fit ``spec_name``; return what it looks like."""
     state = mapped_state(path)
-    check_compatible(get_spec(spec_name), state, str(path))
+    spec = get_spec(spec_name)
+    check_compatible(spec, state, str(path), decoder_only=spec.decoder == "pa")  # PA-SAM: the decoder file alone
     return describe_weights(state)
 
 
@@ -289,7 +290,8 @@ def verify_file(path: str | os.PathLike, name: str | None = None, *, full_hash: 
         report.hash_ok = report.sha256 == report.expected_sha256
     if state is not None and entry.spec_name is not None:
         try:
-            check_compatible(get_spec(entry.spec_name), state, str(path))
+            spec = get_spec(entry.spec_name)
+            check_compatible(spec, state, str(path), decoder_only=spec.decoder == "pa")
             report.structure_ok = True
         except CheckpointError as exc:
             report.structure_ok = False

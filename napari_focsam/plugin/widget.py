@@ -6,6 +6,7 @@ from typing import Any
 
 from napari.layers import Image, Labels, Points, Shapes
 from napari.viewer import Viewer
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -20,6 +21,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..models.registry import REGISTRY
 from .controller import AnnotationController
 from .stack_panel import StackPanel
 
@@ -30,6 +32,13 @@ MODELS = (
     ("SAM ViT-H", "sam_vit_h"),
     ("Fallback (no model: watershed)", "fallback"),
 )
+# ---- HQ-SAM and PA-SAM (docs/models.md); the registry's description is each item's tooltip ----
+MODELS = (*MODELS[:-1],
+          ("HQ-SAM ViT-B (finer boundaries)", "sam_hq_vit_b"),
+          ("HQ-SAM ViT-L (finer boundaries)", "sam_hq_vit_l"),
+          ("HQ-SAM ViT-H (finer boundaries)", "sam_hq_vit_h"),
+          ("PA-SAM ViT-L (prompt adapter; manual download)", "pa_sam_vit_l"),
+          MODELS[-1])
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: (shown, ``ModelManager.load(precision=...)``)
 PRECISION_CHOICES = (
@@ -94,6 +103,10 @@ class FocsamWidget(QWidget):
         self.model_combo = QComboBox()
         for text, name in MODELS:
             self.model_combo.addItem(text, name)
+            entry = REGISTRY.get(name)
+            if entry is not None and entry.description:
+                self.model_combo.setItemData(self.model_combo.count() - 1, entry.description,
+                                             Qt.ItemDataRole.ToolTipRole)
         self.checkpoint_edit = QLineEdit()
         self.checkpoint_edit.setPlaceholderText("checkpoint file (empty: model cache / download)")
         browse = QPushButton("…")

@@ -239,11 +239,13 @@ class _Job:
     def _write_returned(self, i: int, returned: ReturnedFeatures) -> None:
         """Write a slice computed before the store existed; the first makes the store with its shape and dtype."""
         features, geometry = returned.tensor(), ImageGeometry.from_attrs(returned.geometry)
+        extras = returned.extra_tensors()
         if self.store is None:
-            self.store = StackStore.create(self.path, self.spec, geometry, features, overwrite=self.overwrite)
+            self.store = StackStore.create(self.path, self.spec, geometry, features, extras=extras,
+                                           overwrite=self.overwrite)
         elif geometry != self.store.geometry:
             raise RuntimeError(f"slice {i}: geometry {geometry} differs from the store's {self.store.geometry}")
-        self.store.write_slice(i, returned.key, features)
+        self.store.write_slice(i, returned.key, features, extras)
 
     def _cancel_token(self) -> CancelToken | None:
         return self.progress._cancel  # noqa: SLF001 - the same token, passed down to the encoder

@@ -7,8 +7,11 @@ Layout (zarr v3, one directory)::
                                geometry (ImageGeometry of every slice), feature_shape, feature_dtype, torch_dtype,
                                complete (every slice written and verified), package_version
         features/       (N, *feature_shape) array, one chunk per slice
+        extra_<name>/   only for models with per-image extras (HQ-SAM's hq_features, PA-SAM's pa_guide; attrs
+                        ``extras``: {name: {shape, dtype, torch_dtype}}): (N, *shape), one chunk per slice
         meta/           (N, 32) uint8, one chunk per slice: the slice's embedding key (16 bytes) then the BLAKE2b-128
-                        checksum of its features (16 bytes); all zeros = not written yet
+                        checksum of its features (16 bytes; of its features then its extras in name order when the
+                        store has extras); all zeros = not written yet
 
 The key of a slice is exactly :meth:`ModelManager.key_for` of the prepared slice (data signature + model fingerprint
 with its preprocessing), so :meth:`StackStore.lookup` can serve ``ModelManager.embed(slice)`` through the embedding
@@ -120,10 +123,12 @@ class StoreSpec:
         return out
 
 
-def checksum(array: np.ndarray) -> bytes:
-    """BLAKE2b-128 digest of an array's C-order bytes."""
-    data = np.ascontiguousarray(array)
-    return hashlib.blake2b(data.reshape(-1).view(np.uint8), digest_size=_DIGEST).digest()
+def checksum(array: np.ndarray, *more: np.ndarray) -> bytes:
+    """BLAKE2b-128 digest of arrays' C-order bytes, one after the other (one array: its bytes' digest)."""
+    digest = hashlib.blake2b(digest_size=_DIGEST)
+    for item in (array, *more):
+        digest.update(np.ascontiguousarray(item).reshape(-1).view(np.uint8))
+    return digest.digest()
 
 
 def _numpy_of(features: torch.Tensor) -> np.ndarray:
@@ -149,6 +154,12 @@ class StackStore:
         self.torch_dtype = getattr(torch, str(attrs["torch_dtype"]))
         self._features = group["features"]
         self._meta = group["meta"]
+        #: per-image extra tensors (HQ-SAM, PA-SAM): name -> (shape, numpy dtype, torch dtype, array)
+        self._extras = {
+            str(name): (tuple(int(n) for n in meta["shape"]), np.dtype(meta["dtype"]),
+                        getattr(torch, str(meta["torch_dtype"])), group[f"extra_{name}"])
+            for name, meta in sorted(dict(attrs.get("extras") or {}).items())
+        }
         self._index: dict[bytes, int] | None = None
         self._indexed_at = 0.0
         self._known_complete = False
@@ -194,9 +205,10 @@ class StackStore:
         geometry: ImageGeometry,
         features: torch.Tensor,
         *,
+        extras: dict[str, torch.Tensor] | None = None,
         overwrite: bool = False,
     ) -> StackStore:
-        """Make a new store for ``spec``; ``features`` (one slice's embedding) gives the shape and dtype.
+        """Make a new store for ``spec``; ``features`` and ``extras`` (one slice's embedding) give shapes and dtypes.
 
         An existing stack store is replaced only with ``overwrite``; any other existing, non-empty path is refused.
         """
@@ -226,6 +238,15 @@ class StackStore:
         group.create_array("features", shape=(n, *array.shape), dtype=array.dtype, chunks=(1, *array.shape),
                            fill_value=0)
         group.create_array("meta", shape=(n, 2 * _DIGEST), dtype="uint8", chunks=(1, 2 * _DIGEST), fill_value=0)
+        if extras:
+            described = {}
+            for name, tensor in sorted(extras.items()):
+                extra = _numpy_of(tensor)
+                group.create_array(f"extra_{name}", shape=(n, *extra.shape), dtype=extra.dtype,
+                                   chunks=(1, *extra.shape), fill_value=0)
+                described[name] = {"shape": list(extra.shape), "dtype": str(extra.dtype),
+                                   "torch_dtype": str(tensor.dtype).removeprefix("torch.")}
+            attrs["extras"] = described
         group.attrs.update(attrs)  # last: a store without its marker is not a store
         return cls(path, group)
 
@@ -254,36 +275,62 @@ class StackStore:
         return row if row.any() else None
 
     # ------------------------------------------------------------------ slices
-    def write_slice(self, i: int, key: str, features: torch.Tensor) -> None:
-        """Write slice ``i``'s features, then its meta row (key + checksum); a previous row is cleared first."""
+    def write_slice(self, i: int, key: str, features: torch.Tensor,
+                    extras: dict[str, torch.Tensor] | None = None) -> None:
+        """Write slice ``i``'s features (and extras), then its meta row (key + checksum); a previous row is cleared
+        first."""
         array = _numpy_of(features)
         if array.shape != self.feature_shape or array.dtype != self.feature_dtype:
             raise ValueError(f"slice {i}: features {array.dtype} {array.shape} do not match the store's "
                              f"{self.feature_dtype} {self.feature_shape}")
+        extras = dict(extras or {})
+        if sorted(extras) != list(self._extras):
+            raise ValueError(f"slice {i}: extras {sorted(extras)} do not match the store's {list(self._extras)}")
+        extra_arrays = []
+        for name, (shape, dtype, _, _) in self._extras.items():
+            extra = _numpy_of(extras[name])
+            if extra.shape != shape or extra.dtype != dtype:
+                raise ValueError(f"slice {i}: extra {name!r} {extra.dtype} {extra.shape} does not match the store's "
+                                 f"{dtype} {shape}")
+            extra_arrays.append(extra)
         key_bytes = bytes.fromhex(key)
         if len(key_bytes) != _DIGEST:
             raise ValueError(f"not an embedding key: {key!r}")
         if self._meta_row(i) is not None:
             self._meta[int(i)] = np.zeros(2 * _DIGEST, np.uint8)
         self._features[int(i)] = array
-        self._meta[int(i)] = np.frombuffer(key_bytes + checksum(array), np.uint8)
+        for (_, _, _, node), extra in zip(self._extras.values(), extra_arrays, strict=True):
+            node[int(i)] = extra
+        self._meta[int(i)] = np.frombuffer(key_bytes + checksum(array, *extra_arrays), np.uint8)
         with self._lock:
             if self._index is not None:
                 self._index[key_bytes] = int(i)
 
     def read_slice(self, i: int) -> torch.Tensor:
         """Slice ``i``'s features, verified against their checksum; raises :class:`StoreError` if damaged/missing."""
+        return self.read_slice_extras(i)[0]
+
+    def read_slice_extras(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Slice ``i``'s features and extras, verified together against their checksum (see :meth:`read_slice`)."""
         row = self._meta_row(i)
         if row is None:
             raise StoreError(f"slice {i} of {self.path} is not written")
         try:
             data = np.asarray(self._features[int(i)])
+            extras = {name: np.asarray(node[int(i)]) for name, (_, _, _, node) in self._extras.items()}
         except Exception as exc:  # noqa: BLE001
             raise StoreError(f"slice {i} of {self.path} is unreadable: {type(exc).__name__}: {exc}") from exc
-        if data.shape != self.feature_shape or checksum(data) != bytes(row[_DIGEST:]):
+        shapes_ok = all(extras[n].shape == shape for n, (shape, *_) in self._extras.items())
+        if data.shape != self.feature_shape or not shapes_ok or checksum(data, *extras.values()) != bytes(
+                row[_DIGEST:]):
             raise StoreError(f"slice {i} of {self.path} fails its checksum")
         features = torch.from_numpy(np.array(data, order="C"))
-        return features if features.dtype == self.torch_dtype else features.to(self.torch_dtype)
+        features = features if features.dtype == self.torch_dtype else features.to(self.torch_dtype)
+        tensors = {}
+        for name, (_, _, torch_dtype, _) in self._extras.items():
+            tensor = torch.from_numpy(np.array(extras[name], order="C"))
+            tensors[name] = tensor if tensor.dtype == torch_dtype else tensor.to(torch_dtype)
+        return features, tensors
 
     def check_slice(self, i: int, key: str, *, verify_features: bool = True) -> str:
         """Whether slice ``i`` holds the embedding of ``key``: one of the :class:`SliceStatus` values."""
@@ -323,14 +370,14 @@ class StackStore:
         if i is None:
             return None
         try:
-            features = self.read_slice(i)
+            features, extras = self.read_slice_extras(i)
         except StoreError as exc:
             warnings.warn(f"{exc}; it is computed again instead", StackStoreWarning, stacklevel=2)
             with self._lock:
                 if self._index is not None:
                     self._index.pop(key_bytes, None)
             return None
-        return ImageEmbedding(features=features, geometry=self.geometry, key=key)
+        return ImageEmbedding(features=features, geometry=self.geometry, key=key, extras=extras)
 
     def __repr__(self) -> str:
         return (f"StackStore({str(self.path)!r}, {self.spec.display_name}, {self.n_slices} slices, "

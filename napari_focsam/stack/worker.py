@@ -22,7 +22,7 @@ import torch
 
 from ..engine.manager import ModelManager
 from ..engine.session import ObjectSession
-from ..engine.types import CancelToken, ImageGeometry, Prompts
+from ..engine.types import CancelToken, ImageGeometry, Prompts, unpack_embedding
 from .store import StackStore
 
 __all__ = ["EmbedReport", "ModelConfig", "ReturnedFeatures", "manager_for", "model_info", "paint_objects",
@@ -171,15 +171,24 @@ class ReturnedFeatures(NamedTuple):
     array: np.ndarray  #: bfloat16 features as float32 (exact; numpy has no bfloat16)
     torch_dtype: str
     geometry: dict[str, Any]
+    #: the model's per-image extras (HQ-SAM, PA-SAM): name -> (array, torch dtype name); None: none
+    extras: dict[str, tuple[np.ndarray, str]] | None = None
 
     @classmethod
-    def of(cls, key: str, features: torch.Tensor, geometry: ImageGeometry) -> ReturnedFeatures:
-        tensor = features.detach().cpu()
-        array = (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
-        return cls(key, array, str(tensor.dtype).removeprefix("torch."), geometry.to_attrs())
+    def of(cls, key: str, features: torch.Tensor, geometry: ImageGeometry,
+           extras: dict[str, torch.Tensor] | None = None) -> ReturnedFeatures:
+        def plain(t: torch.Tensor) -> tuple[np.ndarray, str]:
+            t = t.detach().cpu()
+            return (t.float() if t.dtype == torch.bfloat16 else t).numpy(), str(t.dtype).removeprefix("torch.")
+
+        array, dtype = plain(features)
+        return cls(key, array, dtype, geometry.to_attrs(), {n: plain(t) for n, t in (extras or {}).items()} or None)
 
     def tensor(self) -> torch.Tensor:
         return torch.from_numpy(np.array(self.array)).to(getattr(torch, self.torch_dtype))
+
+    def extra_tensors(self) -> dict[str, torch.Tensor]:
+        return {n: torch.from_numpy(np.array(a)).to(getattr(torch, d)) for n, (a, d) in (self.extras or {}).items()}
 
 
 class EmbedReport(NamedTuple):
@@ -195,8 +204,8 @@ def embed_returning(manager: ModelManager, index: int, key: str, image: np.ndarr
                     cancel: CancelToken | None = None) -> EmbedReport:
     """Embed one prepared slice and return its features (a slice computed before the store exists)."""
     start = time.perf_counter()
-    features, geometry = manager.predictor.embed(image, cancel=cancel)
-    return EmbedReport([index], time.perf_counter() - start, ReturnedFeatures.of(key, features, geometry))
+    features, geometry, extras = unpack_embedding(manager.predictor.embed(image, cancel=cancel))
+    return EmbedReport([index], time.perf_counter() - start, ReturnedFeatures.of(key, features, geometry, extras))
 
 
 def embed_into(manager: ModelManager, store: StackStore, slices: Sequence[tuple[int, str, np.ndarray]],
@@ -208,10 +217,10 @@ def embed_into(manager: ModelManager, store: StackStore, slices: Sequence[tuple[
     """
     start = time.perf_counter()
     for index, key, image in slices:
-        features, geometry = manager.predictor.embed(image, cancel=cancel)
+        features, geometry, extras = unpack_embedding(manager.predictor.embed(image, cancel=cancel))
         if geometry != store.geometry:
             raise RuntimeError(f"slice {index}: geometry {geometry} differs from the store's {store.geometry}")
-        store.write_slice(index, key, features)
+        store.write_slice(index, key, features, extras)
     return EmbedReport([index for index, _, _ in slices], (time.perf_counter() - start) / max(1, len(slices)))
 
 
