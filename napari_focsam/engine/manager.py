@@ -28,6 +28,7 @@ from .image import to_model_rgb
 from .predictor import Predictor
 from .session import ObjectSession
 from .signature import data_signature, embedding_key
+from .stability import Jitter, as_jitter
 from .types import CancelToken, ImageEmbedding, Prompts
 
 FALLBACK_NAME = "fallback"
@@ -47,9 +48,12 @@ class EmbedInfo:
 class ModelManager:
     """Holds a predictor (SAM, FocSAM or the fallback), the embedding cache and the per-object sessions."""
 
-    def __init__(self, predictor: Predictor, *, cache: EmbeddingCache | None = None) -> None:
+    def __init__(self, predictor: Predictor, *, cache: EmbeddingCache | None = None,
+                 robust: Jitter | bool | None = None) -> None:
         self.predictor = predictor
         self.cache = cache if cache is not None else EmbeddingCache()
+        #: robust prompts for new objects (None: plain; see :mod:`.stability`); each object can change its own
+        self.robust = as_jitter(robust)
         self._sessions: dict[tuple[str, int], ObjectSession] = {}
         self._lock = threading.RLock()
         self.last_embed: EmbedInfo | None = None
@@ -75,6 +79,7 @@ class ModelManager:
         allow_random_weights: bool = False,
         download: bool = True,
         progress: Callable[[int, int | None], None] | None = None,
+        robust: Jitter | bool | None = None,
     ) -> ModelManager:
         """Load a model by name (``"sam_vit_b"``, ``"focsam_vit_h"``, …, or ``"fallback"``) and its weights.
 
@@ -108,7 +113,7 @@ class ModelManager:
         if model == FALLBACK_NAME:
             from .fallback import FallbackPredictor
 
-            return cls(FallbackPredictor(), cache=cache)
+            return cls(FallbackPredictor(), cache=cache, robust=robust)
         from .sam_predictor import SamFamilyPredictor
 
         if checkpoint is None and not allow_random_weights:
@@ -126,7 +131,7 @@ class ModelManager:
                                        decoder_autocast=decoder_autocast,
                                        decoder_upscale_dtype=decoder_upscale_dtype,
                                        decoder_attention_dtype=decoder_attention_dtype)
-        return cls(predictor, cache=cache)
+        return cls(predictor, cache=cache, robust=robust)
 
     # ------------------------------------------------------------------ description
     @property
@@ -195,7 +200,7 @@ class ModelManager:
             if object_id is None:
                 ids = [oid for key, oid in self._sessions if key == embedding.key]
                 object_id = max(ids, default=0) + 1
-            session = ObjectSession(self.predictor, embedding, object_id=int(object_id))
+            session = ObjectSession(self.predictor, embedding, object_id=int(object_id), robust=self.robust)
             self._sessions[(embedding.key, int(object_id))] = session
             return session
 
@@ -226,5 +231,5 @@ class ModelManager:
         points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
         labels = np.ones(len(points), np.int64) if labels is None else np.asarray(labels)
         embedding = image if isinstance(image, ImageEmbedding) else self.embed(image, **image_kwargs)
-        session = ObjectSession(self.predictor, embedding)
+        session = ObjectSession(self.predictor, embedding, robust=self.robust)
         return session.sync(Prompts(points, labels, box))

@@ -13,6 +13,8 @@ One interactive step follows the official FocSAM pipeline (``interact_test``/``i
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +25,9 @@ from ..models.fast_encoder import ATTENTION_MODES, FAST_ENCODER_VERSION, FastIma
 from ..models.loader import LoadedModel
 from ..models.transforms import make_transform
 from .types import CancelToken, ImageEmbedding, ImageGeometry, ObjectState, Prediction, Prompts, check_cancel
+
+if TYPE_CHECKING:
+    from .stability import Variants
 
 #: the official ``refine_start_step``: the refiner runs at step index 1, i.e. the second click
 REFINE_STEP = 1
@@ -233,6 +238,45 @@ class SamFamilyPredictor:
             timings["postprocess"] = time.perf_counter() - start
         next_state = ObjectState(logits=out.logits, features=features, step=state.step + 1)
         return Prediction(mask=mask, state=next_state, score=float(out.iou[0, 0]), timings=timings)
+
+    def predict_variants(
+        self,
+        embedding: ImageEmbedding,
+        variants: Sequence[Prompts],
+        state: ObjectState | None,
+        *,
+        cancel: CancelToken | None = None,
+    ) -> Variants:
+        """Decode several prompt sets of the same form (as many clicks, a box or none) in one batched decoder call,
+        with ``state``'s mask input on its features (the refiner never runs here). The low-resolution logits come
+        back with the part of their frame that covers the image (see :mod:`.stability`)."""
+        from .stability import Variants
+
+        state = state or ObjectState()
+        geometry = embedding.geometry
+        first = variants[0]
+        if any(len(p) != len(first) or (p.box is None) != (first.box is None) for p in variants):
+            raise ValueError("the prompt sets of one batch must have the same number of clicks and all or no box")
+        if first.box is not None and not self.supports_boxes:
+            raise ValueError(f"{self.display_name} takes clicks only (it was never trained with boxes)")
+        check_cancel(cancel)
+        coords = labels = boxes = None
+        with torch.inference_mode():
+            if len(first):
+                xy = np.stack([self.transform.points_to_input(p.points, geometry) for p in variants])
+                coords = torch.as_tensor(xy, dtype=torch.float32, device=self.device)
+                labels = torch.as_tensor(np.stack([p.labels for p in variants]), device=self.device)
+            if first.box is not None:
+                corners = np.stack([self.transform.box_to_input(p.box, geometry) for p in variants])
+                boxes = torch.as_tensor(corners, dtype=torch.float32, device=self.device)
+            sparse, dense = encode_prompts(self.model.prompt_encoder, coords, labels, boxes, state.logits)
+            features = embedding.features if state.features is None else state.features
+            logits = self._decode(features, sparse, dense).logits
+        check_cancel(cancel)
+        low, size = logits.shape[-1], self.model.input_size
+        rh, rw = geometry.resized_size
+        valid = (-(-rh * low // size), -(-rw * low // size))
+        return Variants(logits, valid, lambda x: self.transform.logits_to_original(x, geometry))
 
     def _decode(self, features: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> DecoderOutput:
         """The single-mask decoder pass: :class:`FastDecoder` (default; equal to the reference within float

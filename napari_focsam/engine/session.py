@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .predictor import Predictor
+from .stability import Jitter, Stability, as_jitter, robust_predict, stability
 from .types import CancelToken, ImageEmbedding, ObjectState, Prediction, Prompts
 
 
@@ -25,15 +26,18 @@ from .types import CancelToken, ImageEmbedding, ObjectState, Prediction, Prompts
 class Step:
     prompts: Prompts
     prediction: Prediction
+    robust: Jitter | None = None  #: the robust-prompt setting the step was computed with (None: plain)
 
 
 class ObjectSession:
     """The interactive state of one object on one image (slice)."""
 
-    def __init__(self, predictor: Predictor, embedding: ImageEmbedding, object_id: int | None = None) -> None:
+    def __init__(self, predictor: Predictor, embedding: ImageEmbedding, object_id: int | None = None, *,
+                 robust: Jitter | bool | None = None) -> None:
         self.predictor = predictor
         self.embedding = embedding
         self.object_id = object_id
+        self._robust = as_jitter(robust)
         self._history: list[Step] = []
         self._cursor = 0  # steps history[:cursor] are in effect; history[cursor:] can be redone
         self._lock = threading.RLock()
@@ -69,6 +73,11 @@ class ObjectSession:
         """Whether this object carries its own (FocSAM) refined embedding."""
         state = self.state
         return state is not None and state.features is not None
+
+    @property
+    def robust(self) -> Jitter | None:
+        """The robust-prompt setting of new steps (None: plain); undo and redo restore the step's own setting."""
+        return self._robust
 
     @property
     def can_undo(self) -> bool:
@@ -118,17 +127,55 @@ class ObjectSession:
                 self._apply(done, cancel)
             return self.mask
 
+    def set_robust(self, robust: Jitter | bool | None, *, cancel: CancelToken | None = None) -> np.ndarray:
+        """Turn robust prompts on (``True`` or a :class:`Jitter`) or off for this object.
+
+        With prompts already there, the current prompts are computed again in the new mode as one more step, so
+        undo gives back the earlier mask, state and mode exactly. Returns the mask.
+        """
+        jitter = as_jitter(robust)
+        with self._lock:
+            step, before = self.current, self._robust
+            self._robust = jitter
+            if step is None or step.robust == jitter:
+                return self.mask
+            previous = self._history[self._cursor - 2].prediction.state if self._cursor >= 2 else None
+            try:
+                return self._apply(step.prompts, cancel, state=previous)
+            except BaseException:
+                self._robust = before  # a failed or cancelled switch changes nothing
+                raise
+
+    def stability(self, jitter: Jitter | None = None, *, cancel: CancelToken | None = None) -> Stability:
+        """Stable-SAM's ST of the current mask over jittered copies of the current prompts (see
+        :mod:`.stability`); the session does not change."""
+        with self._lock:
+            step = self.current
+            if step is None or step.prompts.is_empty:
+                raise ValueError("the object has no prompts yet: click first")
+            previous = self._history[self._cursor - 2].prediction.state if self._cursor >= 2 else None
+            embedding = self.embedding
+        return stability(self.predictor, embedding, step.prompts, previous, step.prediction.state,
+                         step.prediction.mask, jitter or step.robust or Jitter(), cancel=cancel)
+
     def undo(self) -> np.ndarray:
         with self._lock:
             if self._cursor:
                 self._cursor -= 1
+            self._follow_step()
             return self.mask
 
     def redo(self) -> np.ndarray:
         with self._lock:
             if self._cursor < len(self._history):
                 self._cursor += 1
+            self._follow_step()
             return self.mask
+
+    def _follow_step(self) -> None:
+        """After moving the cursor, new steps continue in the mode of the step now in effect."""
+        if self._cursor:
+            self._robust = self._history[self._cursor - 1].robust
 
     def reset(self) -> None:
         """Forget every step (the object becomes empty); cannot be undone."""
@@ -137,10 +184,17 @@ class ObjectSession:
             self._cursor = 0
 
     # ------------------------------------------------------------------ internals
-    def _apply(self, prompts: Prompts, cancel: CancelToken | None) -> np.ndarray:
-        prediction = self.predictor.predict(self.embedding, prompts, self.state, cancel=cancel)
+    def _apply(self, prompts: Prompts, cancel: CancelToken | None, *, state: ObjectState | None | str = "current",
+               ) -> np.ndarray:
+        """Compute ``prompts`` from ``state`` (default: the current step's) as the next step, in the session's mode."""
+        robust = self._robust
+        state = self.state if state == "current" else state
+        if robust is None:
+            prediction = self.predictor.predict(self.embedding, prompts, state, cancel=cancel)
+        else:
+            prediction = robust_predict(self.predictor, self.embedding, prompts, state, robust, cancel=cancel)
         del self._history[self._cursor:]
-        self._history.append(Step(prompts, prediction))
+        self._history.append(Step(prompts, prediction, robust))
         self._cursor += 1
         return prediction.mask
 
