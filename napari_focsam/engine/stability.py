@@ -177,6 +177,15 @@ def predict_variants(
     return Variants(logits, tuple(embedding.geometry.original_size), lambda x: x)
 
 
+def st_score(masks: np.ndarray | torch.Tensor) -> float:
+    """Stable-SAM's ST (Eq. 1) of B masks (B, ...): the mean IoU of each mask with their union (1.0 when every mask
+    is empty)."""
+    masks = torch.as_tensor(np.asarray(masks) if not isinstance(masks, torch.Tensor) else masks).bool()
+    masks = masks.reshape(masks.shape[0], -1)
+    n_union = int(masks.any(dim=0).sum())
+    return 1.0 if n_union == 0 else float((masks.sum(dim=1).double() / n_union).mean())
+
+
 def _copy_state(state: ObjectState | None, current: ObjectState | None) -> ObjectState:
     """What the copies decode with: the mask input the current step had, on the embedding the object uses now."""
     features = current.features if current is not None else None
@@ -201,10 +210,7 @@ def stability(
     copies = jitter_prompts(prompts, shape, float(np.count_nonzero(mask)), jitter)
     out = predict_variants(predictor, embedding, copies, _copy_state(previous, current), cancel=cancel)
     h, w = out.valid
-    masks = (out.logits[:, 0, :h, :w] > 0).reshape(len(copies), -1)
-    union = masks.any(dim=0)
-    n_union = int(union.sum())
-    score = 1.0 if n_union == 0 else float((masks.sum(dim=1).double() / n_union).mean())
+    score = st_score(out.logits[:, 0, :h, :w] > 0)
     extremes = torch.stack([out.logits.amin(dim=0), out.logits.amax(dim=0)]).float()
     low, high = out.to_original(extremes)[:, 0]
     unstable = ((high > 0) & (low <= 0)).cpu().numpy()
