@@ -48,3 +48,10 @@ def test_bench_widget_prints_the_plugin_overhead() -> None:
     for _, total, model, overhead in lines:
         assert float(total) > 0 and float(model) > 0
         assert abs(float(total) - float(model) - float(overhead)) < 0.2
+
+
+def test_bench_stability_prints_the_cost_ratios() -> None:
+    out = _run("bench_stability.py", "--quick")
+    row = next(line for line in out.splitlines() if line.startswith("sam_tiny"))
+    ratios = [float(v) for v in row.split() if not v.endswith("ms")][1:]
+    assert len(ratios) == 2 and all(r > 0 for r in ratios), row
