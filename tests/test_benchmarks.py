@@ -61,3 +61,10 @@ def test_bench_hq_prints_the_extra_cost_of_hq_and_pa() -> None:
         assert base > 0 and other > 0 and abs(ratio - other / base) < 0.01 + 1e-3 * ratio, line
     agreement = re.search(r"masks ≥([\d.]+)% equal", out)
     assert agreement and float(agreement.group(1)) >= 99.0, out  # the bf16 tolerance the docs state
+
+
+def test_bench_stability_prints_the_cost_ratios() -> None:
+    out = _run("bench_stability.py", "--quick")
+    row = next(line for line in out.splitlines() if line.startswith("sam_tiny"))
+    ratios = [float(v) for v in row.split()[1:] if not v.endswith("ms")]
+    assert len(ratios) == 2 and all(r > 0 for r in ratios), row

@@ -34,6 +34,7 @@ from .image import to_model_rgb
 from .predictor import Predictor
 from .session import DEFAULT_MAX_HISTORY, ObjectSession
 from .signature import data_signature, embedding_key
+from .stability import Jitter, as_jitter
 from .types import CancelToken, ImageEmbedding, Prompts
 
 FALLBACK_NAME = "fallback"
@@ -71,9 +72,12 @@ def _base_resolver(model: str, **kwargs: object) -> Callable[[], object] | None:
 class ModelManager:
     """Holds a predictor (SAM, FocSAM or the fallback), the embedding cache and the per-object sessions."""
 
-    def __init__(self, predictor: Predictor, *, cache: EmbeddingCache | None = None) -> None:
+    def __init__(self, predictor: Predictor, *, cache: EmbeddingCache | None = None,
+                 robust: Jitter | bool | None = None) -> None:
         self.predictor = predictor
         self.cache = cache if cache is not None else EmbeddingCache()
+        #: robust prompts for new objects (None: plain; see :mod:`.stability`); each object can change its own
+        self.robust = as_jitter(robust)
         self._sessions: dict[tuple[str, int], ObjectSession] = {}
         self._committed: OrderedDict[tuple[str, int], None] = OrderedDict()  # oldest first
         self._lock = threading.RLock()
@@ -106,6 +110,7 @@ class ModelManager:
         base_checkpoint: str | os.PathLike | None = None,
         hq_token_only: bool = False,
         preprocessing: str | None = None,
+        robust: Jitter | bool | None = None,
     ) -> ModelManager:
         """Load a model by name (``"sam_vit_b"``, ``"focsam_vit_h"``, …, or ``"fallback"``) and its weights.
 
@@ -129,6 +134,8 @@ class ModelManager:
         float rounding); ``decoder_autocast=torch.bfloat16`` runs the whole decoder under autocast.
         ``precision="float32"`` turns every lower-precision default off at once (encoder and decoder in the model's
         dtype; options passed explicitly still apply), for comparisons with published figures.
+        ``robust=True`` (or a :class:`~napari_focsam.engine.stability.Jitter`) makes new objects use robust prompts:
+        each step's mask is the consensus of its prompts and jittered copies of them (see :mod:`.stability`).
 
         HQ-SAM (``sam_hq_vit_*``): ``hq_token_only=True`` returns the HQ token's mask alone instead of its sum with
         SAM's (the official default). PA-SAM (``pa_sam_vit_l``): its decoder file (``epoch_20.pth``) holds the
@@ -145,7 +152,7 @@ class ModelManager:
         if model == FALLBACK_NAME:
             from .fallback import FallbackPredictor
 
-            return cls(FallbackPredictor(), cache=cache)
+            return cls(FallbackPredictor(), cache=cache, robust=robust)
         from .sam_predictor import SamFamilyPredictor
 
         if checkpoint is None and not allow_random_weights:
@@ -167,7 +174,7 @@ class ModelManager:
                                        decoder_upscale_dtype=decoder_upscale_dtype,
                                        decoder_attention_dtype=decoder_attention_dtype,
                                        hq_token_only=hq_token_only, preprocessing=preprocessing)
-        return cls(predictor, cache=cache)
+        return cls(predictor, cache=cache, robust=robust)
 
     # ------------------------------------------------------------------ description
     @property
@@ -237,7 +244,7 @@ class ModelManager:
                 ids = [oid for key, oid in self._sessions if key == embedding.key]
                 object_id = max(ids, default=0) + 1
             session = ObjectSession(self.predictor, embedding, object_id=int(object_id),
-                                    max_history=self.max_history)
+                                    max_history=self.max_history, robust=self.robust)
             self._sessions[(embedding.key, int(object_id))] = session
             self._committed.pop((embedding.key, int(object_id)), None)
             return session
@@ -291,7 +298,7 @@ class ModelManager:
         points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
         labels = np.ones(len(points), np.int64) if labels is None else np.asarray(labels)
         embedding = image if isinstance(image, ImageEmbedding) else self.embed(image, **image_kwargs)
-        session = ObjectSession(self.predictor, embedding)
+        session = ObjectSession(self.predictor, embedding, robust=self.robust)
         return session.sync(Prompts(points, labels, box))
 
     def segment_prompts(
@@ -300,4 +307,4 @@ class ModelManager:
         """One-shot: the mask that giving ``prompts`` (clicks, box, region, scribbles) in order gives, as
         :meth:`ObjectSession.sync <napari_focsam.engine.session.ObjectSession.sync>` replays them."""
         embedding = image if isinstance(image, ImageEmbedding) else self.embed(image, **image_kwargs)
-        return ObjectSession(self.predictor, embedding).sync(prompts)
+        return ObjectSession(self.predictor, embedding, robust=self.robust).sync(prompts)

@@ -26,9 +26,10 @@ coarse logits and mask token of a pass on the original embedding with that step'
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -40,6 +41,9 @@ from ..models.loader import LoadedModel
 from ..models.transforms import make_transform
 from .prompt_shapes import bounding_box, deepest_point, mask_to_low_res, sample_stroke
 from .types import CancelToken, ImageEmbedding, ImageGeometry, ObjectState, Prediction, Prompts, check_cancel
+
+if TYPE_CHECKING:
+    from .stability import Variants
 
 #: the official ``refine_start_step``: the refiner runs at step index 1, i.e. the second click
 REFINE_STEP = 1
@@ -321,6 +325,47 @@ class SamFamilyPredictor:
             timings["postprocess"] = time.perf_counter() - start
         next_state = ObjectState(logits=out.logits, features=features, step=state.step + 1, extra=region)
         return Prediction(mask=mask, state=next_state, score=float(out.iou[0, 0]), timings=timings)
+
+    def predict_variants(
+        self,
+        embedding: ImageEmbedding,
+        variants: Sequence[Prompts],
+        state: ObjectState | None,
+        *,
+        cancel: CancelToken | None = None,
+    ) -> Variants:
+        """Decode several prompt sets that differ only in their click positions and box (as
+        :func:`~napari_focsam.engine.stability.jitter_prompts` makes them) in one batched decoder call, with
+        ``state``'s mask input on its features (the refiner never runs here). The low-resolution logits come back
+        with the part of their frame that covers the image (see :mod:`.stability`)."""
+        from .stability import Variants
+
+        state = state or ObjectState()
+        geometry = embedding.geometry
+        first = variants[0]
+        if first.box is not None and not self.supports_boxes:
+            raise ValueError(f"{self.display_name} takes clicks only (it was never trained with boxes)")
+        inputs = [self._model_inputs(p, geometry, state) for p in variants]
+        if any(len(i[0]) != len(inputs[0][0]) or (i[2] is None) != (inputs[0][2] is None) for i in inputs):
+            raise ValueError("the prompt sets of one batch must give as many clicks and all or no box")
+        check_cancel(cancel)
+        coords = labels = boxes = None
+        with torch.inference_mode():
+            if len(inputs[0][0]):
+                xy = np.stack([self.transform.points_to_input(i[0], geometry) for i in inputs])
+                coords = torch.as_tensor(xy, dtype=torch.float32, device=self.device)
+                labels = torch.as_tensor(np.stack([i[1] for i in inputs]), device=self.device)
+            if inputs[0][2] is not None:
+                corners = np.stack([self.transform.box_to_input(i[2], geometry) for i in inputs])
+                boxes = torch.as_tensor(corners, dtype=torch.float32, device=self.device)
+            sparse, dense = encode_prompts(self.model.prompt_encoder, coords, labels, boxes, inputs[0][3])
+            features = embedding.features if state.features is None else state.features
+            logits = self._decode(features, sparse, dense, embedding.extras).logits
+        check_cancel(cancel)
+        low, size = logits.shape[-1], self.model.input_size
+        rh, rw = geometry.resized_size
+        valid = (-(-rh * low // size), -(-rw * low // size))
+        return Variants(logits, valid, lambda x: self.transform.logits_to_original(x, geometry))
 
     def _decode(self, features: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
                 extras: Mapping[str, torch.Tensor] = MappingProxyType({})) -> DecoderOutput:

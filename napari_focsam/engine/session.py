@@ -34,6 +34,7 @@ import numpy as np
 
 from .predictor import Predictor
 from .prompt_shapes import as_mask, check_extent
+from .stability import Jitter, Stability, as_jitter, robust_predict, stability
 from .types import CancelToken, ImageEmbedding, ObjectState, Prediction, Prompts, Scribble, check_cancel
 
 #: undo steps kept per object (older steps are dropped; the current state stays exact)
@@ -45,6 +46,7 @@ class Step:
     prompts: Prompts
     prediction: Prediction
     packed: np.ndarray | None = None  # compacted: the mask as bits (``prediction.mask`` is then empty)
+    robust: Jitter | None = None  #: the robust-prompt setting the step was computed with (None: plain)
 
     @property
     def mask(self) -> np.ndarray:
@@ -56,7 +58,7 @@ class Step:
             return self
         mask = self.prediction.mask
         return _CompactStep(self.prompts, replace(self.prediction, mask=np.zeros((0, 0), bool)),
-                            np.packbits(mask, axis=None), mask.shape)
+                            packed=np.packbits(mask, axis=None), robust=self.robust, shape=mask.shape)
 
 
 @dataclass(frozen=True)
@@ -73,13 +75,14 @@ class ObjectSession:
     """The interactive state of one object on one image (slice)."""
 
     def __init__(self, predictor: Predictor, embedding: ImageEmbedding, object_id: int | None = None, *,
-                 max_history: int = DEFAULT_MAX_HISTORY) -> None:
+                 max_history: int = DEFAULT_MAX_HISTORY, robust: Jitter | bool | None = None) -> None:
         if max_history < 1:
             raise ValueError(f"max_history must be at least 1, got {max_history}")
         self.predictor = predictor
         self.embedding = embedding
         self.object_id = object_id
         self.max_history = int(max_history)
+        self._robust = as_jitter(robust)
         self._history: list[Step] = []
         self._cursor = 0  # steps history[:cursor] are in effect; history[cursor:] can be redone
         self._dropped = 0  # steps dropped before history[0] (history limit, compaction)
@@ -122,6 +125,11 @@ class ObjectSession:
         """Whether this object carries its own (FocSAM) refined embedding."""
         state = self.state
         return state is not None and state.features is not None
+
+    @property
+    def robust(self) -> Jitter | None:
+        """The robust-prompt setting of new steps (None: plain); undo and redo restore the step's own setting."""
+        return self._robust
 
     @property
     def can_undo(self) -> bool:
@@ -232,11 +240,44 @@ class ObjectSession:
                 self._apply(prompts, None)
             return self.mask
 
+    def set_robust(self, robust: Jitter | bool | None, *, cancel: CancelToken | None = None) -> np.ndarray:
+        """Turn robust prompts on (``True`` or a :class:`~napari_focsam.engine.stability.Jitter`) or off.
+
+        With prompts already there, the current prompts are computed again in the new mode as one more step, so
+        undo gives back the earlier mask, state and mode exactly (when the step before the current one was released
+        by the history limit, the mode applies from the next prompt on). Returns the mask.
+        """
+        jitter = as_jitter(robust)
+        with self._lock:
+            step, before = self.current, self._robust
+            self._robust = jitter
+            if step is None or step.robust == jitter or (self._cursor < 2 and self._dropped):
+                return self.mask
+            previous = self._history[self._cursor - 2].prediction.state if self._cursor >= 2 else None
+            try:
+                return self._apply(step.prompts, cancel, state=previous)
+            except BaseException:
+                self._robust = before  # a failed or cancelled switch changes nothing
+                raise
+
+    def stability(self, jitter: Jitter | None = None, *, cancel: CancelToken | None = None) -> Stability:
+        """Stable-SAM's ST of the current mask over jittered copies of the current prompts (see
+        :mod:`.stability`); the session does not change."""
+        with self._lock:
+            step = self.current
+            if step is None or step.prompts.is_empty:
+                raise ValueError("the object has no prompts yet: click first")
+            previous = self._history[self._cursor - 2].prediction.state if self._cursor >= 2 else None
+            embedding = self.embedding
+        return stability(self.predictor, embedding, step.prompts, previous, step.prediction.state, step.mask,
+                         jitter or step.robust or Jitter(), cancel=cancel)
+
     def undo(self) -> np.ndarray:
         with self._lock:
             if self._cursor > self._floor:
                 self._cursor -= 1
                 self._publish()
+                self._follow_step()
             return self.mask
 
     def redo(self) -> np.ndarray:
@@ -244,7 +285,13 @@ class ObjectSession:
             if self._cursor < len(self._history):
                 self._cursor += 1
                 self._publish()
+                self._follow_step()
             return self.mask
+
+    def _follow_step(self) -> None:
+        """After moving the cursor, new steps continue in the mode of the step now in effect."""
+        if self._cursor:
+            self._robust = self._history[self._cursor - 1].robust
 
     def reset(self) -> None:
         """Forget every step (the object becomes empty); cannot be undone."""
@@ -268,10 +315,16 @@ class ObjectSession:
             self._publish()
 
     # ------------------------------------------------------------------ internals
-    def _apply(self, prompts: Prompts, cancel: CancelToken | None) -> np.ndarray:
-        prediction = self.predictor.predict(self.embedding, prompts, self.state, cancel=cancel)
+    def _apply(self, prompts: Prompts, cancel: CancelToken | None, *,
+               state: ObjectState | None | str = "current") -> np.ndarray:
+        """Compute ``prompts`` from ``state`` (default: the current step's) as the next step, in the session's mode."""
+        state = self.state if isinstance(state, str) else state
+        if self._robust is None:
+            prediction = self.predictor.predict(self.embedding, prompts, state, cancel=cancel)
+        else:
+            prediction = robust_predict(self.predictor, self.embedding, prompts, state, self._robust, cancel=cancel)
         del self._history[self._cursor:]
-        self._history.append(Step(prompts, prediction))
+        self._history.append(Step(prompts, prediction, robust=self._robust))
         self._cursor += 1
         excess = len(self._history) - self.max_history
         if excess > 0:

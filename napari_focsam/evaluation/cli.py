@@ -56,6 +56,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="discard this backend's previous results")
     parser.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    noisy = parser.add_argument_group("noisy prompts (--protocol noisy, Stable-SAM's Tables 1-2)")
+    noisy.add_argument("--protocol", choices=("clicks", "noisy"), default="clicks",
+                       help="'clicks': the FocSAM click protocol (default); 'noisy': one prompt of each type (GT "
+                            "box, noisy box, 1/3/5 points) per object, scored by mIoU, mBIoU and mST")
+    noisy.add_argument("--prompt-types", nargs="+", default=None, metavar="TYPE",
+                       help="gt_box noisy_box 1_point 3_points 5_points (default: all)")
+    noisy.add_argument("--draws", type=int, default=5, help="prompts per object and type; ST is over them (5)")
+    noisy.add_argument("--box-noise", type=float, default=0.4, help="noisy-box level, fraction of the box (0.4)")
+    noisy.add_argument("--no-robust", action="store_true", help="skip the robust-mode columns")
+    noisy.add_argument("--robust-copies", type=int, default=8, help="jittered copies of a robust step (8)")
+    noisy.add_argument("--robust-noise", type=float, default=0.1, help="jitter level of a robust step (0.1)")
 
 
 def load_predictor(args: argparse.Namespace):  # noqa: ANN201  (a Predictor)
@@ -73,8 +84,38 @@ def load_predictor(args: argparse.Namespace):  # noqa: ANN201  (a Predictor)
     return manager.predictor
 
 
+def run_noisy(args: argparse.Namespace) -> int:
+    """``--protocol noisy``: Stable-SAM's noisy-prompt table for one model."""
+    from ..engine.stability import Jitter
+    from .datasets import SegmentationDataset
+    from .noisy import NOISY_MD, PROMPT_TYPES, NoisyProtocol, evaluate_noisy, plot_noisy
+
+    robust = None if args.no_robust else Jitter(copies=args.robust_copies, noise=args.robust_noise)
+    protocol = NoisyProtocol(types=tuple(args.prompt_types or PROMPT_TYPES), draws=args.draws,
+                             box_noise=args.box_noise, robust=robust, seed=args.seed)
+    dataset = SegmentationDataset(args.dataset)
+    out = args.out or Path("evaluation") / dataset.name
+    predictor = load_predictor(args)
+    summary = evaluate_noisy(predictor, dataset, out, protocol, name=args.name, limit=args.limit, ids=args.ids,
+                             max_instances=args.max_instances, progress=not args.no_progress)
+    from .runner import safe_name
+
+    folder = out / safe_name(args.name or predictor.name)
+    print((folder / NOISY_MD).read_text())
+    if summary["failed"]:
+        print(f"{len(summary['failed'])} objects failed: {summary['failed'][:5]}", file=sys.stderr)
+    if not args.no_plots:
+        try:
+            print(f"wrote {plot_noisy(summary, folder / 'noisy.png')}")
+        except ImportError:
+            print("matplotlib is not installed: no plots (pip install napari-focsam[plot])", file=sys.stderr)
+    return 0 if summary["results"] else 1
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the comparison table, write the plots; returns the exit status."""
+    if getattr(args, "protocol", "clicks") == "noisy":
+        return run_noisy(args)
     from .datasets import SegmentationDataset
     from .runner import evaluate
     from .summary import COMPARISON_MD
