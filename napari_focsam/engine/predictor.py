@@ -41,8 +41,11 @@ class Predictor(Protocol):
 
     def embed(
         self, image: np.ndarray, *, cancel: CancelToken | None = None
-    ) -> tuple[torch.Tensor, ImageGeometry]:
-        """Compute the image embedding of an (H, W, 3) uint8 RGB image."""
+    ) -> tuple[torch.Tensor, ImageGeometry] | tuple[torch.Tensor, ImageGeometry, dict[str, torch.Tensor]]:
+        """Compute the image embedding of an (H, W, 3) uint8 RGB image: ``(features, geometry)``, or with a third
+        item, the backend's further per-image tensors by name (:attr:`ImageEmbedding.extras
+        <napari_focsam.engine.types.ImageEmbedding.extras>`; HQ-SAM and PA-SAM). Read it with
+        :func:`~napari_focsam.engine.types.unpack_embedding`."""
         ...
 
     def predict(
