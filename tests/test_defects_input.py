@@ -1,0 +1,64 @@
+"""Unusual images: extreme aspect ratios and NaN / infinite pixels (each once broke or misled a session)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_focsam.engine.image import ImageValueWarning, to_model_rgb
+from napari_focsam.engine.manager import ModelManager
+from napari_focsam.models.transforms import SamTransform, longest_side_size
+
+
+@pytest.fixture(scope="module", params=["fallback", "sam_tiny", "focsam_tiny"])
+def manager(request) -> ModelManager:
+    return ModelManager.load(request.param, device="cpu", allow_random_weights=True)
+
+
+@pytest.mark.parametrize("shape", [(1, 2100), (2100, 1), (3, 5000)])
+def test_images_beyond_2048_to_1_are_segmented(manager, shape):
+    image = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    obj = manager.new_object(image)
+    mask = obj.click(shape[0] // 2, shape[1] // 2)
+    assert mask.shape == shape
+
+
+def test_longest_side_keeps_one_pixel_and_equals_the_official_size_otherwise():
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    assert longest_side_size((1, 2100), 1024) == (1, 1024)
+    for size in [(768, 1024), (1, 2048), (333, 1000), (1024, 3), (17, 4000)]:
+        assert longest_side_size(size, 1024) == ResizeLongestSide.get_preprocess_shape(*size, 1024)
+
+
+def test_the_sam_input_is_unchanged_for_ordinary_images():
+    import torch
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    image = np.random.default_rng(1).integers(0, 255, (120, 170, 3), dtype=np.uint8)
+    ours = SamTransform().image_to_input(image, torch.device("cpu"), torch.float32)
+    official = torch.as_tensor(ResizeLongestSide(1024).apply_image(image)).permute(2, 0, 1)
+    assert torch.equal(ours[0, :, : official.shape[1], : official.shape[2]].round(decimals=3),
+                       ((official[None].float() - ours.new_tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1))
+                        / ours.new_tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1))[0].round(decimals=3))
+
+
+def test_an_all_nan_image_is_refused_with_a_clear_message(manager):
+    image = np.full((40, 50), np.nan, np.float32)
+    with pytest.raises(ValueError, match="no finite pixel"):
+        manager.new_object(image)
+    with pytest.raises(ValueError, match="no finite pixel"):
+        to_model_rgb(np.full((4, 5), np.inf), contrast_limits=(0, 1))
+
+
+def test_nan_and_inf_pixels_are_shown_black_with_a_warning(manager):
+    image = np.zeros((40, 50), np.float32)
+    image[10:30, 10:40] = 1.0
+    image[0, :] = np.nan
+    image[1, :3] = np.inf
+    with pytest.warns(ImageValueWarning, match="53 of 2000 pixels"):
+        rgb = to_model_rgb(image)
+    assert (rgb[0] == 0).all() and (rgb[1, :3] == 0).all() and (rgb[20, 20] == 255).all()
+    with pytest.warns(ImageValueWarning):
+        obj = manager.new_object(image)
+    assert obj.click(20, 25).shape == (40, 50)
