@@ -62,3 +62,27 @@ def test_nan_and_inf_pixels_are_shown_black_with_a_warning(manager):
     with pytest.warns(ImageValueWarning):
         obj = manager.new_object(image)
     assert obj.click(20, 25).shape == (40, 50)
+
+
+def test_an_edited_geometry_in_the_store_is_refused_and_recomputed(tmp_path):
+    import json
+    import warnings
+
+    from napari_focsam.engine.cache import CacheWarning
+
+    store = tmp_path / "store"
+    image = np.random.default_rng(2).integers(0, 255, (96, 128), dtype=np.uint8)
+    first = ModelManager.load("sam_tiny", device="cpu", allow_random_weights=True, store=store)
+    expected = first.new_object(image).click(48, 64)
+    (entry,) = [p for p in store.iterdir() if (p / "features").is_dir()]
+    doc = json.loads((entry / "zarr.json").read_text())
+    doc["attributes"]["geometry"]["original_size"] = [48, 64]
+    (entry / "zarr.json").write_text(json.dumps(doc))
+
+    later = ModelManager.load("sam_tiny", device="cpu", allow_random_weights=True, store=store)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mask = later.new_object(image).click(48, 64)
+    assert mask.shape == (96, 128)
+    np.testing.assert_array_equal(mask, expected)
+    assert any(issubclass(w.category, CacheWarning) and "corrupt" in str(w.message) for w in caught)
