@@ -586,7 +586,7 @@ def test_failed_write_is_reported_and_memory_still_works(tmp_path):
     store.write_text("the user's file")
     embedding = make_embedding("k")
     cache.put(embedding)
-    assert len(problems) == 1 and "could not write embedding k" in problems[0]
+    assert len(problems) == 1 and "not a napari-focsam embedding store (a file)" in problems[0]
     assert cache.get("k") is embedding
     cache.discard("k")
     cache.clear(memory_only=False)
