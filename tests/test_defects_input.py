@@ -86,3 +86,20 @@ def test_an_edited_geometry_in_the_store_is_refused_and_recomputed(tmp_path):
     assert mask.shape == (96, 128)
     np.testing.assert_array_equal(mask, expected)
     assert any(issubclass(w.category, CacheWarning) and "corrupt" in str(w.message) for w in caught)
+
+
+def test_an_edited_geometry_in_a_stack_store_is_refused(tmp_path):
+    import json
+
+    from napari_focsam.stack import ModelConfig, StackStore, StoreError
+    from napari_focsam.stack.precompute import precompute_stack
+
+    stack = np.random.default_rng(3).integers(0, 255, (2, 96, 128), dtype=np.uint8)
+    store = tmp_path / "stack.zarr"
+    precompute_stack(stack, store, ModelConfig("fallback"))
+    StackStore.open(store)
+    doc = json.loads((store / "zarr.json").read_text())
+    doc["attributes"]["geometry"]["original_size"] = [48, 64]
+    (store / "zarr.json").write_text(json.dumps(doc))
+    with pytest.raises(StoreError, match="attributes .* were changed"):
+        StackStore.open(store)
