@@ -81,7 +81,15 @@ def test_bad_inputs_of_every_command_are_one_line(tmp_path, capsys):
     stack, prompts = _stack(tmp_path)
     folder = tmp_path / "folder.tif"
     folder.mkdir()
+    garbage = tmp_path / "garbage.tif"
+    garbage.write_text("not an image")
+    strings = tmp_path / "strings.npy"
+    np.save(strings, np.array([["a", "b"], ["c", "d"]]))
     calls = [
+        ["embed", str(garbage), "--store", str(tmp_path / "s.zarr")],
+        ["embed", str(strings), "--store", str(tmp_path / "s2.zarr")],
+        ["segment", str(garbage), "--prompts", str(prompts), "--output", str(tmp_path / "o.tif")],
+        ["models", "verify", str(folder)],
         ["embed", str(tmp_path / "missing.tif"), "--store", str(tmp_path / "s.zarr")],
         ["embed", str(folder), "--store", str(tmp_path / "s.zarr")],
         ["segment", str(stack), "--prompts", str(tmp_path / "missing.csv"), "--output", str(tmp_path / "o.tif")],
@@ -94,6 +102,9 @@ def test_bad_inputs_of_every_command_are_one_line(tmp_path, capsys):
         code = main(argv)
         assert code in (1, 2), argv
         _one_error_line(capsys)
+    assert main(["models", "verify", str(garbage)]) == 1  # a report saying why, no traceback
+    captured = capsys.readouterr()
+    assert "FAILED" in captured.out and "Traceback" not in captured.err
 
 
 def test_debug_shows_the_traceback(tmp_path, monkeypatch):

@@ -83,7 +83,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
     try:
         path = download_model(entry.name, progress=progress, force=args.force, lean=args.lean)
     except (CheckpointError, DownloadCancelled, KeyboardInterrupt) as exc:
-        print(f"error: {exc or 'interrupted'}", file=sys.stderr)
+        print(f"napari-focsam models: error: {exc or 'interrupted'}", file=sys.stderr)
         return 1
     finally:
         if progress is not None:
@@ -124,7 +124,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     try:
         report = verify_file(args.path, args.model)
     except CheckpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"napari-focsam models: error: {exc}", file=sys.stderr)
         return 1
     print(report.summary())
     return 0 if report.ok else 1
