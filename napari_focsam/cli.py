@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from collections.abc import Sequence
 
@@ -32,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ._version import __version__
 
     parser.add_argument("--version", action="version", version=f"napari-focsam {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
     sub = parser.add_subparsers(dest="command")
     info = sub.add_parser("info", help="versions, devices and the known models")
     info.set_defaults(func=_info)
@@ -47,12 +50,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEBUG_ENV = "NAPARI_FOCSAM_DEBUG"
+
+
+def _error_line(exc: BaseException) -> str:
+    """One line for an unexpected failure: the file and the OS's words for OS errors, else the exception."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        if exc.errno == errno.ENOSPC:
+            return f"{where}no space left on the device (free some space, or write elsewhere)"
+        return f"{where}{exc.strerror}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; failures print one ``napari-focsam: error: ...`` line and exit 1.
+
+    ``--debug`` (or the environment variable ``NAPARI_FOCSAM_DEBUG=1``) shows the full traceback instead.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         return _open_viewer()
-    return int(args.func(args))
+    debug = bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("napari-focsam: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the command line prints one line, not a traceback
+        if debug:
+            raise
+        print(f"napari-focsam {args.command}: error: {_error_line(exc)} (--debug shows the details)",
+              file=sys.stderr)
+        return 1
 
 
 def _open_viewer() -> int:

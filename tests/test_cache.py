@@ -373,6 +373,23 @@ def _corrupt_delete_array(store: Path, key: str) -> None:
     (store / key / "features" / "zarr.json").unlink()
 
 
+def _edit_attribute(store: Path, key: str, name: str, value) -> None:
+    meta = store / key / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["attributes"][name] = value
+    meta.write_text(json.dumps(doc))
+
+
+def _corrupt_geometry(store: Path, key: str) -> None:
+    geometry = json.loads((store / key / "zarr.json").read_text())["attributes"]["geometry"]
+    geometry["original_size"] = [150, 200]
+    _edit_attribute(store, key, "geometry", geometry)
+
+
+def _corrupt_torch_dtype(store: Path, key: str) -> None:
+    _edit_attribute(store, key, "torch_dtype", "float16")
+
+
 @pytest.mark.parametrize(
     "corrupt",
     [
@@ -383,6 +400,8 @@ def _corrupt_delete_array(store: Path, key: str) -> None:
         _corrupt_rewrite_values,
         _corrupt_wrong_key,
         _corrupt_delete_array,
+        _corrupt_geometry,
+        _corrupt_torch_dtype,
     ],
 )
 def test_corrupt_entry_is_reported_recomputed_and_rewritten(tmp_path, corrupt):
@@ -567,7 +586,7 @@ def test_failed_write_is_reported_and_memory_still_works(tmp_path):
     store.write_text("the user's file")
     embedding = make_embedding("k")
     cache.put(embedding)
-    assert len(problems) == 1 and "could not write embedding k" in problems[0]
+    assert len(problems) == 1 and "not a napari-focsam embedding store (a file)" in problems[0]
     assert cache.get("k") is embedding
     cache.discard("k")
     cache.clear(memory_only=False)
@@ -743,3 +762,21 @@ def test_thread_safety_smoke(tmp_path, with_store):
             assert got is not None and torch.equal(got.features, expected(key))
         assert problems == []
         assert not [p for p in os.listdir(tmp_path / "store") if p.startswith(".staging")]
+
+
+def test_a_store_deleted_while_in_use_is_recreated_with_its_marker(tmp_path):
+    store = tmp_path / "store"
+    problems = Problems()
+    cache = EmbeddingCache(store=store, on_problem=problems)
+    cache.put(make_embedding("a"))
+    import shutil
+
+    shutil.rmtree(store)
+    cache.put(make_embedding("b", seed=1))
+    assert (store / "b").is_dir()
+    assert json.loads((store / "zarr.json").read_text())["attributes"]["format"] == FORMAT
+
+    later = Problems()
+    again = EmbeddingCache(store=store, on_problem=later)
+    assert later == [] and again.store_usable
+    assert_same(again.get("b"), make_embedding("b", seed=1))

@@ -49,7 +49,8 @@ def test_contrast_limits_map_linearly_and_clip():
 def test_constant_nan_and_bool_images():
     assert (to_model_rgb(np.full((4, 4), 7.5)) == 0).all()
     with_nan = np.array([[np.nan, 0.0], [1.0, np.inf]])
-    out = to_model_rgb(with_nan)[..., 0]
+    with pytest.warns(UserWarning, match="NaN or infinite"):
+        out = to_model_rgb(with_nan)[..., 0]
     assert out[0, 0] == 0 and out[1, 1] == 0 and out[1, 0] == 255
     assert to_model_rgb(np.array([[True, False]]))[..., 0].tolist() == [[255, 0]]
 

@@ -17,8 +17,11 @@ On-disk layout (a zarr v3 group, one directory on the local file system)::
                                      converted back on reading
                    package_version   napari_focsam.__version__ of the writer (informational)
                    extras            only when the embedding has extras (HQ-SAM, PA-SAM): {name: {dtype, shape,
-                                     torch_dtype, checksum}} for each extra tensor
-                   checksum          BLAKE2b-128 hex digest of the array's C-order bytes; written last
+                                     torch_dtype, checksum}} for each extra tensor (checksum of its bytes)
+                   checksum          BLAKE2b-128 hex digest of the array's C-order bytes followed by the
+                                     attributes above that decide the result (key, geometry, dtype, shape,
+                                     torch_dtype, extras), so an edited attribute fails it as surely as edited
+                                     data; written last
             features/                zarr array: the tensor as numpy, one chunk in all (ndim < 4) or one chunk per
                                      leading index (ndim >= 4); default zarr compression
             extra_<name>/            zarr array: one per extra tensor, stored and verified like ``features``
@@ -55,6 +58,7 @@ cost a recomputation, never hand out a wrong embedding.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -155,10 +159,19 @@ def _default_report(message: str) -> None:
     warnings.warn(message, CacheWarning, stacklevel=3)
 
 
-def _checksum(array: np.ndarray) -> str:
-    """BLAKE2b-128 of an array's C-order bytes (the shape and dtype are checked separately)."""
+#: the attributes of an entry that decide what a lookup returns; all are covered by its checksum
+_CHECKED_ATTRS = ("key", "geometry", "dtype", "shape", "torch_dtype", "extras")
+
+
+def _checksum(array: np.ndarray, attrs: dict[str, Any] | None = None) -> str:
+    """BLAKE2b-128 of an array's C-order bytes and, for an entry, of its deciding attributes (canonical JSON)."""
     contiguous = np.asarray(array, order="C")
-    return hashlib.blake2b(contiguous.reshape(-1).view(np.uint8), digest_size=16).hexdigest()
+    digest = hashlib.blake2b(contiguous.reshape(-1).view(np.uint8), digest_size=16)
+    if attrs is None:
+        return digest.hexdigest()
+    checked = {name: attrs.get(name) for name in _CHECKED_ATTRS}
+    digest.update(json.dumps(checked, sort_keys=True, separators=(",", ":")).encode())
+    return digest.hexdigest()
 
 
 def _on_device(embedding: ImageEmbedding, device: torch.device | str | None) -> ImageEmbedding:
@@ -577,6 +590,23 @@ class EmbeddingCache:
         self._remove_stale_staging(path)
         return None
 
+    def _ensure_root(self) -> str | None:
+        """Make sure the store still carries its root marker before writing into it (called under the I/O lock).
+
+        A store deleted while in use is created again with its marker (a write would otherwise re-create the folder
+        without one, and every later session would refuse it as foreign); a path that became something else is
+        given up (memory only). Returns why nothing may be written, or None.
+        """
+        assert self._store_path is not None
+        path = self._store_path
+        if (path / "zarr.json").is_file():
+            return None
+        problem = self._open_store(path)
+        if problem is None:
+            return None
+        self._store_usable = False
+        return problem
+
     @staticmethod
     def _initialise(path: Path) -> bool:
         """Write our root group into the empty directory ``path``; False when someone else wrote there first."""
@@ -678,8 +708,8 @@ class EmbeddingCache:
         data = np.asarray(node[...])
         if data.shape != shape or data.dtype != dtype:
             raise _Corrupt(f"read {data.dtype} {data.shape}, expected {dtype} {shape}")
-        if _checksum(data) != attrs["checksum"]:
-            raise _Corrupt("checksum mismatch")
+        if _checksum(data, attrs) != attrs["checksum"]:
+            raise _Corrupt("checksum mismatch: its data or its attributes (geometry, dtype, shape, key) were changed")
         if not (data.flags.writeable and data.flags.c_contiguous):
             data = np.array(data, order="C")
         features = torch.from_numpy(data)
@@ -702,7 +732,6 @@ class EmbeddingCache:
         if tensor.dtype == torch.bfloat16:
             tensor = tensor.to(torch.float32)  # exact; read back as bfloat16 (attr torch_dtype)
         array = np.asarray(tensor.cpu().numpy(), order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
-        checksum = _checksum(array)
         extra_arrays: dict[str, np.ndarray] = {}
         extra_attrs: dict[str, Any] = {}
         for name, extra in embedding.extras.items():
@@ -725,12 +754,17 @@ class EmbeddingCache:
         }
         if extra_attrs:
             attrs["extras"] = extra_attrs
+        checksum = _checksum(array, attrs)
         problem = None
         with self._io_lock:
             final = self._entry_path(key)
             if self._same_entry(final, attrs, checksum):
                 return
             assert self._store_path is not None
+            problem = self._ensure_root()
+            if problem is not None:
+                self._report(problem)
+                return
             staging = self._store_path / f"{_STAGING_PREFIX}{key}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
             try:
                 group = zarr.open_group(staging, mode="w-", attributes=attrs)

@@ -8,11 +8,16 @@ robust percentiles (0.5 % and 99.5 % by default), so a 12-bit microscope image o
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 
 DEFAULT_PERCENTILES = (0.5, 99.5)
+
+
+class ImageValueWarning(UserWarning):
+    """Some pixels could not be used as they are (NaN or infinite values)."""
 
 
 def to_model_rgb(
@@ -61,6 +66,12 @@ def _to_uint8(
         return array
     values = array.astype(np.float32, copy=False)
     finite = np.isfinite(values)
+    if not finite.all():
+        missing = int(finite.size - np.count_nonzero(finite))
+        if missing == finite.size:
+            raise ValueError("the image has no finite pixel (every value is NaN or infinite): nothing to segment")
+        warnings.warn(f"{missing} of {finite.size} pixels are NaN or infinite: the model sees them as the lowest "
+                      "value (black)", ImageValueWarning, stacklevel=3)
     if contrast_limits is not None:
         low, high = (float(v) for v in contrast_limits)
         if not (np.isfinite(low) and np.isfinite(high)):

@@ -142,6 +142,10 @@ def run(args: argparse.Namespace) -> int:
                           progress=not args.no_progress, overwrite=args.overwrite,
                           metadata={**metadata, "first_prompt": kind, **extra})
         print(f"{result.computed} objects evaluated, {result.reused} reused from {result.folder}")
+        if not result.computed and not result.reused:
+            print(f"napari-focsam evaluate: error: no object of {args.dataset} could be evaluated (masks must be 2D "
+                  "label or binary images, one per image; see the warnings above)", file=sys.stderr)
+            status = 1
         if result.failed:
             print(f"{len(result.failed)} objects failed: {result.failed[:5]}", file=sys.stderr)
         if result.failed and not result.summary.get("n_objects"):

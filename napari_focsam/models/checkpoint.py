@@ -65,7 +65,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = _torch_load(path)
     except UnsafeCheckpointError as exc:
-        raise UnsafeCheckpoint(f"refused to load {path}: {exc}") from None
+        raise UnsafeCheckpoint(f"{path} is UNSAFE: it tries to run code when loaded; refused ({exc})") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as exc:
         raise CheckpointError(
             f"{path} ({size:,} bytes) is not a readable PyTorch checkpoint: it may be truncated or corrupt "

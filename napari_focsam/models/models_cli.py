@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .registry import CACHE_ENV, REGISTRY, ModelEntry, get_entry, models_dir
+from .specs import SPECS
 
 
 # ---------------------------------------------------------------------------------------------------------- Python
@@ -82,7 +83,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
     try:
         path = download_model(entry.name, progress=progress, force=args.force, lean=args.lean)
     except (CheckpointError, DownloadCancelled, KeyboardInterrupt) as exc:
-        print(f"error: {exc or 'interrupted'}", file=sys.stderr)
+        print(f"napari-focsam models: error: {exc or 'interrupted'}", file=sys.stderr)
         return 1
     finally:
         if progress is not None:
@@ -123,7 +124,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     try:
         report = verify_file(args.path, args.model)
     except CheckpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"napari-focsam models: error: {exc}", file=sys.stderr)
         return 1
     print(report.summary())
     return 0 if report.ok else 1
@@ -144,7 +145,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     download.set_defaults(func=_cmd_download)
     verify = sub.add_parser("verify", help="check a file (or everything cached): hash, format and structure")
     verify.add_argument("path", nargs="?", help="a checkpoint, lean file or FocSAM zip (default: the whole cache)")
-    verify.add_argument("--model", choices=list(REGISTRY), metavar="NAME", help="check against this model")
+    verify.add_argument("--model", choices=[*REGISTRY, *(n for n in SPECS if n not in REGISTRY)], metavar="NAME",
+                        help="check against this model (a registered one, or sam_tiny / focsam_tiny by structure)")
     verify.set_defaults(func=_cmd_verify)
     models.set_defaults(func=lambda _: models.print_help() or 0)
     return models

@@ -150,8 +150,17 @@ def load_restricted(path: str | Path) -> Any:
     if not zipfile.is_zipfile(path):
         # A bare pickle: PyTorch's legacy format or something hand-made. Unpickle it under the same allowlist so
         # a hostile file is named as such; tensors in the legacy format are not supported.
+        # PyTorch's legacy format is several pickles in a row (magic number, protocol, system info, the object):
+        # every one is read, so a hostile object after the header is found too.
         with open(path, "rb") as f:
-            _RestrictedUnpickler(io.BytesIO(f.read()), None, "").load()
+            stream = io.BytesIO(f.read())
+        while stream.tell() < len(stream.getbuffer()):
+            try:
+                _RestrictedUnpickler(stream, None, "").load()
+            except UnsafeCheckpointError:
+                raise
+            except Exception:  # noqa: BLE001 - legacy tensor storages, raw storage bytes: unsupported, not unsafe
+                break
         raise pickle.UnpicklingError("not a PyTorch zip checkpoint (legacy or bare pickle files are not supported)")
     with zipfile.ZipFile(path) as archive:
         pickles = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]

@@ -20,16 +20,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from segment_anything.utils.transforms import ResizeLongestSide
+from torchvision.transforms.functional import resize, to_pil_image
 
 from .geometry import ImageGeometry
 from .sam import PIXEL_MEAN, PIXEL_STD
 
 
 def longest_side_size(size: tuple[int, int], target: int) -> tuple[int, int]:
-    """(h, w) scaled so that the longest side is ``target``, rounded half up (both pipelines agree on this)."""
+    """(h, w) scaled so that the longest side is ``target``, rounded half up (both pipelines agree on this).
+
+    A side never becomes 0: beyond 2 * ``target`` : 1 (e.g. a 1 x 2100 image for SAM's 1024) the official rounding
+    would give an empty side, where this keeps one pixel.
+    """
     scale = float(target) / max(size)
-    return int(scale * size[0] + 0.5), int(scale * size[1] + 0.5)
+    return max(1, int(scale * size[0] + 0.5)), max(1, int(scale * size[1] + 0.5))
 
 
 def yx_to_xy(points_yx: np.ndarray) -> np.ndarray:
@@ -93,7 +97,6 @@ class SamTransform(_Transform):
 
     def __init__(self, input_size: int = 1024) -> None:
         self.input_size = input_size
-        self._resize = ResizeLongestSide(input_size)
 
     def geometry(self, original_size: tuple[int, int]) -> ImageGeometry:
         size = (int(original_size[0]), int(original_size[1]))
@@ -101,7 +104,9 @@ class SamTransform(_Transform):
 
     def image_to_input(self, image: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """(H, W, 3) uint8 RGB → normalised, padded (1, 3, S, S) tensor."""
-        resized = self._resize.apply_image(image)
+        # ``ResizeLongestSide.apply_image`` with the target size of :func:`longest_side_size` (the same size except
+        # for images beyond 2048:1, where the official one would be 0 pixels wide and fail)
+        resized = np.array(resize(to_pil_image(image), longest_side_size(image.shape[:2], self.input_size)))
         x = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None]
         mean, std = _normalisation(device)
         if dtype == torch.float64:  # as the official Sam.preprocess of a float64 model: float32 constants, float64 math

@@ -32,7 +32,7 @@ from .checkpoint import (
     to_model_keys,
 )
 from .registry import REGISTRY, ModelEntry, format_bytes, get_entry, models_dir
-from .specs import get_spec
+from .specs import SPECS, get_spec
 
 #: ``progress(done_bytes, total_bytes)``; ``total_bytes`` is None when unknown
 ProgressCallback = Callable[[int, "int | None"], None]
@@ -207,6 +207,8 @@ class VerifyReport:
     hash_ok: bool | None = None
     looks_like: str = ""
     structure_ok: bool | None = None
+    #: the architecture checked when no registry entry applies (the tiny test models)
+    spec_name: str | None = None
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -229,9 +231,10 @@ class VerifyReport:
             lines.append(f"  sha256:     {self.sha256}{verdict}")
         if self.looks_like:
             lines.append(f"  looks like: {self.looks_like}")
-        if self.structure_ok is not None and self.entry is not None:
+        spec_name = self.entry.spec_name if self.entry is not None else self.spec_name
+        if self.structure_ok is not None and spec_name is not None:
             fits = "fits" if self.structure_ok else "does NOT fit"
-            lines.append(f"  structure:  {fits} {self.entry.spec_name} (every key and shape)")
+            lines.append(f"  structure:  {fits} {spec_name} (every key and shape)")
         lines.extend(f"  problem:    {p}" for p in self.problems)
         lines.append(f"  result:     {'OK' if self.ok else 'FAILED'}")
         return "\n".join(lines)
@@ -269,8 +272,9 @@ def verify_file(path: str | os.PathLike, name: str | None = None, *, full_hash: 
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist or is not a file")
-    entry = get_entry(name) if name is not None else None
-    report = VerifyReport(path=path, size=path.stat().st_size, kind=_kind(path), entry=entry)
+    spec_only = name if name is not None and name not in REGISTRY and name in SPECS else None
+    entry = get_entry(name) if name is not None and spec_only is None else None
+    report = VerifyReport(path=path, size=path.stat().st_size, kind=_kind(path), entry=entry, spec_name=spec_only)
     report.sha256 = sha256_file(path) if full_hash else None
     if report.kind == "zip archive":
         return _verify_archive(report)
@@ -280,25 +284,36 @@ def verify_file(path: str | os.PathLike, name: str | None = None, *, full_hash: 
         report.looks_like = describe_weights(state)
     except CheckpointError as exc:
         report.problems.append(str(exc))
+    if spec_only is not None:
+        if state is not None:
+            _check_structure(report, spec_only, state)
+        return report
     if entry is None:
         report.entry = entry = _match_entry(path, report.sha256, state)
     if entry is None:
+        if state is not None:
+            report.problems.append("no model napari-focsam knows can load this file (no matching hash, file name "
+                                   "or structure); check it against one with --model NAME")
         return report
     if path.suffix != ".safetensors":  # a lean file is ours: checked by structure only
         report.expected_sha256 = entry.checkpoint_sha256
     if report.expected_sha256 is not None and report.sha256 is not None:
         report.hash_ok = report.sha256 == report.expected_sha256
     if state is not None and entry.spec_name is not None:
-        try:
-            spec = get_spec(entry.spec_name)
-            check_compatible(spec, state, str(path), decoder_only=spec.decoder == "pa")
-            report.structure_ok = True
-        except CheckpointError as exc:
-            report.structure_ok = False
-            report.problems.append(str(exc).splitlines()[0])
+        _check_structure(report, entry.spec_name, state)
     if report.ok and path.parent == models_dir() and path.name in (entry.file_name, entry.lean_name):
         record_verified(path, report.sha256, report.looks_like)
     return report
+
+
+def _check_structure(report: VerifyReport, spec_name: str, state: Mapping[str, torch.Tensor]) -> None:
+    try:
+        spec = get_spec(spec_name)
+        check_compatible(spec, state, str(report.path), decoder_only=spec.decoder == "pa")
+        report.structure_ok = True
+    except CheckpointError as exc:
+        report.structure_ok = False
+        report.problems.append(str(exc).splitlines()[0])
 
 
 def _verify_archive(report: VerifyReport) -> VerifyReport:

@@ -117,6 +117,15 @@ def _progress(args: argparse.Namespace, unit: str) -> tuple[Any, Any]:
     return update, bar
 
 
+def _os_error_line(exc: OSError) -> str:
+    import errno
+
+    where = f"{exc.filename}: " if exc.filename else ""
+    if exc.errno == errno.ENOSPC:
+        return f"{where}no space left on the device; nothing partial was left behind (free space or write elsewhere)"
+    return f"{where}{exc.strerror or exc}"
+
+
 def _run(args: argparse.Namespace, job: Any) -> int:
     from ..models.checkpoint import CheckpointError
     from .prompts_file import PromptsFileError
@@ -128,6 +137,9 @@ def _run(args: argparse.Namespace, job: Any) -> int:
     except (StackInputError, StoreError, PromptsFileError, CheckpointError, FileExistsError, ValueError) as exc:
         print(f"napari-focsam {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"napari-focsam {args.command}: error: {_os_error_line(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"napari-focsam {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
@@ -160,6 +172,8 @@ def segment_command(args: argparse.Namespace) -> int:
     from .propagate_prompts import segment_with_propagation
 
     def job() -> int:
+        if args.output.expanduser().absolute().resolve() == args.stack.expanduser().absolute().resolve():
+            raise ValueError(f"--output {args.output} is the input stack; choose another path")
         update, bar = _progress(args, "object" if args.propagate else "slice")
         common = dict(output=args.output, store=args.store, rgb=args.rgb, contrast_limits=args.contrast_limits,
                       key=args.key, overwrite=args.overwrite, workers=args.workers or None,

@@ -18,12 +18,22 @@ def label_dtype(max_id: int) -> np.dtype:
 
 
 def _our_labels(path: Path) -> bool:
-    """Whether ``path`` is a zarr label array this module wrote (the only kind of directory it replaces)."""
-    import zarr
+    """Whether ``path`` is a label stack this module wrote (zarr attribute or TIFF description marker).
 
+    These are the only existing paths ``overwrite`` replaces: an input stack, another program's TIFF or a text file
+    that happens to end in ``.tif`` are never ours.
+    """
     try:
-        return zarr.open_array(path, mode="r").attrs.get("napari-focsam") == "labels"
-    except Exception:  # noqa: BLE001
+        if path.suffix.lower() == ".zarr":
+            import zarr
+
+            return zarr.open_array(path, mode="r").attrs.get("napari-focsam") == "labels"
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            metadata = tif.shaped_metadata
+            return bool(metadata) and metadata[0].get("napari-focsam") == "labels"
+    except Exception:  # noqa: BLE001 - unreadable is not ours
         return False
 
 
@@ -51,10 +61,12 @@ class LabelWriter:
         if self.path is None:
             self._array = np.zeros(self.shape, self.dtype)
             return
+        if not self.path.parent.is_dir():
+            raise ValueError(f"{self.path}: the folder {self.path.parent} does not exist (create it first)")
         if self.path.exists() and not overwrite:
             raise FileExistsError(f"{self.path} already exists (use overwrite to replace it)")
         suffix = self.path.suffix.lower()
-        if self.path.exists() and suffix == ".zarr" and not _our_labels(self.path):
+        if self.path.exists() and not _our_labels(self.path):
             raise FileExistsError(f"{self.path} exists and is not a label stack written by napari-focsam; it is left "
                                   "untouched (choose another path)")
         if suffix == ".zarr":
@@ -94,23 +106,33 @@ class LabelWriter:
                 if upto is None or self._next >= upto:
                     return
                 page = np.zeros(self.image_shape, self.dtype)
-            metadata = {"shape": list(self.shape)} if self._next == 0 else None
+            metadata = {"shape": list(self.shape), "napari-focsam": "labels"} if self._next == 0 else None
             self._tiff.write(page, contiguous=True, metadata=metadata)
             self._next += 1
 
     def finish(self) -> Any:
         """Complete the output; returns the numpy array, the zarr array, or the TIFF path."""
         if self._tiff is not None:
-            self._flush(upto=self.n_slices)
-            self._tiff.close()
-            os.replace(self._tmp, self.path)
-            self._tiff = None
+            try:
+                self._flush(upto=self.n_slices)
+                self._tiff.close()
+                self._tiff = None
+                os.replace(self._tmp, self.path)
+            except BaseException:
+                self.abort()
+                raise
             return self.path
         return self._array
 
     def abort(self) -> None:
         """Drop a partial TIFF (a partial zarr output is left: the slices written are correct)."""
-        if self._tiff is not None:
-            self._tiff.close()
-            self._tiff = None
+        if self.path is None or self.path.suffix.lower() == ".zarr":
+            return
+        tiff, self._tiff = self._tiff, None
+        try:
+            if tiff is not None:
+                tiff.close()
+        except OSError:
+            pass  # e.g. a full disk: the partial file goes anyway
+        finally:
             self._tmp.unlink(missing_ok=True)

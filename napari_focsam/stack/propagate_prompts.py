@@ -144,13 +144,17 @@ def segment_with_propagation(
                     manager.cache.remove_source(attached)
         writer = LabelWriter(output, reader.leading_shape, reader.image_shape,
                              label_dtype(max(prompt_set.object_ids, default=1)), overwrite=overwrite)
-        for index in sorted(crops):
-            labels = np.zeros(reader.image_shape, writer.dtype)
-            for object_id, crop in sorted(crops[index], key=lambda item: item[0]):
-                region = labels[crop.y0:crop.y0 + crop.data.shape[0], crop.x0:crop.x0 + crop.data.shape[1]]
-                region[crop.data & (region == 0)] = object_id
-            writer.write(index, labels)
-        return writer.finish()
+        try:
+            for index in sorted(crops):
+                labels = np.zeros(reader.image_shape, writer.dtype)
+                for object_id, crop in sorted(crops[index], key=lambda item: item[0]):
+                    region = labels[crop.y0:crop.y0 + crop.data.shape[0], crop.x0:crop.x0 + crop.data.shape[1]]
+                    region[crop.data & (region == 0)] = object_id
+                writer.write(index, labels)
+            return writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
     finally:
         if reader is not stack:
             reader.close()

@@ -5,7 +5,9 @@ Layout (zarr v3, one directory)::
     <store>/            attrs: format "napari-focsam-stack", format_version, store_id (a fresh uuid per store),
                                spec (model name and fingerprint, preprocessing, stack shape; see StoreSpec),
                                geometry (ImageGeometry of every slice), feature_shape, feature_dtype, torch_dtype,
-                               complete (every slice written and verified), package_version
+                               complete (every slice written and verified), package_version,
+                               attrs_checksum (BLAKE2b-128 of the attributes that decide a result: a store whose
+                               model, geometry, shapes or dtypes were edited is refused as damaged)
         features/       (N, *feature_shape) array, one chunk per slice
         extra_<name>/   only for models with per-image extras (HQ-SAM's hq_features, PA-SAM's pa_guide; attrs
                         ``extras``: {name: {shape, dtype, torch_dtype}}): (N, *shape), one chunk per slice
@@ -23,6 +25,7 @@ verifiable, or recognisably missing / damaged (checksum mismatch): a new run res
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import threading
@@ -131,6 +134,17 @@ def checksum(array: np.ndarray, *more: np.ndarray) -> bytes:
     return digest.digest()
 
 
+#: the root attributes that decide what a slice's lookup returns; covered by ``attrs_checksum``
+_CHECKED_ATTRS = ("format_version", "store_id", "spec", "geometry", "feature_shape", "feature_dtype", "torch_dtype")
+
+
+def attrs_checksum(attrs: dict[str, Any]) -> str:
+    """BLAKE2b-128 hex digest of the deciding root attributes (canonical JSON)."""
+    checked = {name: attrs.get(name) for name in _CHECKED_ATTRS}
+    text = json.dumps(checked, sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=_DIGEST).hexdigest()
+
+
 def _numpy_of(features: torch.Tensor) -> np.ndarray:
     tensor = features.detach()
     if tensor.dtype == torch.bfloat16:
@@ -192,6 +206,10 @@ class StackStore:
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise StoreError(f"{path} is a stack store of format_version {version!r}, which napari-focsam "
                              f"{__version__} cannot read (it reads {FORMAT_VERSION})")
+        if attrs.get("attrs_checksum") != attrs_checksum(attrs):
+            raise StoreError(f"{path} is a damaged stack store: its attributes (model, geometry, shapes, dtypes) were "
+                             "changed after it was written, so none of its slices can be trusted; remove it or embed "
+                             "again with --overwrite")
         try:
             return cls(path, group)
         except Exception as exc:  # noqa: BLE001
@@ -233,6 +251,7 @@ class StackStore:
             "complete": False,
             "package_version": __version__,
         }
+        attrs["attrs_checksum"] = attrs_checksum(attrs)
         n = int(np.prod(spec.leading_shape)) if spec.leading_shape else 1
         group = zarr.open_group(path, mode="w")
         group.create_array("features", shape=(n, *array.shape), dtype=array.dtype, chunks=(1, *array.shape),
