@@ -7,6 +7,7 @@ import errno
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 
 def _info(_: argparse.Namespace) -> int:
@@ -29,8 +30,23 @@ def _info(_: argparse.Namespace) -> int:
     return 0
 
 
+VIEWER_USAGE = "napari-focsam [IMAGE ...] [--model NAME] [--sample NAME]"
+VIEWER_HELP = ("Without a command, napari opens with the FocSAM annotator docked, the IMAGEs (any file napari reads; "
+               "none: a sample) open, and the best cached model (else the weight-free fallback) loaded. A first "
+               "argument that is a command name is the command (open a file named like one as ./NAME).")
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Reports a bad argument in one line (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="napari-focsam", description="Interactive FocSAM / SAM annotation.")
+    parser = argparse.ArgumentParser(
+        prog="napari-focsam", usage=f"{VIEWER_USAGE}\n       napari-focsam COMMAND ...",
+        description=f"Interactive FocSAM / SAM annotation. {VIEWER_HELP}")
     from ._version import __version__
 
     parser.add_argument("--version", action="version", version=f"napari-focsam {__version__}")
@@ -47,6 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     from .stack.cli import register as register_stack
 
     register_stack(sub)
+    parser.set_defaults(commands=tuple(sub.choices))
+    return parser
+
+
+def viewer_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="napari-focsam", usage=VIEWER_USAGE, description=VIEWER_HELP)
+    parser.add_argument("images", nargs="*", metavar="IMAGE", help="image files or folders to open (e.g. TIFF, PNG, "
+                        "zarr; OME-Zarr with a napari reader plugin such as napari-ome-zarr)")
+    parser.add_argument("--model", metavar="NAME", help="the model to load (default: the best cached one, else "
+                        "the fallback); see `napari-focsam models list`")
+    parser.add_argument("--sample", metavar="NAME", help="open this sample too (default without IMAGE: the first; "
+                        "coins, cell, ihc, coffee, nuclei_3d)")
     return parser
 
 
@@ -64,14 +92,19 @@ def _error_line(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; failures print one ``napari-focsam: error: ...`` line and exit 1.
+    """Run the command line: a subcommand, or napari with the annotator (``napari-focsam [IMAGE ...]``).
 
-    ``--debug`` (or the environment variable ``NAPARI_FOCSAM_DEBUG=1``) shows the full traceback instead.
+    A subcommand's failure prints one ``napari-focsam <command>: error: ...`` line and exits 1; ``--debug`` before
+    the command (or the environment variable ``NAPARI_FOCSAM_DEBUG=1``) shows the full traceback instead.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    first = next((a for a in argv if a != "--debug"), None)
+    if first is None or not (first in parser.get_default("commands") or first in ("-h", "--help", "--version")):
+        return _open_viewer(viewer_parser().parse_args(argv))
     args = parser.parse_args(argv)
-    if getattr(args, "func", None) is None:
-        return _open_viewer()
+    if getattr(args, "func", None) is None:  # a command group without its subcommand
+        parser.parse_args([*argv, "--help"])
     debug = bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return int(args.func(args))
@@ -86,12 +119,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _open_viewer() -> int:
-    """``napari-focsam`` with no command: napari with the FocSAM annotator docked."""
+def _open_viewer(args: argparse.Namespace) -> int:
+    """Napari with the FocSAM annotator docked, the images (or a sample) open and a model loaded; then its loop."""
+    from .plugin.launch import LaunchError, launch
+
+    try:
+        launch(args.images, model=args.model, sample=args.sample)
+    except LaunchError as exc:
+        print(f"napari-focsam: error: {exc}", file=sys.stderr)
+        return 2
     import napari
 
-    viewer = napari.Viewer()
-    viewer.window.add_plugin_dock_widget("napari-focsam", "FocSAM annotator")
     napari.run()
     return 0
 

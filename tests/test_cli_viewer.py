@@ -1,5 +1,5 @@
-"""The ``napari-focsam`` command: with no arguments napari opens with the annotator docked; ``--help`` lists the
-commands and opens nothing."""
+"""The ``napari-focsam`` command: with no arguments napari opens with the annotator docked (a sample open, the
+fallback loaded when nothing is cached); ``--help`` lists the commands and opens nothing. More in test_cli_launch."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from napari_focsam.plugin.widget import FocsamWidget  # noqa: E402
 
 
 @pytest.mark.gui
-def test_no_arguments_opens_napari_with_the_annotator_docked(qtbot, monkeypatch):
+def test_no_arguments_opens_napari_with_the_annotator_docked(qtbot, monkeypatch, tmp_path):
+    monkeypatch.setenv("NAPARI_FOCSAM_CACHE", str(tmp_path))  # nothing cached
     ran, created = [], []
     real_viewer = napari.Viewer
 
@@ -36,6 +37,9 @@ def test_no_arguments_opens_napari_with_the_annotator_docked(qtbot, monkeypatch)
         assert any("FocSAM annotator" in name for name in docked)
         created[0].add_image(np.zeros((8, 8), np.uint8), name="opened image")  # the widget follows this viewer
         assert annotators[0].image_combo.findText("opened image") >= 0
+        qtbot.waitUntil(lambda: annotators[0].controller.manager is not None, timeout=60_000)
+        annotators[0].controller.wait()
+        assert annotators[0].controller.manager.name == "fallback"
     finally:
         for v in created:
             v.close()

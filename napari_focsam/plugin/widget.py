@@ -134,6 +134,10 @@ class FocsamWidget(QWidget):
         form.addRow("precision", self.precision_combo)
         form.addRow(self.load_button)
         form.addRow(self.model_label)
+        self.hint_label = QLabel("")
+        self.hint_label.setWordWrap(True)
+        self.hint_label.setVisible(False)
+        form.addRow(self.hint_label)
         return box
 
     def _layers_box(self) -> QGroupBox:
@@ -209,6 +213,21 @@ class FocsamWidget(QWidget):
         if self.controller.image is None and self.image_combo.currentData() is not None:
             self.use_layers()
         return worker
+
+    def select_model(self, name: str, *, load: bool = True, hint: str = "") -> Any:
+        """Choose the registered model ``name`` with an empty checkpoint field (weights from the model cache) and
+        load it when ``load`` (returns the job, else None); ``hint`` stays shown under the model box."""
+        from ..models.registry import get_entry
+
+        index = self.model_combo.findData(name)
+        if index < 0:
+            self.model_combo.addItem(get_entry(name).display_name, name)
+            index = self.model_combo.count() - 1
+        self.model_combo.setCurrentIndex(index)
+        self.checkpoint_edit.clear()
+        self.hint_label.setText(hint)
+        self.hint_label.setVisible(bool(hint))
+        return self.load_model() if load else None
 
     def use_layers(self) -> None:
         image = self.image_combo.currentData()

@@ -1,0 +1,36 @@
+"""The core packages never import napari, Qt or Jupyter (house rule): checked in a fresh interpreter."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+CORE = ("napari_focsam", "napari_focsam.engine", "napari_focsam.models", "napari_focsam.stack",
+        "napari_focsam.evaluation", "napari_focsam.cli", "napari_focsam.sample_data",
+        "napari_focsam.models.preference")
+GUI_ROOTS = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui", "superqt", "vispy",
+             "ipywidgets", "ipykernel")
+
+
+def test_core_packages_load_neither_napari_nor_qt():
+    code = (
+        "import importlib, json, sys\n"
+        f"for name in {CORE!r}: importlib.import_module(name)\n"
+        "import napari_focsam.cli as cli; cli.build_parser(); cli.viewer_parser()\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {GUI_ROOTS!r})))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_the_check_sees_a_gui_import():
+    """The same check on the plugin package does find napari (the test can fail)."""
+    code = ("import json, sys, napari_focsam.plugin\n"
+            f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {GUI_ROOTS!r})))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "napari" in json.loads(done.stdout.strip().splitlines()[-1])
