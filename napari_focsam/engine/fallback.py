@@ -293,14 +293,18 @@ class FallbackPredictor:
         markers[self._background(coarse, points, labels, box)] = _BACKGROUND
         radius_max = max(self.click_radius * k, self.min_click_radius)
         if box is not None and not (prompts is not None and (prompts.mask is not None or prompts.scribbles)):
-            # a box: assume the object covers the box's centre (under the clicks, short of any negative click)
+            # a box: assume the object covers the box's centre (under the clicks, short of any negative click),
+            # unless a positive click near the centre already marks the object there
             y0, x0, y1, x1 = box
             cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
-            radius = min(radius_max, 0.25 * min(y1 - y0 + 1, x1 - x0 + 1))
-            negatives = points[labels == 0]
+            central = 0.25 * min(y1 - y0 + 1, x1 - x0 + 1)
+            radius = min(radius_max, central)
+            negatives, positives = points[labels == 0], points[labels == 1]
             if len(negatives):
                 nearest = float(np.sqrt(((negatives - (cy, cx)) ** 2).sum(axis=1)).min())
                 radius = min(radius, self.opposite_fraction * nearest)
+            if len(positives) and float(np.sqrt(((positives - (cy, cx)) ** 2).sum(axis=1)).min()) <= central:
+                radius = 0.0
             if radius > 0:
                 self._draw_disk(markers, cy, cx, radius, _OBJECT)
         seeds: list[tuple[int, int]] = []
