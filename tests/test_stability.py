@@ -221,3 +221,16 @@ def test_robust_sam_step_feeds_the_mean_logits_forward(sam):
     plain = sam.new_object(image)
     plain.click(50, 60)
     assert not torch.equal(logits, plain.state.logits)  # the consensus, not the plain step's logits
+
+
+@pytest.mark.parametrize("name", ["sam_hq_tiny", "pa_sam_tiny"])
+def test_stability_and_robust_mode_with_the_high_quality_heads(name):
+    manager = ModelManager.load(name, device="cpu", allow_random_weights=True)
+    obj = manager.new_object(_image())
+    obj.click(50, 60)
+    obj.add_polygon([[30, 40], [30, 90], [70, 90], [70, 40]])
+    result = obj.stability(Jitter(copies=3))
+    assert 0.0 <= result.score <= 1.0 and result.unstable.shape == (96, 128)
+    plain = obj.mask.copy()
+    obj.set_robust(Jitter(copies=3))
+    assert np.array_equal(obj.undo(), plain)

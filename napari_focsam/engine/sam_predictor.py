@@ -360,7 +360,11 @@ class SamFamilyPredictor:
                 boxes = torch.as_tensor(corners, dtype=torch.float32, device=self.device)
             sparse, dense = encode_prompts(self.model.prompt_encoder, coords, labels, boxes, inputs[0][3])
             features = embedding.features if state.features is None else state.features
-            logits = self._decode(features, sparse, dense, embedding.extras).logits
+            if self.head == "pa":  # PA-SAM's decoder takes one prompt set at a time, as the official one
+                logits = torch.cat([self._decode(features, sparse[i : i + 1], dense, embedding.extras).logits
+                                    for i in range(len(variants))])
+            else:
+                logits = self._decode(features, sparse, dense, embedding.extras).logits
         check_cancel(cancel)
         low, size = logits.shape[-1], self.model.input_size
         rh, rw = geometry.resized_size
