@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_focsam.engine.threads import threads_for
+
 HERE = Path(__file__).resolve().parent
 LOADS = {
     "idle": None,
@@ -118,6 +120,16 @@ def percentiles(values: list[float]) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------------- the widget
+def _settle(seconds: float) -> None:
+    """Process Qt events for ``seconds``."""
+    from qtpy.QtWidgets import QApplication
+
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        QApplication.processEvents()
+        time.sleep(0.01)
+
+
 class WidgetRig:
     """A viewer with the annotator attached to one backend, and the probes that time a click."""
 
@@ -135,6 +147,7 @@ class WidgetRig:
         self.viewer.window.add_dock_widget(self.widget, name="FocSAM")
         self.controller = c = self.widget.controller
         manager = ModelManager.load(backend, device="cpu", allow_random_weights=backend != "fallback")
+        _settle(3.0 if show else 0.5)  # the window's first frames (shader compilation) before timing anything
         start = time.perf_counter()
         c.set_manager(manager)
         self.widget.use_layers()
@@ -251,38 +264,40 @@ def write_sam_checkpoint(manager, path: Path) -> None:
 
 
 def engine_vs_microsam(manager, embedding, microsam: MicroSam | None, n: int,
-                       rng: np.random.Generator) -> tuple[list[float], list[float]]:
-    """``n`` clicks, 5 per object, ours and micro-sam's interleaved one by one (same points)."""
-    from napari_focsam.engine.threads import threads_for
-
-    ours, theirs = [], []
+                       rng: np.random.Generator) -> dict[str, list[float]]:
+    """``n`` clicks, 5 per object, interleaved one by one (same points): ours as the Python API runs them (the
+    caller's thread, torch's thread count), ours as the widget runs them (a worker thread with the interactive
+    thread count), and micro-sam's."""
+    times: dict[str, list[float]] = {"api": [], "widget": [], "micro-sam": []}
     h, w = embedding.geometry.original_size
-    session = None
+    sessions: dict[str, object] = {}
     points: list[tuple[float, float]] = []
     labels: list[int] = []
-    result: list[float] = []
 
-    def our_click(y: float, x: float, positive: bool) -> None:
+    def timed(session, y: float, x: float, positive: bool) -> float:
+        start = time.perf_counter()
+        session.click(y, x, positive=positive)
+        return time.perf_counter() - start
+
+    def widget_click(session, y: float, x: float, positive: bool, out: list) -> None:
         with threads_for("interactive"):
-            start = time.perf_counter()
-            session.click(y, x, positive=positive)
-            result.append(time.perf_counter() - start)
+            out.append(timed(session, y, x, positive))
 
     for i in range(n):
         if i % 5 == 0:
-            session = manager.new_object(embedding)
+            sessions = {"api": manager.new_object(embedding), "widget": manager.new_object(embedding)}
             points, labels = [], []
         y, x = float(rng.uniform(0.05, 0.95) * h), float(rng.uniform(0.05, 0.95) * w)
         positive = i % 5 != 3
         points.append((y, x))
         labels.append(int(positive))
-        worker = threading.Thread(target=our_click, args=(y, x, positive))  # like the widget: not the main thread
+        times["api"].append(timed(sessions["api"], y, x, positive))
+        worker = threading.Thread(target=widget_click, args=(sessions["widget"], y, x, positive, times["widget"]))
         worker.start()
         worker.join()
-        ours.append(result[-1])
         if microsam is not None:
-            theirs.append(microsam.click(points, labels))
-    return ours, theirs
+            times["micro-sam"].append(microsam.click(points, labels))
+    return times
 
 
 # ---------------------------------------------------------------------- main
@@ -296,6 +311,7 @@ def main() -> None:
     parser.add_argument("--micro-sam", default=os.environ.get("MICROSAM_PYTHON",
                                                              str(Path.home() / ".cache/microsam-venv/bin/python")))
     parser.add_argument("--no-embedding", action="store_true", help="skip the shown-vs-hidden embedding timing")
+    parser.add_argument("--engine-model", default="sam_vit_b", help="the SAM model of the engine-only comparison")
     args = parser.parse_args()
 
     from napari_focsam.engine.manager import ModelManager
@@ -313,47 +329,57 @@ def main() -> None:
         print(f"embedding sam_vit_b through the widget: shown {shown:.2f} s, hidden {hidden:.2f} s "
               f"(shown/hidden {shown / hidden:.2f})", flush=True)
 
-    rigs = {backend: WidgetRig(backend, image, show=not args.hidden) for backend in backends}
-    engine = ModelManager.load("sam_vit_b", device="cpu", allow_random_weights=True)
+    engine = ModelManager.load(args.engine_model, device="cpu", allow_random_weights=True)
     embedding = engine.embed(image)
-    microsam = None
-    with tempfile.TemporaryDirectory() as tmp:
-        if Path(args.micro_sam).exists():
-            write_sam_checkpoint(engine, Path(tmp) / "sam_vit_b_random.pth")
-            np.save(Path(tmp) / "image.npy", image)
-            microsam = MicroSam(args.micro_sam, Path(tmp) / "sam_vit_b_random.pth", Path(tmp) / "image.npy")
-            print(f"micro-sam {microsam.ready['version']} ready (embedding {microsam.ready['embed_seconds']:.1f} s)")
-        else:
-            print(f"micro-sam: no python at {args.micro_sam}; its column is left out")
-        print(f"\n{'load':<7} {'backend':<10} {'p50 ms':>7} {'p95 ms':>7}   median split (prep / model / "
-              "hand-off / write / draw, ms)")
-        summary = []
+    summary = []
+    print(f"\n{'load':<7} {'backend':<10} {'p50 ms':>7} {'p95 ms':>7}   median split (prep / model / hand-off / "
+          "write / draw, ms)")
+    for backend in backends:  # one window at a time, as a user has it
+        rig = WidgetRig(backend, image, show=not args.hidden)
         for load in loads:
-            moves = MouseMoves(list(rigs.values())) if load == "mouse" else contextlib.nullcontext()
+            moves = MouseMoves([rig]) if load == "mouse" else contextlib.nullcontext()
             with background_load(load), moves:
-                for backend, rig in rigs.items():
-                    phases = rig.session_clicks(args.clicks, np.random.default_rng(1))
-                    p50, p95 = percentiles([p["total"] for p in phases])
-                    split = " / ".join(f"{1000 * statistics.median(p[k] for p in phases):.0f}"
-                                       for k in ("prep", "model", "handoff", "write", "draw"))
-                    print(f"{load:<7} {backend:<10} {p50:7.0f} {p95:7.0f}   {split}", flush=True)
-                    summary.append((load, backend, p50, p95))
-                ours, theirs = engine_vs_microsam(engine, embedding, microsam, args.clicks,
-                                                  np.random.default_rng(2))
-                o50, o95 = percentiles(ours)
-                line = f"{load:<7} engine    ours p50 {o50:.0f} ms p95 {o95:.0f} ms"
-                if theirs:
-                    t50, t95 = percentiles(theirs)
-                    line += f" | micro-sam p50 {t50:.0f} ms p95 {t95:.0f} ms | ratio p50 {o50 / t50:.2f}"
-                print(line, flush=True)
-        if microsam is not None:
-            microsam.close()
-    for rig in rigs.values():
+                phases = rig.session_clicks(args.clicks, np.random.default_rng(1))
+            p50, p95 = percentiles([p["total"] for p in phases])
+            split = " / ".join(f"{1000 * statistics.median(p[k] for p in phases):.0f}"
+                               for k in ("prep", "model", "handoff", "write", "draw"))
+            print(f"{load:<7} {backend:<10} {p50:7.0f} {p95:7.0f}   {split}", flush=True)
+            summary.append((load, backend, p50, p95))
         rig.close()
     idle = {b: p50 for load, b, p50, _ in summary if load == "idle"}
     for load, backend, _, p95 in summary:
         if load != "idle" and backend in idle:
             print(f"{load:<7} {backend:<10} p95 / idle p50 = {p95 / idle[backend]:.2f}")
+
+    print(f"\nengine only, {args.engine_model} random weights, {args.clicks} clicks (p50 / p95 ms; ratio of p50 to "
+          "micro-sam's)")
+    with tempfile.TemporaryDirectory() as tmp:
+        microsam = None
+        if Path(args.micro_sam).exists():
+            write_sam_checkpoint(engine, Path(tmp) / "sam_vit_b_random.pth")
+            np.save(Path(tmp) / "image.npy", image)
+            microsam = MicroSam(args.micro_sam, Path(tmp) / "sam_vit_b_random.pth", Path(tmp) / "image.npy")
+            print(f"micro-sam {microsam.ready['version']} (segment_from_points, precomputed embedding; its embedding "
+                  f"took {microsam.ready['embed_seconds']:.1f} s, ours {engine.last_embed.seconds:.1f} s)")
+        else:
+            print(f"micro-sam: no python at {args.micro_sam}; its column is left out")
+        for load in loads:
+            if load == "mouse":
+                continue  # no window here
+            with background_load(load):
+                times = engine_vs_microsam(engine, embedding, microsam, args.clicks, np.random.default_rng(2))
+            cells = []
+            for name in ("api", "widget", "micro-sam"):
+                if times[name]:
+                    p50, p95 = percentiles(times[name])
+                    cells.append(f"{name} {p50:.0f} / {p95:.0f}")
+            if times["micro-sam"]:
+                theirs = percentiles(times["micro-sam"])[0]
+                cells.append("ratio api {:.2f}, widget {:.2f}".format(percentiles(times["api"])[0] / theirs,
+                                                                       percentiles(times["widget"])[0] / theirs))
+            print(f"{load:<7} " + " | ".join(cells), flush=True)
+        if microsam is not None:
+            microsam.close()
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ class AnnotationController(PromptInput, LabelEdits, GuiJobs):
 
     status = Signal(str)
     changed = Signal()
+    progress = Signal(str, int, int)  # (what, done, total) of the running load/embedding; ("", 0, 0) when it ends
 
     def __init__(self, viewer: Viewer) -> None:
         self.viewer = viewer
@@ -354,8 +355,8 @@ class AnnotationController(PromptInput, LabelEdits, GuiJobs):
                                  self._on_error)
             return
         label = f"Embedding slice {index}" if index else "Embedding image"
-        self.run_job(lambda token: embed_slice(*args), self._on_embedded, key=("embed",), progress=label,
-                     supersede=False)
+        self.run_job(lambda token: embed_slice(*args, cancel=token), self._on_embedded, key=("embed",),
+                     progress=label, steps=_embedding_steps(self.manager), supersede=False)
 
     def _on_embedded(self, result: tuple[ModelManager, tuple[int, ...], str, float | None]) -> None:
         manager, index, key, seconds = result
@@ -385,6 +386,14 @@ class AnnotationController(PromptInput, LabelEdits, GuiJobs):
 
     def _mute(self) -> _Muted:
         return _Muted(self)
+
+
+def _embedding_steps(manager: ModelManager) -> int | None:
+    """How many times an embedding checks its cancel token (once per ViT block, once more after the encoder), or
+    None when not known (the fallback: it is quick)."""
+    encoder = getattr(getattr(manager.predictor, "model", None), "image_encoder", None)
+    blocks = getattr(encoder, "blocks", None)
+    return len(blocks) + 1 if blocks is not None else None
 
 
 class _Muted:

@@ -31,11 +31,12 @@ class ClickResult:
 
 
 def embed_slice(manager: ModelManager, data: Any, index: tuple[int, ...], rgb: bool,
-                contrast: tuple[float, float]) -> tuple[ModelManager, tuple[int, ...], str, float | None]:
+                contrast: tuple[float, float], cancel: CancelToken | None = None,
+                ) -> tuple[ModelManager, tuple[int, ...], str, float | None]:
     """Embed one slice (from the cache if it is there). Returns the manager, the slice, the key and the seconds
-    spent computing (None: it came from the cache)."""
+    spent computing (None: it came from the cache). ``cancel`` is polled between the encoder's blocks."""
     image = take_slice(data, index, rgb=rgb)
-    embedding = manager.embed(image, rgb=rgb, contrast_limits=None if rgb else contrast)
+    embedding = manager.embed(image, rgb=rgb, contrast_limits=None if rgb else contrast, cancel=cancel)
     info = manager.last_embed
     seconds = info.seconds if info is not None and info.key == embedding.key and not info.from_cache else None
     return manager, index, embedding.key, seconds
