@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -55,6 +56,7 @@ class NotebookController:
         self._bases: dict[tuple[tuple[int, ...], int], np.ndarray] = {}
         self._keys: dict[tuple[int, ...], str] = {}  # slice -> embedding key with the current model
         self._committing: set[int] = set()
+        self._running: Counter[int] = Counter()  # object id -> click jobs whose on_finished has not run yet
         self._busy: dict[str, str] = {}  # job kind -> what the progress line says
         self.on_committed: Callable[[int], None] | None = None  # called when a committed object is final
         self.status: tuple[str, str] = ("", "info")
@@ -118,6 +120,7 @@ class NotebookController:
         key = (index, object_id)
         self._bases.setdefault(key, self._view(index).copy())
         args = (self.manager, self.source.data, index, self.source.rgb, self.contrast, object_id, self._prompts[key])
+        self._running[object_id] += 1
         self.jobs.submit((CLICK, index, object_id), lambda token: compute_object(*args, token),
                          lambda result: self._on_result(result, seq), self._on_click_error,
                          on_finished=lambda: self._job_finished(object_id))
@@ -158,11 +161,16 @@ class NotebookController:
         self._set_status(f"the mask could not be computed (the labels are unchanged): {exc}", "error")
 
     def _job_finished(self, object_id: int) -> None:
-        if object_id in self._committing and not self._jobs_of(object_id):
-            self._finish_commit(object_id)
+        self._running[object_id] -= 1
+        if self._running[object_id] <= 0:
+            del self._running[object_id]
+            if object_id in self._committing:
+                self._finish_commit(object_id)
 
-    def _jobs_of(self, object_id: int) -> list[Hashable]:
-        return self.jobs.active(lambda key: key[0] == CLICK and key[2] == object_id)
+    def _jobs_of(self, object_id: int) -> bool:
+        """Whether click jobs of the object are still to finish (the runner's own count includes the job whose
+        ``on_finished`` is running, so the annotator counts its own)."""
+        return self._running[object_id] > 0
 
     # ------------------------------------------------------------------ objects
     def undo(self) -> None:
@@ -211,7 +219,7 @@ class NotebookController:
                 self._set_status(f"object {object_id} committed, but a callback failed: {exc!r}", "warning")
 
     def _start_new_object(self) -> None:
-        busy = [key[2] for key in self.jobs.active(lambda key: key[0] == CLICK)]
+        busy = [oid for oid, n in self._running.items() if n > 0]
         top = int(self.labels.max()) if self.labels.size else 0
         self.object_id = max([top, *busy]) + 1
         self._close_sessions(self.object_id)

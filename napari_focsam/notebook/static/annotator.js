@@ -79,7 +79,6 @@ function render({ model, el }) {
 
   const S = { h: 0, w: 0, depth: 0, z: 0, ids: null, pixels: null, objectId: 1, selected: 0, points: [],
     box: null, seq: 0, pending: new Map(), nextPositive: true, takesBoxes: false, alive: true, drag: null };
-  const latencies = (window.focsamLatencies = window.focsamLatencies || []);
   const labelCtx = labelCanvas.getContext("2d");
   const promptCtx = promptCanvas.getContext("2d");
   const imageCtx = imageCanvas.getContext("2d");
@@ -212,7 +211,7 @@ function render({ model, el }) {
       const t0 = S.pending.get(k);
       S.pending.delete(k);
       if (k !== seq) continue; // superseded clicks were never computed on their own
-      requestAnimationFrame(() => latencies.push({ seq: k, applied_ms: applied - t0,
+      requestAnimationFrame(() => (window.focsamLatencies = window.focsamLatencies || []).push({ seq: k, applied_ms: applied - t0,
         painted_ms: performance.now() - t0, model_ms: modelMs }));
     }
     root.dataset.pending = `${S.pending.size}`;
