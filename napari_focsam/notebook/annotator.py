@@ -136,17 +136,28 @@ class Annotator(anywidget.AnyWidget):
         self._ready().set_slice(z)
 
     def click(self, y: float, x: float, positive: bool = True) -> None:
-        """A click at pixel (y, x) of the shown slice, as a mouse click would (the mask follows in a job)."""
-        self._ready().click(y, x, positive)
+        """A click at pixel (y, x) of the shown slice; the mask follows in a job thread (:meth:`wait` waits).
+
+        Unlike mouse clicks, which coalesce while a job runs (the latest wins), each click from Python starts
+        after the object's previous one is computed, so every click is its own undo step."""
+        self._settle_current().click(y, x, positive)
 
     def box(self, y0: float, x0: float, y1: float, x1: float) -> None:
-        self._ready().box(y0, x0, y1, x1)
+        """The current object's box on the shown slice (models that take boxes), as one step."""
+        self._settle_current().box(y0, x0, y1, x1)
 
     def undo(self) -> None:
-        self._ready().undo()
+        """Undo the current object's last step on the shown slice (after its clicks so far are computed)."""
+        self._settle_current().undo()
 
     def redo(self) -> None:
-        self._ready().redo()
+        self._settle_current().redo()
+
+    def _settle_current(self) -> NotebookController:
+        controller = self._ready()
+        index, object_id = controller.index, controller.object_id
+        controller.wait(match=lambda key: key == ("click", index, object_id))
+        return controller
 
     def commit(self) -> int:
         """Commit the current object and start the next one; returns the committed id."""

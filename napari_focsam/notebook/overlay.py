@@ -53,8 +53,14 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 
 def merge_object(view: np.ndarray, mask: np.ndarray, object_id: int, base: np.ndarray, *,
                  overwrite: bool = False) -> np.ndarray:
-    """The slice with ``mask`` shown as ``object_id``: pixels the object leaves go back to ``base`` (the slice as it
-    was before the object was touched), other objects' pixels are kept unless ``overwrite``."""
-    base_without = np.where(base == object_id, 0, base)
-    allowed = mask if overwrite else mask & (base_without == 0)
-    return np.where(allowed, object_id, base_without).astype(view.dtype, copy=False)
+    """The slice with ``mask`` shown as ``object_id``.
+
+    The object takes the pixels of ``mask`` that are background or its own now (any pixel with ``overwrite``);
+    pixels it leaves go back to ``base``, the slice before the object was touched (background where the object
+    already was). Other objects are judged by the slice as it is *now*, not by ``base``: a mask of another object
+    written since ``base`` was taken (its job finished later) is kept.
+    """
+    own = view == object_id
+    restore = np.where(base == object_id, 0, base).astype(view.dtype, copy=False)
+    allowed = mask if overwrite else mask & ((view == 0) | own)
+    return np.where(allowed, object_id, np.where(own, restore, view)).astype(view.dtype, copy=False)
