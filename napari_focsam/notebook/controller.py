@@ -55,6 +55,7 @@ class NotebookController:
         self._prompts: dict[tuple[tuple[int, ...], int], Prompts] = {}
         self._bases: dict[tuple[tuple[int, ...], int], np.ndarray] = {}
         self._keys: dict[tuple[int, ...], str] = {}  # slice -> embedding key with the current model
+        self._known: dict[tuple, str] = {}  # (manager, slice, contrast) -> embedding key of an earlier click job
         self._committing: set[int] = set()
         self._running: Counter[int] = Counter()  # object id -> click jobs whose on_finished has not run yet
         self._busy: dict[str, str] = {}  # job kind -> what the progress line says
@@ -120,14 +121,16 @@ class NotebookController:
         key = (index, object_id)
         self._bases.setdefault(key, self._view(index).copy())
         args = (self.manager, self.source.data, index, self.source.rgb, self.contrast, object_id, self._prompts[key])
+        known = self._known.get((self.manager, index, self.contrast))  # the slice is not converted and hashed again
         self._running[object_id] += 1
-        self.jobs.submit((CLICK, index, object_id), lambda token: compute_object(*args, token),
-                         lambda result: self._on_result(result, seq), self._on_click_error,
-                         on_finished=lambda: self._job_finished(object_id))
+        self.jobs.submit((CLICK, index, object_id), lambda token: compute_object(*args, token, known_key=known),
+                         lambda result: self._on_result(result, seq, args[4]), self._on_click_error,
+                         on_finished=lambda: self._job_finished(object_id), threads="interactive")
         self._update(prompts=True)
 
-    def _on_result(self, result: ClickResult, seq: int | None) -> None:
+    def _on_result(self, result: ClickResult, seq: int | None, contrast: tuple[float, float]) -> None:
         key = (result.index, result.object_id)
+        self._known[(result.manager, result.index, contrast)] = result.embedding_key
         base = self._bases.get(key)
         self._write(result.index, result.mask, result.object_id, base, seq=seq, model_ms=1000 * result.seconds)
         if result.manager is self.manager:
@@ -330,6 +333,7 @@ class NotebookController:
         self.jobs.cancel(lambda key: key[0] != CLICK)
         self.manager, self.model_name = manager, name
         self._keys.clear()
+        self._known.clear()
         self._set_status(f"{manager.display_name} on {manager.device}", "info", send=False)
         self._update()
         self._embed()
