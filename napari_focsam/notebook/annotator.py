@@ -27,7 +27,7 @@ import numpy as np
 import traitlets
 
 from ..engine.manager import PRECISIONS, ModelManager
-from ..models.registry import REGISTRY
+from ..weights.registry import REGISTRY
 from .controller import NotebookController
 from .source import ImageSource, check_labels
 
@@ -84,7 +84,7 @@ class Annotator(anywidget.AnyWidget):
             return
         self.controller.on_committed = self._committed
         if model is None:
-            from ..models.preference import best_cached_model
+            from ..weights.preference import best_cached_model
 
             model = best_cached_model()[0]
         self.controller.load_model(model, device, precision, **load_kwargs)
