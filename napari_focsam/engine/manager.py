@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..models.loader import load_model, resolve_device
+from ..weights.loader import load_model, resolve_device
 from .cache import EmbeddingCache
 from .image import to_model_rgb
 from .predictor import Predictor
@@ -56,14 +56,14 @@ class EmbedInfo:
 
 def _base_resolver(model: str, **kwargs: object) -> Callable[[], object] | None:
     """For a registry entry whose file is a decoder only (PA-SAM), a callable that finds its base model's file."""
-    from ..models.registry import REGISTRY
+    from ..weights.registry import REGISTRY
 
     entry = REGISTRY.get(model)
     if entry is None or entry.base_model is None:
         return None
 
     def resolve() -> object:
-        from ..models.download import resolve_checkpoint
+        from ..weights.download import resolve_checkpoint
 
         return resolve_checkpoint(entry.base_model, **kwargs)  # type: ignore[arg-type]
 
@@ -157,7 +157,7 @@ class ModelManager:
         from .sam_predictor import SamFamilyPredictor
 
         if checkpoint is None and not allow_random_weights:
-            from ..models.download import resolve_checkpoint
+            from ..weights.download import resolve_checkpoint
 
             checkpoint = resolve_checkpoint(model, download=download, progress=progress)
         if encoder_attention is None:

@@ -32,7 +32,7 @@ from .checkpoint import (
     to_model_keys,
 )
 from .registry import REGISTRY, ModelEntry, format_bytes, get_entry, models_dir
-from .specs import SPECS, get_spec
+from ..models.specs import SPECS, get_spec
 
 #: ``progress(done_bytes, total_bytes)``; ``total_bytes`` is None when unknown
 ProgressCallback = Callable[[int, "int | None"], None]
