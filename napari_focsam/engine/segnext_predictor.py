@@ -12,9 +12,9 @@ An object's state holds the logits at the image's size; the next step feeds ``si
 previous mask, so undo/redo, which restore a step's state, restore its probability map exactly. The mask is
 ``sigmoid(logits) > threshold`` (0.5, the official demo's; the official evaluation uses 0.49).
 
-Numerics: ``lowp`` (default ``"auto"``: bfloat16 on CPUs with native bfloat16 and on CUDA) runs the products with
-the 4096 tokens, the pyramid's and the head's convolutions in that dtype, the residual stream and norms in the
-model's dtype; ``encoder_lowp`` does the same for the image encoder. ``None`` keeps everything in the model's dtype
+Numerics: ``lowp`` (default ``"auto"``: bfloat16 on CPUs with native bfloat16 and on CUDA) runs the per-click half as
+:class:`~napari_focsam.models.segnext.fast.FastPromptPath` (products in that dtype, channels last, the residual
+stream and norms in float32); ``encoder_lowp`` does the same for the image encoder. ``None`` keeps everything in the model's dtype
 (float64 reproduces the official float64 run within 1e-11).
 """
 
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from ..models.fast_encoder import default_encoder_dtype
 from ..models.geometry import ImageGeometry
 from ..models.segnext import prompt_map as pm
+from ..models.segnext.fast import FastPromptPath
 from ..models.segnext.loader import LoadedSegNext
 from .types import CancelToken, ImageEmbedding, ObjectState, Prediction, Prompts, check_cancel
 
@@ -86,6 +87,7 @@ class SegNextPredictor:
         self.attention = attention
         self.threshold = float(threshold)
         self.folded_head = bool(folded_head)
+        self._fast = FastPromptPath(self.model, self.lowp) if self.lowp is not None else None
 
     @property
     def device(self) -> torch.device:
@@ -180,8 +182,10 @@ class SegNextPredictor:
 
     def logits(self, features: torch.Tensor, prompt: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
         """The (1, 1, H, W) logits of one prompt map: the network's 256² output, upsampled as the official code."""
-        low = self.model.prompt_logits(features, prompt, attention=self.attention, lowp=self.lowp,
-                                       folded=self.folded_head)
+        if self._fast is not None:
+            low = self._fast(features, prompt)
+        else:
+            low = self.model.prompt_logits(features, prompt, attention=self.attention, folded=self.folded_head)
         size = self.cfg.img_size
         up = F.interpolate(low.to(self.dtype), (size, size), mode="bilinear", align_corners=True)
         return F.interpolate(up, shape, mode="bilinear", align_corners=False)

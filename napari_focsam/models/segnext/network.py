@@ -11,8 +11,9 @@
   attention over all 4096 tokens, LayerNorm eps 1e-5), the simple feature pyramid and the MLP head: (1, 1, 256, 256)
   logits, once per click.
 
-Every product with the 4096 tokens can run in a lower precision (``lowp``, e.g. bfloat16) while the residual
-stream, the norms and the sums stay in the model's dtype; ``attention="explicit"`` writes the attention out as
+The backbone's linears and attention can run in a lower precision (``lowp``, e.g. bfloat16) while the residual
+stream and the norms stay in the model's dtype (the per-click half's fast path is :mod:`.fast`);
+``attention="explicit"`` writes the attention out as
 ``softmax(q kᵀ / 8) v`` (the official formulation) instead of torch's fused kernel.
 """
 
@@ -29,18 +30,19 @@ from .config import SegNextConfig
 ATTENTION = ("sdpa", "explicit")
 
 
-def _linear(layer: nn.Linear, x: torch.Tensor, lowp: torch.dtype | None) -> torch.Tensor:
+def _linear(layer: nn.Linear, x: torch.Tensor, lowp: torch.dtype | None,
+            out: torch.dtype | None = None) -> torch.Tensor:
     """``layer(x)``; with ``lowp`` the product runs in that dtype (a cached weight copy) and the result comes back in
-    ``x``'s dtype."""
-    if lowp is None or lowp == x.dtype:
-        return layer(x)
+    ``out`` (default: ``x``'s dtype)."""
+    if lowp is None or lowp == layer.weight.dtype:
+        return layer(x.to(layer.weight.dtype)).to(out or x.dtype)
     cache = layer.__dict__.setdefault("_lowp_copies", {})
     key = (lowp, layer.weight.data_ptr(), layer.weight._version)
     if key not in cache:
         cache.clear()
         cache[key] = (layer.weight.detach().to(lowp), layer.bias.detach().to(lowp))
     weight, bias = cache[key]
-    return F.linear(x.to(lowp), weight, bias).to(x.dtype)
+    return F.linear(x.to(lowp), weight, bias).to(out or x.dtype)
 
 
 class Attention(nn.Module):
@@ -53,17 +55,15 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, attention: str = "sdpa", lowp: torch.dtype | None = None) -> torch.Tensor:
         b, n, c = x.shape
         heads = self.num_heads
-        qkv = _linear(self.qkv, x, lowp).reshape(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
-        if lowp is not None:
-            qkv = qkv.to(lowp)
+        qkv = _linear(self.qkv, x, lowp, out=lowp).reshape(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         if attention == "explicit":
             weights = (q @ k.transpose(-2, -1)) * (c // heads) ** -0.5
             out = weights.softmax(dim=-1) @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v)
-        out = out.transpose(1, 2).reshape(b, n, c).to(x.dtype)
-        return _linear(self.proj, out, lowp)
+        out = out.transpose(1, 2).reshape(b, n, c)
+        return _linear(self.proj, out, lowp, out=x.dtype)
 
 
 class Mlp(nn.Module):
@@ -73,9 +73,9 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor, lowp: torch.dtype | None = None) -> torch.Tensor:
-        if lowp is not None and lowp != x.dtype:
-            hidden = F.gelu(_linear(self.fc1, x, lowp).to(lowp))
-            return _linear(self.fc2, hidden, lowp).to(x.dtype)
+        if lowp is not None and lowp != self.fc1.weight.dtype:
+            hidden = F.gelu(_linear(self.fc1, x, lowp, out=lowp))
+            return _linear(self.fc2, hidden, lowp, out=x.dtype)
         return self.fc2(F.gelu(self.fc1(x)))
 
 
@@ -168,32 +168,8 @@ class SimpleFPN(nn.Module):
         self.down_32 = nn.Sequential(
             nn.Conv2d(d, d * 2, 2, stride=2), _gn(d * 2), nn.Conv2d(d * 2, o32, 1), _gn(o32), nn.GELU())
 
-    def forward(self, x: torch.Tensor, lowp: torch.dtype | None = None) -> list[torch.Tensor]:
-        return [_run(seq, x, lowp) for seq in (self.down_4, self.down_8, self.down_16, self.down_32)]
-
-
-def _conv_lowp(layer: nn.Module, x: torch.Tensor, lowp: torch.dtype) -> torch.Tensor:
-    cache = layer.__dict__.setdefault("_lowp_copies", {})
-    key = (lowp, layer.weight.data_ptr(), layer.weight._version)
-    if key not in cache:
-        cache.clear()
-        cache[key] = (layer.weight.detach().to(lowp), layer.bias.detach().to(lowp))
-    weight, bias = cache[key]
-    if isinstance(layer, nn.ConvTranspose2d):
-        out = F.conv_transpose2d(x.to(lowp), weight, bias, layer.stride)
-    else:
-        out = F.conv2d(x.to(lowp), weight, bias, layer.stride)
-    return out.to(x.dtype)
-
-
-def _run(seq: nn.Sequential, x: torch.Tensor, lowp: torch.dtype | None) -> torch.Tensor:
-    """A sequence of the pyramid, its convolutions in ``lowp`` and its norms in ``x``'s dtype."""
-    for layer in seq:
-        if lowp is not None and lowp != x.dtype and isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
-            x = _conv_lowp(layer, x, lowp)
-        else:
-            x = layer(x)
-    return x
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [seq(x) for seq in (self.down_4, self.down_8, self.down_16, self.down_32)]
 
 
 class ConvRelu(nn.Module):
@@ -217,13 +193,11 @@ class Head(nn.Module):
         self.fusion_conv = ConvRelu(out * len(cfg.neck_dims), out)
         self.seg_conv = nn.Conv2d(out, 1, 1)
 
-    def forward(self, feats: list[torch.Tensor], *, folded: bool = True,
-                lowp: torch.dtype | None = None) -> torch.Tensor:
+    def forward(self, feats: list[torch.Tensor], *, folded: bool = True) -> torch.Tensor:
         """The logits at the finest scale. ``folded`` applies the fusion convolution's slice for each coarse scale
         before the (linear) bilinear upsampling instead of after it: the same function, about 10 × less work."""
         size = feats[0].shape[-2:]
-        mapped = [conv(f) if lowp is None else F.relu(_conv_lowp(conv.conv, f, lowp))
-                  for conv, f in zip(self.convs, feats)]
+        mapped = [conv(f) for conv, f in zip(self.convs, feats)]
         fusion = self.fusion_conv.conv
         if not folded:
             ups = [m if m.shape[-2:] == size else F.interpolate(m, size, mode="bilinear", align_corners=False)
@@ -233,7 +207,7 @@ class Head(nn.Module):
         slices = fusion.weight.split([m.shape[1] for m in mapped], dim=1)
         total = None
         for m, weight in zip(mapped, slices):
-            part = F.conv2d(m if lowp is None else m.to(lowp), weight if lowp is None else weight.to(lowp)).to(m.dtype)
+            part = F.conv2d(m, weight)
             if part.shape[-2:] != size:
                 part = F.interpolate(part, size, mode="bilinear", align_corners=False)
             total = part if total is None else total + part
@@ -267,21 +241,21 @@ class SegNextNet(nn.Module):
         """(1, 768, 64, 64) features of a normalised, resized image (keyword options: see :class:`Backbone`)."""
         return self.backbone(x, **kwargs)  # type: ignore[arg-type]
 
-    def fuse(self, features: torch.Tensor, prompt_map: torch.Tensor, *, attention: str = "sdpa",
-             lowp: torch.dtype | None = None) -> torch.Tensor:
+    def fuse(self, features: torch.Tensor, prompt_map: torch.Tensor, *, attention: str = "sdpa") -> torch.Tensor:
         """Image features + the prompt map's embedding, through the fusion blocks: (1, 768, 64, 64)."""
         prompt = self.visual_prompts_encoder(prompt_map.to(features.dtype))
         b, c, g, _ = features.shape
         x = (features + prompt).flatten(2).transpose(1, 2)
         for block in self.fusion_blocks:
-            x = block(x, attention, lowp)
+            x = block(x, attention)
         return x.transpose(1, 2).reshape(b, c, g, g)
 
-    def decode(self, fused: torch.Tensor, *, folded: bool = True, lowp: torch.dtype | None = None) -> torch.Tensor:
+    def decode(self, fused: torch.Tensor, *, folded: bool = True) -> torch.Tensor:
         """The fused map through the pyramid and the head: (1, 1, 256, 256) logits."""
-        return self.head(self.neck(fused, lowp), folded=folded, lowp=lowp)
+        return self.head(self.neck(fused), folded=folded)
 
-    def prompt_logits(self, features: torch.Tensor, prompt_map: torch.Tensor, **kwargs: object) -> torch.Tensor:
-        folded = bool(kwargs.pop("folded", True))
-        fused = self.fuse(features, prompt_map, **kwargs)  # type: ignore[arg-type]
-        return self.decode(fused, folded=folded, lowp=kwargs.get("lowp"))  # type: ignore[arg-type]
+    def prompt_logits(self, features: torch.Tensor, prompt_map: torch.Tensor, *, attention: str = "sdpa",
+                      folded: bool = True) -> torch.Tensor:
+        """(1, 1, 256, 256) logits of one prompt map on the image features, in the model's dtype (the fast
+        lower-precision path is :class:`~.fast.FastPromptPath`)."""
+        return self.decode(self.fuse(features, prompt_map, attention=attention), folded=folded)
