@@ -35,6 +35,7 @@ from .predictor import Predictor
 from .session import DEFAULT_MAX_HISTORY, ObjectSession
 from .signature import data_signature, embedding_key
 from .stability import Jitter, as_jitter
+from .threads import threads_for
 from .types import CancelToken, ImageEmbedding, Prompts
 
 FALLBACK_NAME = "fallback"
@@ -213,7 +214,8 @@ class ModelManager:
 
         def compute() -> tuple[torch.Tensor, object]:
             start = time.perf_counter()
-            result = self.predictor.embed(prepared, cancel=cancel)
+            with threads_for("bulk"):  # also when a click job computes it: an embedding uses every core
+                result = self.predictor.embed(prepared, cancel=cancel)
             computed.append(time.perf_counter() - start)
             return result
 

@@ -29,7 +29,7 @@ from psygnal import Signal
 from ..engine.jobs import Job
 from ..engine.manager import ModelManager
 from ..engine.session import ObjectSession
-from ..engine.types import Prompts
+from ..engine.types import CancelToken, Prompts
 from . import layers as L
 from .gui_jobs import GuiJobs
 from .label_edits import LabelEdits
@@ -45,6 +45,7 @@ class AnnotationController(PromptInput, LabelEdits, GuiJobs):
 
     status = Signal(str)
     changed = Signal()
+    progress = Signal(str, int, int)  # (what, done, total) of the running load/embedding; ("", 0, 0) when it ends
 
     def __init__(self, viewer: Viewer) -> None:
         self.viewer = viewer
@@ -61,6 +62,9 @@ class AnnotationController(PromptInput, LabelEdits, GuiJobs):
         self.last_embed_seconds: float | None = None
         self._bases: dict[tuple[tuple[int, ...], int], np.ndarray] = {}
         self._keys: dict[tuple[int, ...], str] = {}  # slice -> embedding key of the current model
+        # (slice, rgb, contrast limits) -> embedding key, while the image data is unchanged: clicks skip converting
+        # and hashing the slice again (cleared when the image layer's data is replaced)
+        self._known: dict[tuple[Any, ...], str] = {}
         self._committing: set[int] = set()  # committed objects whose jobs still run
         self._init_jobs()
         self._muted = False
@@ -78,6 +82,7 @@ class AnnotationController(PromptInput, LabelEdits, GuiJobs):
         self.manager = manager
         self._boxes_warned = False
         self._keys.clear()
+        self._known.clear()
         self.status.emit(f"{manager.display_name} on {manager.device}")
         self.changed.emit()
         self.embed_current()
@@ -103,6 +108,7 @@ class AnnotationController(PromptInput, LabelEdits, GuiJobs):
         L.style_points(self.points)
         self.points.events.data.connect(self._on_points_data)
         self.boxes.events.data.connect(self._on_boxes_data)
+        self.image.events.data.connect(self._on_image_data)
         self.points.mouse_drag_callbacks.insert(0, self._sign_from_mouse)
         self.points.mode = "add"
         self.viewer.layers.selection.active = self.points  # clicks on the canvas go to the active layer
@@ -120,9 +126,12 @@ class AnnotationController(PromptInput, LabelEdits, GuiJobs):
                 self.points.mouse_drag_callbacks.remove(self._sign_from_mouse)
         if self.boxes is not None:
             self.boxes.events.data.disconnect(self._on_boxes_data)
+        if self.image is not None:
+            self.image.events.data.disconnect(self._on_image_data)
         self.image = self.points = self.labels = self.boxes = None
         self._bases.clear()
         self._keys.clear()
+        self._known.clear()
         self._committing.clear()
 
     @property
@@ -145,10 +154,20 @@ class AnnotationController(PromptInput, LabelEdits, GuiJobs):
         prompts = self._prompts(index)
         if (index, object_id) not in self._bases:
             self._bases[(index, object_id)] = L.slice_copy(self.labels, index)
-        args = (self.manager, self.image.data, index, self.image.rgb, tuple(self.image.contrast_limits),
-                object_id, prompts)
-        self.jobs.submit((CLICK, index, object_id), lambda token: compute_object(*args, token), self._on_result,
-                         self._on_error, on_finished=lambda: self._job_finished(object_id))
+        contrast = tuple(self.image.contrast_limits)
+        known = (index, self.image.rgb, contrast)
+        args = (self.manager, self.image.data, index, self.image.rgb, contrast, object_id, prompts)
+
+        def work(token: CancelToken) -> ClickResult:
+            return compute_object(*args, token, known_key=self._known.get(known))
+
+        def done(result: ClickResult) -> None:
+            if result.manager is self.manager and self.image is not None and args[1] is self.image.data:
+                self._known[known] = result.embedding_key
+            self._on_result(result)
+
+        self.jobs.submit((CLICK, index, object_id), work, done, self._on_error,
+                         on_finished=lambda: self._job_finished(object_id), threads="interactive")
 
     def _on_result(self, result: ClickResult) -> None:
         if self.labels is None:
@@ -336,8 +355,8 @@ class AnnotationController(PromptInput, LabelEdits, GuiJobs):
                                  self._on_error)
             return
         label = f"Embedding slice {index}" if index else "Embedding image"
-        self.run_job(lambda token: embed_slice(*args), self._on_embedded, key=("embed",), progress=label,
-                     supersede=False)
+        self.run_job(lambda token: embed_slice(*args, cancel=token), self._on_embedded, key=("embed",),
+                     progress=label, steps=_embedding_steps(self.manager), supersede=False)
 
     def _on_embedded(self, result: tuple[ModelManager, tuple[int, ...], str, float | None]) -> None:
         manager, index, key, seconds = result
@@ -355,6 +374,9 @@ class AnnotationController(PromptInput, LabelEdits, GuiJobs):
         self.jobs.cancel(lambda key: key[0] == CLICK)
         self._committing.clear()
 
+    def _on_image_data(self, event: Any = None) -> None:
+        self._known.clear()  # new pixels: the next click converts and hashes the slice again
+
     def _on_layer_removed(self, event: Any) -> None:
         if event.value in (self.image, self.points, self.labels, self.boxes):
             name = event.value.name
@@ -364,6 +386,14 @@ class AnnotationController(PromptInput, LabelEdits, GuiJobs):
 
     def _mute(self) -> _Muted:
         return _Muted(self)
+
+
+def _embedding_steps(manager: ModelManager) -> int | None:
+    """How many times an embedding checks its cancel token (once per ViT block, once more after the encoder), or
+    None when not known (the fallback: it is quick)."""
+    encoder = getattr(getattr(manager.predictor, "model", None), "image_encoder", None)
+    blocks = getattr(encoder, "blocks", None)
+    return len(blocks) + 1 if blocks is not None else None
 
 
 class _Muted:

@@ -16,6 +16,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QProgressBar,
     QPushButton,
     QVBoxLayout,
     QWidget,
@@ -80,6 +81,9 @@ class FocsamWidget(QWidget):
         layout.addWidget(self._objects_box())
         self.stack_panel = StackPanel(self.controller, lambda: self.image_combo.currentData())
         layout.addWidget(self.stack_panel)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setVisible(False)
+        layout.addWidget(self.progress_bar)
         self.status = QLabel("no model loaded")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
@@ -89,6 +93,7 @@ class FocsamWidget(QWidget):
         layout.addStretch(1)
 
         self.controller.status.connect(self._on_status)
+        self.controller.progress.connect(self._on_progress)
         self.controller.changed.connect(self._refresh)
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(self._refresh_layers)
@@ -258,6 +263,18 @@ class FocsamWidget(QWidget):
             index = combo.findData(wanted) if wanted is not None else -1
             combo.setCurrentIndex(max(index, 0))  # optional layers default to a new one
             combo.blockSignals(False)
+
+    def _on_progress(self, what: str, done: int, total: int) -> None:
+        """A load or embedding in progress: a bar that counts its steps, or a still one when they are not known (a
+        busy animation would repaint the window all the time)."""
+        bar = self.progress_bar
+        if not what:
+            bar.setVisible(False)
+            return
+        bar.setRange(0, max(total, 1))
+        bar.setValue(min(done, max(total, 1)))
+        bar.setFormat(f"{what} … {done}/{total}" if total else f"{what} …")
+        bar.setVisible(True)
 
     def _on_status(self, text: str) -> None:
         self.status.setText(text)
