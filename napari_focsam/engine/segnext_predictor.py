@@ -32,6 +32,7 @@ from ..models.geometry import ImageGeometry
 from ..models.segnext import prompt_map as pm
 from ..models.segnext.fast import FastPromptPath
 from ..models.segnext.loader import LoadedSegNext
+from .threads import threads_for
 from .types import CancelToken, ImageEmbedding, ObjectState, Prediction, Prompts, check_cancel
 
 #: the official demo's threshold (strict ``>``); the official evaluation uses 0.49
@@ -150,7 +151,7 @@ class SegNextPredictor:
                 region = old
             else:
                 region = _Region(prompts.mask)
-                mask = torch.from_numpy(prompts.mask).to(device=self.device, dtype=self.dtype)[None, None]
+                mask = torch.from_numpy(np.array(prompts.mask)).to(device=self.device, dtype=self.dtype)[None, None]
                 return mask, region
         if state.logits is None:
             return None, region
@@ -174,7 +175,8 @@ class SegNextPredictor:
             timings["prompt_map"] = time.perf_counter() - start
             check_cancel(cancel)
             start = time.perf_counter()
-            logits = self.logits(embedding.features.to(self.dtype), prompt, shape)
+            with threads_for("bulk"):  # a click here is a large network: every core, as an embedding
+                logits = self.logits(embedding.features.to(self.dtype), prompt, shape)
             timings["network"] = time.perf_counter() - start
             mask = (torch.sigmoid(logits) > self.threshold)[0, 0].cpu().numpy()
         next_state = ObjectState(logits=logits, step=state.step + 1, extra=region)

@@ -49,6 +49,18 @@ SEGNEXT_MODELS: dict[str, SegNextModelInfo] = {
 MARKER_KEY = "visual_prompts_encoder.proj.weight"
 
 
+def describe_config(cfg: SegNextConfig) -> str:
+    return (f"width {cfg.embed_dim}, {cfg.depth} encoder blocks, fusion depth {cfg.fusion_depth}, "
+            f"input {cfg.img_size}")
+
+
+def _wrong_kind(path: Path, cfg: SegNextConfig, name: str) -> CheckpointError:
+    other = [n for n, i in SEGNEXT_MODELS.items() if i.config == cfg and i.file_name]
+    hint = f" Load it as {' or '.join(repr(n) for n in other)} instead." if other else ""
+    return CheckpointError(f"{path} is a SegNext checkpoint ({describe_config(cfg)}), but {name} is "
+                           f"{describe_config(get_info(name).config)}.{hint}")
+
+
 def is_segnext(name: str) -> bool:
     return name in SEGNEXT_MODELS
 
@@ -169,10 +181,7 @@ def load_segnext(name: str, checkpoint: str | os.PathLike | None = None, *, devi
         else:
             cfg = config_from_keys(state)
         if cfg != info.config:
-            other = [n for n, i in SEGNEXT_MODELS.items() if i.config == cfg and i.file_name]
-            hint = f" Load it as {' or '.join(repr(n) for n in other)} instead." if other else ""
-            raise CheckpointError(f"{path} is a SegNext checkpoint with fusion depth {cfg.fusion_depth}, but {name} "
-                                  f"has fusion depth {info.config.fusion_depth}.{hint}")
+            raise _wrong_kind(path, cfg, name)
         source = str(path)
         check_segnext_state(cfg, state, source, name)
         with torch.device("meta"):
@@ -184,3 +193,18 @@ def load_segnext(name: str, checkpoint: str | os.PathLike | None = None, *, devi
     for param in model.parameters():
         param.requires_grad_(False)
     return LoadedSegNext(model=model, info=info, weights_id=weights_id, source=source)
+
+
+def check_segnext_file(path: str | os.PathLike, name: str) -> str:
+    """Raise :class:`CheckpointError` unless the file is a complete checkpoint of SegNext model ``name`` (its config
+    and every key and shape); return what it is."""
+    info = get_info(name)
+    path = Path(path)
+    state, record = read_segnext(path)
+    if not looks_like_segnext(state):
+        raise _not_segnext(path, state, name)
+    cfg = parse_config(record) if record is not None else config_from_keys(state)
+    if cfg != info.config:
+        raise _wrong_kind(path, cfg, name)
+    check_segnext_state(cfg, state, str(path), name)
+    return f"SegNext ViT-B SA×{cfg.fusion_depth} ({name})"
