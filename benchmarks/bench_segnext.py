@@ -22,7 +22,7 @@ import torch
 from napari_focsam.engine.segnext_predictor import SegNextPredictor
 from napari_focsam.engine.session import ObjectSession
 from napari_focsam.engine.types import ImageEmbedding
-from napari_focsam.models.segnext.loader import load_segnext
+from napari_focsam.weights.segnext import load_segnext
 
 
 def main() -> None:

@@ -11,13 +11,12 @@ import torch
 
 from napari_focsam.engine.manager import ModelManager
 from napari_focsam.engine.types import ObjectState, Prompts
-from napari_focsam.models.checkpoint import CheckpointError
-from napari_focsam.models.loader import load_model
 from napari_focsam.models.sam import build_model
-from napari_focsam.models.specs import get_spec
 from napari_focsam.models.segnext import prompt_map as pm
-from napari_focsam.models.segnext.config import SegNextConfigError, official_config
-from napari_focsam.models.segnext.loader import SEGNEXT_MODELS, load_segnext
+from napari_focsam.models.specs import get_spec
+from napari_focsam.weights.checkpoint import CheckpointError
+from napari_focsam.weights.loader import load_model
+from napari_focsam.weights.segnext import SEGNEXT_MODELS, SegNextConfigError, load_segnext, official_config
 
 TINY = SEGNEXT_MODELS["segnext_tiny"].config
 
@@ -169,7 +168,7 @@ def test_missing_keys_and_wrong_depth_are_named(files):
 
 
 def test_registry_entries_are_manual_downloads_that_say_where_to_put_the_file(tmp_path, monkeypatch):
-    from napari_focsam.models.download import ModelUnavailable, resolve_checkpoint
+    from napari_focsam.weights.download import ModelUnavailable, resolve_checkpoint
 
     monkeypatch.setenv("NAPARI_FOCSAM_CACHE", str(tmp_path))
     for name, file_name in (("segnext_vitb_sa1", "vitb_sa1_cocolvis_epoch_90.pth"),
@@ -182,7 +181,7 @@ def test_registry_entries_are_manual_downloads_that_say_where_to_put_the_file(tm
 
 
 def test_a_dropped_file_is_checked_by_structure(tmp_path, monkeypatch, files):
-    from napari_focsam.models.download import resolve_checkpoint
+    from napari_focsam.weights.download import resolve_checkpoint
 
     monkeypatch.setenv("NAPARI_FOCSAM_CACHE", str(tmp_path))
     (tmp_path / "models").mkdir()

@@ -13,9 +13,9 @@ import torch
 
 from napari_focsam.engine.segnext_predictor import SegNextPredictor
 from napari_focsam.engine.session import ObjectSession
-from napari_focsam.engine.types import ImageEmbedding, Prompts
+from napari_focsam.engine.types import ImageEmbedding, ObjectState
 from napari_focsam.models.segnext import prompt_map as pm
-from napari_focsam.models.segnext.loader import load_segnext
+from napari_focsam.weights.segnext import load_segnext
 from tests._golden_segnext import case_a, golden_state, table, write_official
 
 ROWS = [0, 511, 1023]
@@ -56,8 +56,7 @@ def run(tmp_path_factory):
             prompts = session.prompts.with_point(int(y), int(x_), bool(positive))
             with torch.inference_mode():
                 disks = predictor.disks(prompts, image.shape[:2])
-                previous, _ = predictor.previous(prompts, prev_state or __import__(
-                    "napari_focsam.engine.types", fromlist=["ObjectState"]).ObjectState())
+                previous, _ = predictor.previous(prompts, prev_state or ObjectState())
                 prompt = pm.prompt_map(disks, previous, dtype=torch.float64, device=torch.device("cpu"))
                 prompt_feats = model.visual_prompts_encoder(prompt)[0]
                 fused = model.fuse(features, prompt)
@@ -66,10 +65,10 @@ def run(tmp_path_factory):
                 up = torch.nn.functional.interpolate(head, (1024, 1024), mode="bilinear", align_corners=True)
             fusion_out.clear()
             session.click(int(y), int(x_), bool(positive))
-            steps.append(dict(prompts=prompts, disks=disks, prompt=prompt, prompt_feats=prompt_feats,
-                              fusion_in=features[0] + prompt_feats, fused=fused[0], fpn=[f[0] for f in feats],
-                              head=head[0, 0], up=up[0, 0], logits=session.state.logits[0, 0],
-                              mask=session.mask, blocks=list(fusion_out)))
+            steps.append({"prompts": prompts, "disks": disks, "prompt": prompt, "prompt_feats": prompt_feats,
+                          "fusion_in": features[0] + prompt_feats, "fused": fused[0], "fpn": [f[0] for f in feats],
+                          "head": head[0, 0], "up": up[0, 0], "logits": session.state.logits[0, 0],
+                          "mask": session.mask, "blocks": list(fusion_out)})
     finally:
         for h in hooks:
             h.remove()

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..models.loader import load_model, resolve_device
+from ..weights.loader import load_model, resolve_device
 from .cache import EmbeddingCache
 from .image import to_model_rgb
 from .predictor import Predictor
@@ -56,14 +56,14 @@ class EmbedInfo:
 
 def _base_resolver(model: str, **kwargs: object) -> Callable[[], object] | None:
     """For a registry entry whose file is a decoder only (PA-SAM), a callable that finds its base model's file."""
-    from ..models.registry import REGISTRY
+    from ..weights.registry import REGISTRY
 
     entry = REGISTRY.get(model)
     if entry is None or entry.base_model is None:
         return None
 
     def resolve() -> object:
-        from ..models.download import resolve_checkpoint
+        from ..weights.download import resolve_checkpoint
 
         return resolve_checkpoint(entry.base_model, **kwargs)  # type: ignore[arg-type]
 
@@ -154,7 +154,7 @@ class ModelManager:
             from .fallback import FallbackPredictor
 
             return cls(FallbackPredictor(), cache=cache, robust=robust)
-        from ..models.segnext.loader import is_segnext
+        from ..weights.segnext import is_segnext
 
         if is_segnext(model):
             return cls._load_segnext(model, checkpoint, device=device, dtype=dtype, precision=precision,
@@ -163,7 +163,7 @@ class ModelManager:
         from .sam_predictor import SamFamilyPredictor
 
         if checkpoint is None and not allow_random_weights:
-            from ..models.download import resolve_checkpoint
+            from ..weights.download import resolve_checkpoint
 
             checkpoint = resolve_checkpoint(model, download=download, progress=progress)
         if encoder_attention is None:
@@ -190,11 +190,11 @@ class ModelManager:
                       download: bool, progress: Callable[[int, int | None], None] | None) -> ModelManager:
         """SegNext (see :mod:`.segnext_predictor`): ``precision="fast"`` runs bfloat16 products where the device has
         them, ``"float32"`` the model's dtype throughout."""
-        from ..models.segnext.loader import load_segnext
+        from ..weights.segnext import load_segnext
         from .segnext_predictor import SegNextPredictor
 
         if checkpoint is None and not allow_random_weights:
-            from ..models.download import resolve_checkpoint
+            from ..weights.download import resolve_checkpoint
 
             checkpoint = resolve_checkpoint(model, download=download, progress=progress)
         loaded = load_segnext(model, checkpoint, device=resolve_device(device), dtype=dtype)

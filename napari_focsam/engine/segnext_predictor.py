@@ -31,7 +31,7 @@ from ..models.fast_encoder import default_encoder_dtype
 from ..models.geometry import ImageGeometry
 from ..models.segnext import prompt_map as pm
 from ..models.segnext.fast import FastPromptPath
-from ..models.segnext.loader import LoadedSegNext
+from ..weights.segnext import LoadedSegNext
 from .threads import threads_for
 from .types import CancelToken, ImageEmbedding, ObjectState, Prediction, Prompts, check_cancel
 

@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..models.registry import REGISTRY
+from ..weights.registry import REGISTRY
 from .controller import AnnotationController
 from .stack_panel import StackPanel
 
@@ -225,7 +225,7 @@ class FocsamWidget(QWidget):
     def select_model(self, name: str, *, load: bool = True, hint: str = "") -> Any:
         """Choose the registered model ``name`` with an empty checkpoint field (weights from the model cache) and
         load it when ``load`` (returns the job, else None); ``hint`` stays shown under the model box."""
-        from ..models.registry import get_entry
+        from ..weights.registry import get_entry
 
         index = self.model_combo.findData(name)
         if index < 0:

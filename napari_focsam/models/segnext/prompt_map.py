@@ -23,6 +23,8 @@ step), resized bilinearly (``align_corners=False``) to S × S, not thresholded.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -101,7 +103,7 @@ def stroke_centres(points: np.ndarray, shape: tuple[int, int], size: int = 1024,
     scale = np.array([size / shape[0], size / shape[1]])
     frame = pts * scale
     samples = [frame[:1]]
-    for a, b in zip(frame[:-1], frame[1:]):
+    for a, b in pairwise(frame):
         n = max(1, int(np.ceil(np.hypot(*(b - a)) / step)))
         t = np.arange(1, n + 1)[:, None] / n
         samples.append(a + (b - a) * t)

@@ -232,7 +232,7 @@ def register_entry(entry: ModelEntry, *, replace: bool = False) -> ModelEntry:
     if entry.name in REGISTRY and not replace:
         raise ValueError(f"model {entry.name!r} is already registered (pass replace=True to replace it)")
     if entry.spec_name is not None and not entry.spec_name.startswith("segnext_"):
-        from .specs import get_spec
+        from ..models.specs import get_spec
 
         get_spec(entry.spec_name)  # fail early on an unknown architecture
     if entry.archive not in (None, "zip"):

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .safe_pickle import UnsafeCheckpointError, load_restricted
-from .specs import SPECS, ModelSpec
+from ..models.specs import SPECS, ModelSpec
 
 
 class CheckpointError(ValueError):
@@ -232,7 +232,7 @@ _SHAPE_CACHE: dict[str, dict[str, tuple[int, ...]]] = {}
 
 def _expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     if spec.name not in _SHAPE_CACHE:
-        from .sam import InteractiveModel
+        from ..models.sam import InteractiveModel
 
         with torch.device("meta"):
             model = InteractiveModel(spec)

@@ -32,7 +32,7 @@ from .checkpoint import (
     to_model_keys,
 )
 from .registry import REGISTRY, ModelEntry, format_bytes, get_entry, models_dir
-from .specs import SPECS, get_spec
+from ..models.specs import SPECS, get_spec
 
 #: ``progress(done_bytes, total_bytes)``; ``total_bytes`` is None when unknown
 ProgressCallback = Callable[[int, "int | None"], None]
@@ -117,7 +117,7 @@ def _safetensors_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int
 
 def check_structure(path: Path, spec_name: str) -> str:
     """Raise CheckpointError unless the file's keys and shapes fit ``spec_name``; return what it looks like."""
-    from .segnext.loader import check_segnext_file, is_segnext
+    from .segnext import check_segnext_file, is_segnext
 
     if is_segnext(spec_name):
         return check_segnext_file(path, spec_name)
