@@ -39,6 +39,9 @@ MODELS = (*MODELS[:-1],
           ("HQ-SAM ViT-L (finer boundaries)", "sam_hq_vit_l"),
           ("HQ-SAM ViT-H (finer boundaries)", "sam_hq_vit_h"),
           ("PA-SAM ViT-L (prompt adapter; manual download)", "pa_sam_vit_l"),
+          ("SegNext ViT-B SA×2 HQ (dense prompts; slow per click on a CPU)", "segnext_vitb_sa2_hq"),
+          ("SegNext ViT-B SA×2 (dense prompts; slow per click on a CPU)", "segnext_vitb_sa2"),
+          ("SegNext ViT-B SA×1 (dense prompts; slow per click on a CPU)", "segnext_vitb_sa1"),
           MODELS[-1])
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: (shown, ``ModelManager.load(precision=...)``)
@@ -298,6 +301,9 @@ class FocsamWidget(QWidget):
                 text += f"; last embedding {c.last_embed_seconds:.1f} s"
             if c.last_click_seconds is not None:
                 text += f"; last click {1000 * c.last_click_seconds:.0f} ms"
+            cost = getattr(c.manager.predictor, "cost_note", None)
+            if cost and c.manager.device.type == "cpu":
+                text += f"<br><i>{cost}</i>"
             self.model_label.setText(text)
         session = c.session() if c.ready else None
         self.object_label.setText(f"current object: {c.object_id}" + (" (refined)" if session and
