@@ -13,7 +13,7 @@ CORE = ("napari_focsam", "napari_focsam.cli", "napari_focsam.sample_data")
 CORE_PACKAGES = ("napari_focsam.engine", "napari_focsam.models", "napari_focsam.weights", "napari_focsam.stack",
                  "napari_focsam.evaluation")
 GUI_ROOTS = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui", "superqt", "vispy",
-             "ipywidgets", "ipykernel")
+             "ipywidgets", "ipykernel", "anywidget", "jupyterlab")
 
 
 def test_core_packages_load_neither_napari_nor_qt():
@@ -25,7 +25,8 @@ def test_core_packages_load_neither_napari_nor_qt():
         "    for info in pkgutil.iter_modules(package.__path__): importlib.import_module(f'{name}.{info.name}')\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.startswith('napari_focsam.'))))\n"
         "import napari_focsam.cli as cli; cli.build_parser(); cli.viewer_parser()\n"
-        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {GUI_ROOTS!r})))\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {GUI_ROOTS!r} "
+        f"or m.startswith('napari_focsam.notebook'))))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -42,3 +43,14 @@ def test_the_check_sees_a_gui_import():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "napari" in json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_notebook_annotator_needs_no_napari_or_qt():
+    """The notebook package imports anywidget (Jupyter) but neither napari nor Qt."""
+    code = ("import json, sys, napari_focsam.notebook\n"
+            f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({GUI_ROOTS!r}))))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "anywidget" in found and "ipywidgets" in found
+    assert not {"napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "vispy", "magicgui"} & set(found), found

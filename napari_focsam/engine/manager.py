@@ -154,6 +154,12 @@ class ModelManager:
             from .fallback import FallbackPredictor
 
             return cls(FallbackPredictor(), cache=cache, robust=robust)
+        from ..weights.segnext import is_segnext
+
+        if is_segnext(model):
+            return cls._load_segnext(model, checkpoint, device=device, dtype=dtype, precision=precision,
+                                     encoder_dtype=encoder_dtype, cache=cache, robust=robust,
+                                     allow_random_weights=allow_random_weights, download=download, progress=progress)
         from .sam_predictor import SamFamilyPredictor
 
         if checkpoint is None and not allow_random_weights:
@@ -176,6 +182,25 @@ class ModelManager:
                                        decoder_attention_dtype=decoder_attention_dtype,
                                        hq_token_only=hq_token_only, preprocessing=preprocessing)
         return cls(predictor, cache=cache, robust=robust)
+
+    @classmethod
+    def _load_segnext(cls, model: str, checkpoint: str | os.PathLike | None, *, device: str | torch.device,
+                      dtype: torch.dtype, precision: str, encoder_dtype: torch.dtype | str | None,
+                      cache: EmbeddingCache, robust: Jitter | bool | None, allow_random_weights: bool,
+                      download: bool, progress: Callable[[int, int | None], None] | None) -> ModelManager:
+        """SegNext (see :mod:`.segnext_predictor`): ``precision="fast"`` runs bfloat16 products where the device has
+        them, ``"float32"`` the model's dtype throughout."""
+        from ..weights.segnext import load_segnext
+        from .segnext_predictor import SegNextPredictor
+
+        if checkpoint is None and not allow_random_weights:
+            from ..weights.download import resolve_checkpoint
+
+            checkpoint = resolve_checkpoint(model, download=download, progress=progress)
+        loaded = load_segnext(model, checkpoint, device=resolve_device(device), dtype=dtype)
+        lowp = None if precision == "float32" else "auto"
+        encoder = encoder_dtype if encoder_dtype not in (None, "auto") else lowp
+        return cls(SegNextPredictor(loaded, lowp=lowp, encoder_lowp=encoder), cache=cache, robust=robust)
 
     # ------------------------------------------------------------------ description
     @property
