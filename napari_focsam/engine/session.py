@@ -317,7 +317,7 @@ class ObjectSession:
 
     # ------------------------------------------------------------------ internals
     def _apply(self, prompts: Prompts, cancel: CancelToken | None, *,
-               state: ObjectState | None | str = "current") -> np.ndarray:
+               state: ObjectState | str | None = "current") -> np.ndarray:
         """Compute ``prompts`` from ``state`` (default: the current step's) as the next step, in the session's mode."""
         state = self.state if isinstance(state, str) else state
         if self._robust is None:

@@ -16,8 +16,8 @@ Boxes are ``(left, up, right_excl, bottom_excl)`` tuples of ints: columns ``left
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -29,7 +29,8 @@ Implementation notes:
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,16 +42,16 @@ from napari_focsam.models.focus import FocusPlan, WindowSelection, focus_bbox, p
 DcnBackend = Literal["gather", "torchvision"]
 
 __all__ = [
-    "FocusRefiner",
+    "DeformableConvLayer",
     "FocusBlock",
-    "QueryFromWindow",
-    "WindowMixer",
+    "FocusRefiner",
+    "ModulatedDeformConv3x3",
     "NullSlotAttention",
     "PixelDynamicReLU",
-    "DeformableConvLayer",
-    "ModulatedDeformConv3x3",
-    "modulated_deform_conv3x3",
+    "QueryFromWindow",
+    "WindowMixer",
     "gemm_kernel",
+    "modulated_deform_conv3x3",
 ]
 
 
