@@ -8,9 +8,9 @@ import pytest
 
 napari = pytest.importorskip("napari")
 
-from _widget_support import annotator, disc_image
+from _widget_support import annotator, disc_image  # noqa: E402
 
-from napari_focsam.engine.manager import ModelManager
+from napari_focsam.engine.manager import ModelManager  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
