@@ -99,6 +99,22 @@ def scenario(page: NotebookPage, widget: WidgetDriver, name: str) -> np.ndarray:
     return np.asarray(read(page, name)["labels"], np.int32)
 
 
+def keys(page: NotebookPage, widget: WidgetDriver) -> None:
+    """The widget's keys reach it, and JupyterLab's own shortcuts stay out of it (``B`` would add a cell)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    cells = len(page.driver.find_elements(By.CSS_SELECTOR, ".jp-Cell"))
+    widget.click(*A)
+    widget.wait_settled()
+    ActionChains(page.driver).send_keys("t").perform()
+    page.wait_for(lambda: "next click: negative" in widget.status(), "T to flip the sign")
+    ActionChains(page.driver).send_keys("tb").send_keys(Keys.ESCAPE).perform()
+    page.wait_for(lambda: "object 3 cancelled" in widget.status(), "Esc to cancel the object")
+    assert len(page.driver.find_elements(By.CSS_SELECTOR, ".jp-Cell")) == cells
+
+
 @pytest.mark.slow
 def test_annotate_in_a_real_browser(tmp_path):
     from napari_focsam.engine.manager import ModelManager
@@ -125,6 +141,7 @@ def test_annotate_in_a_real_browser(tmp_path):
             got = scenario(page, fallback, "fallback")
             np.testing.assert_array_equal(got, expected_labels(ModelManager.load("fallback"), image))
             assert set(np.unique(got)) == {0, 1, 2}
+            keys(page, fallback)
             got = scenario(page, tiny, "tiny")
             reference = expected_labels(ModelManager.load("sam_tiny", device="cpu", allow_random_weights=True),
                                         image)

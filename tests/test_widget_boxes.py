@@ -47,7 +47,7 @@ def test_the_boxes_layer_is_created_beside_the_clicks_layer(make_napari_viewer, 
     viewer = make_napari_viewer()
     widget = annotator(viewer, sam_manager, disc_image())
     c = widget.controller
-    assert isinstance(c.boxes, napari.layers.Shapes) and c.boxes.name == "FocSAM boxes"
+    assert isinstance(c.boxes, napari.layers.Shapes) and c.boxes.name == "FocSAM shapes"
     assert c.boxes.mode == "add_rectangle" and len(c.boxes.data) == 0
     assert widget.boxes_combo.currentData() is c.boxes
     assert viewer.layers.selection.active is c.points  # clicks still go to the clicks layer

@@ -12,7 +12,8 @@ Rules it keeps (details in ``docs/napari.md``, "How clicks become masks"):
 * a failed job shows a notification and leaves every layer as it was.
 
 Box prompts come from a Shapes layer: the latest rectangle on a slice is the current object's box there (models that
-take boxes only; for the others it is ignored with one message).
+take boxes only; for the others it is ignored with one message). Its other shapes are the object's region
+(polygons, lassos) and scribbles (paths), see :mod:`.shape_input`.
 """
 
 from __future__ import annotations
@@ -31,15 +32,17 @@ from ..engine.manager import ModelManager
 from ..engine.session import ObjectSession
 from ..engine.types import CancelToken, Prompts
 from . import layers as L
+from . import shape_layers as S
 from .gui_jobs import GuiJobs
 from .label_edits import LabelEdits
 from .prompt_input import PromptInput
+from .shape_input import ShapeInput
 from .work import ClickResult, compute_object, embed_slice
 
 CLICK = "click"  # job keys: (CLICK, slice, object id)
 
 
-class AnnotationController(PromptInput, LabelEdits, GuiJobs):
+class AnnotationController(PromptInput, ShapeInput, LabelEdits, GuiJobs):
     """Drives one image / clicks / labels triple with a :class:`ModelManager` (layers read and written on the GUI
     thread, model work in the job runner's threads)."""
 
@@ -67,6 +70,7 @@ class AnnotationController(PromptInput, LabelEdits, GuiJobs):
         self._known: dict[tuple[Any, ...], str] = {}
         self._committing: set[int] = set()  # committed objects whose jobs still run
         self._init_jobs()
+        self._init_shapes()
         self._muted = False
         self._boxes_warned = False  # "this model takes no boxes" was shown for the current manager
         self._box_ignored = False  # the latest request had a box the model does not take
@@ -106,6 +110,8 @@ class AnnotationController(PromptInput, LabelEdits, GuiJobs):
         if L.SIGN_FEATURE not in self.points.features:
             self.points.features = {L.SIGN_FEATURE: np.ones(len(self.points.data), dtype=bool)}
         L.style_points(self.points)
+        S.ensure_sign_feature(self.boxes, self.next_positive)
+        self.boxes.mouse_drag_callbacks.insert(0, self._shape_sign_from_mouse)
         self.points.events.data.connect(self._on_points_data)
         self.boxes.events.data.connect(self._on_boxes_data)
         self.image.events.data.connect(self._on_image_data)
@@ -126,6 +132,8 @@ class AnnotationController(PromptInput, LabelEdits, GuiJobs):
                 self.points.mouse_drag_callbacks.remove(self._sign_from_mouse)
         if self.boxes is not None:
             self.boxes.events.data.disconnect(self._on_boxes_data)
+            if self._shape_sign_from_mouse in self.boxes.mouse_drag_callbacks:
+                self.boxes.mouse_drag_callbacks.remove(self._shape_sign_from_mouse)
         if self.image is not None:
             self.image.events.data.disconnect(self._on_image_data)
         self.image = self.points = self.labels = self.boxes = None
@@ -133,6 +141,7 @@ class AnnotationController(PromptInput, LabelEdits, GuiJobs):
         self._keys.clear()
         self._known.clear()
         self._committing.clear()
+        self._init_shapes()
 
     @property
     def ready(self) -> bool:
@@ -222,6 +231,7 @@ class AnnotationController(PromptInput, LabelEdits, GuiJobs):
             L.replace_slice_points(self.points, self.image, index, session.prompts)
             if self.boxes is not None and self.takes_boxes:
                 L.replace_slice_box(self.boxes, self.image, index, session.prompts.box)
+        self._restore_shapes(index, session.prompts)
         base = self._bases.setdefault((index, self.object_id), L.slice_copy(self.labels, index))
         L.write_object(self.labels, index, mask, self.object_id, base, overwrite=self.overwrite)
         self.changed.emit()
@@ -266,9 +276,11 @@ class AnnotationController(PromptInput, LabelEdits, GuiJobs):
         self.jobs.cancel(lambda key: key[0] == CLICK and key[2] == self.object_id)
         for (index, object_id), base in list(self._bases.items()):
             if object_id == self.object_id:
-                L.write_object(self.labels, index, np.zeros(base.shape, bool), object_id, base, overwrite=True)
+                # the slice as it was (a label being refined keeps its pixels there)
+                L.write_object(self.labels, index, base == object_id, object_id, base, overwrite=True)
                 del self._bases[(index, object_id)]
         self._close_sessions(self.object_id)
+        self._forget_shapes(self.object_id)
         self._clear_prompts()
         self.changed.emit()
 
@@ -301,6 +313,7 @@ class AnnotationController(PromptInput, LabelEdits, GuiJobs):
             L.replace_slice_points(self.points, self.image, self.index, prompts)
             if self.boxes is not None and self.takes_boxes:
                 L.replace_slice_box(self.boxes, self.image, self.index, prompts.box)
+        self._restore_shapes(self.index, prompts)
         note = "" if session else " (no clicks recorded: new clicks replace it)"
         self.status.emit(f"re-opened object {label}{note}")
         self.changed.emit()

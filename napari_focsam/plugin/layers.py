@@ -62,8 +62,9 @@ def make_points_layer(viewer: Viewer, image: Image, name: str = "FocSAM clicks")
     return layer
 
 
-def make_shapes_layer(viewer: Viewer, image: Image, name: str = "FocSAM boxes") -> Shapes:
-    """An empty Shapes layer for box prompts on ``image`` (same grid), ready to draw rectangles."""
+def make_shapes_layer(viewer: Viewer, image: Image, name: str = "FocSAM shapes") -> Shapes:
+    """An empty Shapes layer for box, polygon and scribble prompts on ``image`` (same grid), ready to draw
+    rectangles."""
     ndim = grid_ndim(image)
     width = max(1.0, 0.004 * max(image.data.shape[-3 if image.rgb else -2:][:2]))
     layer = viewer.add_shapes(

@@ -60,12 +60,15 @@ SHORTCUTS = (
     ("redo", "Control-Shift-Z", "redo"),
     ("toggle_sign", "t", "toggle the sign of the selected clicks (or of the next click)"),
     ("reopen", "r", "re-open the selected label and keep refining it"),
+    ("refine_label", "Shift-R", "refine the selected label: it becomes the object's first prompt (a mask)"),
     ("delete_object", "Shift-Delete", "delete the selected label everywhere"),
 )
 HELP = (
     "<b>Click</b> on the object: positive. <b>Shift+click</b> or <b>right click</b>: negative.<br>"
     "<b>Box</b> (SAM models): select the boxes layer, draw a rectangle (the latest one on a slice is the box; "
     "delete it to drop the box); select the clicks layer again to click.<br>"
+    "<b>Polygon / lasso</b> on the shapes layer: adds to the object's region. <b>Path</b>: a scribble "
+    "(Shift or right button at its start, or <b>T</b>: negative).<br>"
     "<b>Stacks</b> (3D, time series): <i>Stack tools</i> below: precompute, propagate through z, batch.<br>"
     + "<br>".join(f"<b>{key.replace('Control', 'Ctrl')}</b>: {text}" for _, key, text in SHORTCUTS)
 )
@@ -153,14 +156,15 @@ class FocsamWidget(QWidget):
         form = QFormLayout(box)
         self.image_combo, self.points_combo, self.labels_combo = QComboBox(), QComboBox(), QComboBox()
         self.boxes_combo = QComboBox()
-        self.boxes_combo.setToolTip("a Shapes layer: the latest rectangle on a slice is the object's box (SAM models)")
+        self.boxes_combo.setToolTip("a Shapes layer: the latest rectangle on a slice is the object's box (SAM models); "
+                                    "polygons, ellipses and closed paths its region; paths and lines scribbles")
         self.use_button = QPushButton("Use these layers")
         self.use_button.setToolTip("attach to the chosen layers (missing clicks/labels/boxes layers are created)")
         self.use_button.clicked.connect(self.use_layers)
         form.addRow("image", self.image_combo)
         form.addRow("clicks", self.points_combo)
         form.addRow("labels", self.labels_combo)
-        form.addRow("boxes", self.boxes_combo)
+        form.addRow("shapes", self.boxes_combo)
         form.addRow(self.use_button)
         return box
 
@@ -171,15 +175,18 @@ class FocsamWidget(QWidget):
         layout.addWidget(self.object_label)
         self.buttons: dict[str, QPushButton] = {}
         rows = (("commit", "Commit / next", "undo", "Undo", "redo", "Redo"),
-                ("cancel", "Cancel object", "reopen", "Re-open label", "delete_object", "Delete label"))
+                ("cancel", "Cancel object", "reopen", "Re-open label", "delete_object", "Delete label"),
+                ("refine_label", "Refine label", "", "", "", ""))
         for row_spec in rows:
             row = QHBoxLayout()
             for action, text in zip(row_spec[::2], row_spec[1::2]):
+                if not action:
+                    continue
                 button = QPushButton(text)
                 keys = [k.replace("Control", "Ctrl") for a, k, _ in SHORTCUTS if a == action]
                 descriptions = [d for a, _, d in SHORTCUTS if a == action]
                 button.setToolTip(f"{descriptions[0]} ({' / '.join(keys)})")
-                button.clicked.connect(getattr(self.controller, action))
+                button.clicked.connect(self._shortcut(action))  # (not the bare method: Qt passes `checked`)
                 self.buttons[action] = button
                 row.addWidget(button)
             layout.addLayout(row)
