@@ -1,5 +1,5 @@
-"""SegNext in a real viewer: clicks, a scribble and a box drive it through the same layers as SAM, undo/redo, and the widget
-states its cost on a CPU."""
+"""SegNext in a real viewer: clicks, a scribble and a box drive it through the same layers as SAM, undo/redo, and the
+widget states its cost on a CPU."""
 
 from __future__ import annotations
 
