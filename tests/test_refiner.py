@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from _golden import golden_weights, load_npz, weight_specs
 
 from napari_focsam._cancel import Cancelled, CancelToken
+from napari_focsam.models.deform_conv import modulated_deform_conv3x3
 from napari_focsam.models.focus import (
     WindowGrid,
     box_cell_mask,
@@ -19,7 +20,7 @@ from napari_focsam.models.focus import (
     select_windows,
     upsampled_foreground,
 )
-from napari_focsam.models.refiner import FocusRefiner, NullSlotAttention, modulated_deform_conv3x3
+from napari_focsam.models.refiner import FocusRefiner, NullSlotAttention
 
 INPUT = (1024, 1024)
 GRID = (64, 64)
