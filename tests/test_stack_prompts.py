@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from napari_focsam.stack.prompts_file import PromptsFileError, build_prompt_set, read_prompts
+from napari_focsam.stack.prompt_set import build_prompt_set
+from napari_focsam.stack.prompts_file import PromptsFileError, read_prompts
 
 SHAPE3 = ((5,), (40, 30))
 

@@ -9,7 +9,8 @@ from typing import Any
 from ..engine.types import CancelToken
 from .common import JobSetup, ModelLike, Progress, ProgressCallback, job_setup, normalise_limits, prepare, store_in_use
 from .labels_io import LabelWriter, label_dtype
-from .prompts_file import PromptRecord, PromptSet, PromptsFileError, build_prompt_set, read_prompts
+from .prompt_set import PromptSet, build_prompt_set
+from .prompts_file import PromptRecord, PromptsFileError, read_prompts
 from .reader import StackReader, open_stack
 from .store import StackStore
 from .worker import paint_objects, task_segment, thread_count_invariant

@@ -20,7 +20,8 @@ from .batch import check_boxes, load_prompt_set
 from .common import JobSetup, ModelLike, Progress, ProgressCallback, job_setup, normalise_limits, prepare, store_in_use
 from .distributed import DaskRunner
 from .labels_io import LabelWriter, label_dtype
-from .prompts_file import PromptRecord, PromptSet
+from .prompt_set import PromptSet
+from .prompts_file import PromptRecord
 from .propagate import DEFAULT_IOU_THRESHOLD, DEFAULT_MIN_CONTRAST, Crop, propagate_object
 from .reader import StackReader, open_stack
 from .store import StackStore
