@@ -37,12 +37,13 @@ from .gui_jobs import GuiJobs
 from .label_edits import LabelEdits
 from .prompt_input import PromptInput
 from .shape_input import ShapeInput
+from .stability_view import StabilityView
 from .work import ClickResult, compute_object, embed_slice
 
 CLICK = "click"  # job keys: (CLICK, slice, object id)
 
 
-class AnnotationController(PromptInput, ShapeInput, LabelEdits, GuiJobs):
+class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, GuiJobs):
     """Drives one image / clicks / labels triple with a :class:`ModelManager` (layers read and written on the GUI
     thread, model work in the job runner's threads)."""
 
@@ -71,6 +72,7 @@ class AnnotationController(PromptInput, ShapeInput, LabelEdits, GuiJobs):
         self._committing: set[int] = set()  # committed objects whose jobs still run
         self._init_jobs()
         self._init_shapes()
+        self._init_stability()
         self._muted = False
         self._boxes_warned = False  # "this model takes no boxes" was shown for the current manager
         self._box_ignored = False  # the latest request had a box the model does not take
@@ -125,6 +127,7 @@ class AnnotationController(PromptInput, ShapeInput, LabelEdits, GuiJobs):
     def detach(self) -> None:
         """Stop working on the layers: every click job is discarded (nothing more is written into them)."""
         self.cancel_jobs()
+        self.cancel_stability()
         self.jobs.clear_background()
         if self.points is not None:
             self.points.events.data.disconnect(self._on_points_data)
@@ -160,6 +163,7 @@ class AnnotationController(PromptInput, ShapeInput, LabelEdits, GuiJobs):
                 show_info("FocSAM: load a model first (or choose the fallback)")
             return
         index, object_id = self.index, self.object_id
+        ticket = self._stability_ticket()  # the stability under way is out of date
         prompts = self._prompts(index)
         if (index, object_id) not in self._bases:
             self._bases[(index, object_id)] = L.slice_copy(self.labels, index)
@@ -174,6 +178,7 @@ class AnnotationController(PromptInput, ShapeInput, LabelEdits, GuiJobs):
             if result.manager is self.manager and self.image is not None and args[1] is self.image.data:
                 self._known[known] = result.embedding_key
             self._on_result(result)
+            self.request_stability(result.index, result.object_id, ticket)  # after the mask is shown
 
         self.jobs.submit((CLICK, index, object_id), work, done, self._on_error,
                          on_finished=lambda: self._job_finished(object_id), threads="interactive")
@@ -225,6 +230,7 @@ class AnnotationController(PromptInput, ShapeInput, LabelEdits, GuiJobs):
         if session is None:
             return
         index = self.index
+        self.cancel_stability()
         self.jobs.cancel((CLICK, index, self.object_id))  # undo/redo act on the recorded steps
         mask = session.undo() if which == "undo" else session.redo()
         with self._mute():
@@ -235,6 +241,7 @@ class AnnotationController(PromptInput, ShapeInput, LabelEdits, GuiJobs):
         base = self._bases.setdefault((index, self.object_id), L.slice_copy(self.labels, index))
         L.write_object(self.labels, index, mask, self.object_id, base, overwrite=self.overwrite)
         self.changed.emit()
+        self.request_stability(index, self.object_id)
 
     def commit(self) -> None:
         """Keep the current object as it is in the Labels layer and start the next one (id = max + 1). Its jobs
@@ -273,6 +280,8 @@ class AnnotationController(PromptInput, ShapeInput, LabelEdits, GuiJobs):
         removed."""
         if self.labels is None:
             return
+        self.cancel_stability()
+        self.stabilities.pop(self.object_id, None)
         self.jobs.cancel(lambda key: key[0] == CLICK and key[2] == self.object_id)
         for (index, object_id), base in list(self._bases.items()):
             if object_id == self.object_id:
@@ -391,6 +400,8 @@ class AnnotationController(PromptInput, ShapeInput, LabelEdits, GuiJobs):
         self._known.clear()  # new pixels: the next click converts and hashes the slice again
 
     def _on_layer_removed(self, event: Any) -> None:
+        if event.value is self.unstable_layer:
+            self.unstable_layer = None
         if event.value in (self.image, self.points, self.labels, self.boxes):
             name = event.value.name
             self.detach()

@@ -193,6 +193,18 @@ class FocsamWidget(QWidget):
         self.overwrite_box = QCheckBox("overwrite committed objects")
         self.overwrite_box.setToolTip("let a mask take pixels of other objects (off: other objects are kept)")
         self.overwrite_box.toggled.connect(lambda on: setattr(self.controller, "overwrite", on))
+        self.stability_box = QCheckBox("show stability (ST)")
+        self.stability_box.setToolTip(
+            "after each mask, Stable-SAM's stability of the object over jittered copies of its prompts, in the "
+            "background (green >= 0.9, orange >= 0.7, red below; docs/stability.md)")
+        self.stability_box.toggled.connect(self._toggle_stability)
+        self.unstable_box = QCheckBox("show unstable pixels")
+        self.unstable_box.setToolTip("a layer with the pixels where the jittered copies' masks disagree")
+        self.unstable_box.toggled.connect(self.controller.set_show_unstable)
+        row = QHBoxLayout()
+        row.addWidget(self.stability_box)
+        row.addWidget(self.unstable_box)
+        layout.addLayout(row)
         self.prefetch_box = QCheckBox("prefetch neighbouring slices")
         self.prefetch_box.setToolTip("embed the slices above and below in the background")
         self.prefetch_box.toggled.connect(lambda on: setattr(self.controller, "prefetch", on))
@@ -212,6 +224,12 @@ class FocsamWidget(QWidget):
         return handler
 
     # ------------------------------------------------------------------ actions
+    def _toggle_stability(self, on: bool) -> None:
+        self.controller.stability_enabled = bool(on)
+        if on:
+            self.controller.request_stability()
+        self._refresh()
+
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "FocSAM / SAM checkpoint", "",
                                               "Checkpoints (*.pth *.pt *.safetensors *.zip);;All files (*)")
@@ -306,7 +324,10 @@ class FocsamWidget(QWidget):
                 text += f"<br><i>{cost}</i>"
             self.model_label.setText(text)
         session = c.session() if c.ready else None
-        self.object_label.setText(f"current object: {c.object_id}" + (" (refined)" if session and
-                                                                       session.is_refined else ""))
+        text = f"current object: {c.object_id}" + (" (refined)" if session and session.is_refined else "")
+        stability = c.stability_text() if c.stability_enabled else None
+        if stability is not None:
+            text += f"; <span style='color:{stability[1]}'><b>{stability[0]}</b></span>"
+        self.object_label.setText(text)
         self.buttons["undo"].setEnabled(bool(session and session.can_undo))
         self.buttons["redo"].setEnabled(bool(session and session.can_redo))
