@@ -8,12 +8,12 @@ import pytest
 
 pytest.importorskip("napari")
 
-from napari.layers import Labels  # noqa: E402
+from _widget_support import annotator, disc_image
+from napari.layers import Labels
 
-from _widget_support import annotator, disc_image  # noqa: E402
-from napari_focsam.engine.fallback import FallbackPredictor  # noqa: E402
-from napari_focsam.engine.manager import ModelManager  # noqa: E402
-from napari_focsam.plugin import layers as L  # noqa: E402
+from napari_focsam.engine.fallback import FallbackPredictor
+from napari_focsam.engine.manager import ModelManager
+from napari_focsam.plugin import layers as L
 
 
 def _write_whole_slice(view: np.ndarray, mask, object_id, base, overwrite) -> np.ndarray:

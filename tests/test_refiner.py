@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _golden import golden_weights, load_npz, weight_specs
 
-from napari_focsam._cancel import CancelToken, Cancelled
+from napari_focsam._cancel import Cancelled, CancelToken
 from napari_focsam.models.focus import (
     WindowGrid,
     box_cell_mask,
@@ -19,8 +20,6 @@ from napari_focsam.models.focus import (
     upsampled_foreground,
 )
 from napari_focsam.models.refiner import FocusRefiner, NullSlotAttention, modulated_deform_conv3x3
-
-from _golden import golden_weights, load_npz, weight_specs
 
 INPUT = (1024, 1024)
 GRID = (64, 64)

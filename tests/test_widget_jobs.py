@@ -11,6 +11,7 @@ import pytest
 
 napari = pytest.importorskip("napari")
 
+from _widget_support import annotator, disc_image  # noqa: E402
 from qtpy.QtCore import QThreadPool  # noqa: E402
 from qtpy.QtWidgets import QApplication  # noqa: E402
 
@@ -19,8 +20,6 @@ from napari_focsam.engine.manager import ModelManager  # noqa: E402
 from napari_focsam.engine.session import ObjectSession  # noqa: E402
 from napari_focsam.engine.threads import threads_for  # noqa: E402
 from napari_focsam.engine.types import Prompts, check_cancel  # noqa: E402
-
-from _widget_support import annotator, disc_image  # noqa: E402
 
 pytestmark = pytest.mark.gui
 N_Z = 10

@@ -1,5 +1,5 @@
-"""SegNext in a real viewer: clicks, a scribble and a box drive it through the same layers as SAM, undo/redo, and the widget
-states its cost on a CPU."""
+"""SegNext in a real viewer: clicks, a scribble and a box drive it through the same layers as SAM, undo/redo, and the
+widget states its cost on a CPU."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 
 napari = pytest.importorskip("napari")
 
-from _widget_support import annotator, disc_image
+from _widget_support import annotator, disc_image  # noqa: E402
 
-from napari_focsam.engine.manager import ModelManager
+from napari_focsam.engine.manager import ModelManager  # noqa: E402
 
 pytestmark = pytest.mark.gui
 

@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._cancel import CancelToken, Cancelled
+from .._cancel import Cancelled, CancelToken
 from .threads import use_threads
 
 #: the ``nice`` increment of the background thread (Linux; lower priority than the clicks)

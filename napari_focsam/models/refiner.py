@@ -29,7 +29,8 @@ Implementation notes:
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,16 +42,16 @@ from napari_focsam.models.focus import FocusPlan, WindowSelection, focus_bbox, p
 DcnBackend = Literal["gather", "torchvision"]
 
 __all__ = [
-    "FocusRefiner",
+    "DeformableConvLayer",
     "FocusBlock",
-    "QueryFromWindow",
-    "WindowMixer",
+    "FocusRefiner",
+    "ModulatedDeformConv3x3",
     "NullSlotAttention",
     "PixelDynamicReLU",
-    "DeformableConvLayer",
-    "ModulatedDeformConv3x3",
-    "modulated_deform_conv3x3",
+    "QueryFromWindow",
+    "WindowMixer",
     "gemm_kernel",
+    "modulated_deform_conv3x3",
 ]
 
 
@@ -196,9 +197,8 @@ def _corner_gather_plan(
     columns ``x0, x0 + 1`` (``y0 = floor(y)``, ``x0 = floor(x)``). A row or column outside the image gets weight 0
     (zero padding); its index is clamped into the image so that every index stays valid.
 
-    Returns:
-        ``(n * H * W * 9, 4)`` indices into the flattened ``(n * H * W, C)`` input and matching weights, corners in
-        the order ``(y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1)``.
+    Returns ``(n * H * W * 9, 4)`` indices into the flattened ``(n * H * W, C)`` input and matching weights, corners in
+    the order ``(y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1)``.
     """
     n = offset.shape[0]
     dtype, device = offset.dtype, offset.device
@@ -243,15 +243,12 @@ def modulated_deform_conv3x3(
     Channel-last in and out. The modulated bilinear samples of all taps are formed by one weighted ``embedding_bag``
     over the four corners, then contracted with the kernel in one GEMM.
 
-    Args:
-        image: ``(n, H, W, C)`` input.
-        offset: ``(n, 18, H, W)``; channel ``2k`` = dy, ``2k + 1`` = dx of tap ``k = 3 * ki + kj`` (mmcv layout).
-        mask: ``(n, 9, H, W)`` modulation of each tap.
-        weight: ``(C_out, C, 3, 3)`` kernel.
-        kernel: ``gemm_kernel(weight)`` when the caller keeps it (saves a copy of the weights per call).
+    ``image``: ``(n, H, W, C)`` input; ``offset``: ``(n, 18, H, W)``; channel ``2k`` = dy, ``2k + 1`` = dx of tap
+    ``k = 3 * ki + kj`` (mmcv layout); ``mask``: ``(n, 9, H, W)`` modulation of each tap; ``weight``:
+    ``(C_out, C, 3, 3)`` kernel; ``kernel``: ``gemm_kernel(weight)`` when the caller keeps it (saves a copy of the
+    weights per call).
 
-    Returns:
-        ``(n, H, W, C_out)``.
+    Returns ``(n, H, W, C_out)``.
     """
     n, height, width, channels = image.shape
     indices, weights = _corner_gather_plan(offset, mask, height, width)
@@ -404,16 +401,13 @@ class FocusBlock(nn.Module):
 class FocusRefiner(nn.Module):
     """FocSAM's refine head (Dwin-MSA + P-DyReLU) with the official parameter names.
 
-    Args:
-        embed_dim: channels of the SAM image embedding.
-        depth: number of blocks; even blocks use the plain window partition, odd ones the shifted one.
-        num_heads: attention heads.
-        mlp_ratio: hidden width of the query MLP relative to ``embed_dim``.
-        window_size: window side in embedding cells (16 on SAM's 64x64 grid gives 4x4 windows).
-        expand_ratio: focus-box scale, one value or ``(height_ratio, width_ratio)``.
-        dcn_backend: ``"gather"`` (default: our corner gather + one GEMM, equal to ``torchvision`` within 1e-12 in
-            float64) or ``"torchvision"`` (``torchvision.ops.deform_conv2d``) for the deformable convolution. The
-            default was chosen by measurement: on a 2-core CPU the gather kernel makes the whole refiner 5-8x faster.
+    ``embed_dim``: channels of the SAM image embedding; ``depth``: number of blocks; even blocks use the plain window
+    partition, odd ones the shifted one; ``num_heads``: attention heads; ``mlp_ratio``: hidden width of the query MLP
+    relative to ``embed_dim``; ``window_size``: window side in embedding cells (16 on SAM's 64x64 grid gives 4x4
+    windows); ``expand_ratio``: focus-box scale, one value or ``(height_ratio, width_ratio)``; ``dcn_backend``:
+    ``"gather"`` (default: our corner gather + one GEMM, equal to ``torchvision`` within 1e-12 in float64) or
+    ``"torchvision"`` (``torchvision.ops.deform_conv2d``) for the deformable convolution. The default was chosen by
+    measurement: on a 2-core CPU the gather kernel makes the whole refiner 5-8x faster.
     """
 
     def __init__(
@@ -471,15 +465,13 @@ class FocusRefiner(nn.Module):
     ) -> torch.Tensor:
         """Refine ``image_embeds`` around the coarse object.
 
-        Args:
-            image_embeds: ``(B, C, h, w)`` SAM image embedding.
-            coarse_logits: ``(B, 1, Hl, Wl)`` raw logits of the coarse decoder pass.
-            mask_token: ``(B, 1, C)`` (or ``(B, C)``) mask-token output of that pass, before the hypernetwork MLP.
-            input_size: ``(height, width)`` of the padded model input the logits are resized to (1024x1024).
-            cancel: polled before every block; a cancelled token raises :class:`~napari_focsam._cancel.Cancelled`.
+        ``image_embeds``: ``(B, C, h, w)`` SAM image embedding; ``coarse_logits``: ``(B, 1, Hl, Wl)`` raw logits of the
+        coarse decoder pass; ``mask_token``: ``(B, 1, C)`` (or ``(B, C)``) mask-token output of that pass, before the
+        hypernetwork MLP; ``input_size``: ``(height, width)`` of the padded model input the logits are resized to
+        (1024x1024); ``cancel``: polled before every block; a cancelled token raises
+        :class:`~napari_focsam._cancel.Cancelled`.
 
-        Returns:
-            The refined embedding ``(B, C, h, w)``, to replace ``image_embeds`` for all later decoder calls.
+        Returns the refined embedding ``(B, C, h, w)``, to replace ``image_embeds`` for all later decoder calls.
         """
         if image_embeds.ndim != 4:
             raise ValueError(f"image_embeds must be (B, C, h, w), got shape {tuple(image_embeds.shape)}")
