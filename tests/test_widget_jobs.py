@@ -194,6 +194,24 @@ def test_committed_objects_keep_one_step_and_a_bounded_number_of_sessions(make_n
     assert c._bases == {}
 
 
+def test_an_object_committed_while_its_job_runs_is_compacted_when_the_job_ends(make_napari_viewer):
+    viewer = make_napari_viewer()
+    slow = Slow(FallbackPredictor(), predict_delay=0.3)
+    manager = ModelManager(slow)
+    c = annotator(viewer, manager, disc_image()).controller
+    c.click(60, 70)
+    c.click(62, 75)
+    time.sleep(0.05)
+    c.commit()  # the first click's job is still running, the second one pending
+    assert c.jobs.active(lambda key: key[2] == 1)
+    c.wait()
+    session = manager.get_object(c._keys[()], 1)
+    assert session is not None and len(session.prompts) == 2
+    assert not session.can_undo and session.current.prediction.mask.size == 0  # compacted: one step, bits only
+    assert not any(object_id == 1 for _, object_id in c._bases)  # its undo snapshot was released
+    assert (c.labels.data == 1).any() and c.object_id == 2
+
+
 def test_reopen_after_commit_continues_exactly(make_napari_viewer, tiny_manager):
     viewer = make_napari_viewer()
     c = annotator(viewer, tiny_manager, disc_image()).controller
