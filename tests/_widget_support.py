@@ -23,3 +23,12 @@ def annotator(viewer, manager, image, **image_kwargs):
     widget.use_layers()
     widget.controller.wait()
     return widget
+
+
+def overshooting_lasso(centre=(60.0, 70.0), radius=30.0, n=60) -> np.ndarray:
+    """A freehand circle whose end runs past its start and cuts across the first stroke, inward."""
+    end = 2 * np.pi + 0.3
+    t = np.linspace(0, end, n)
+    # the hand drifts outward before reaching the start, then comes back inward across the first edges
+    r = np.interp(t, [0, 2 * np.pi - 0.4, 2 * np.pi + 0.05, end], [radius, radius, radius + 3, radius - 4])
+    return np.stack([centre[0] + r * np.sin(t), centre[1] + r * np.cos(t)], 1)

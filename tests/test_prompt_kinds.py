@@ -50,9 +50,9 @@ def test_polygon_fill_follows_the_nonzero_rule_and_the_top_left_convention():
     # a loop drawn twice is filled once (even-odd would leave it empty)
     twice = fill_polygon([[1, 1], [1, 8], [8, 8], [8, 1]] * 2, (10, 10))
     np.testing.assert_array_equal(twice, expected)
-    # a figure eight: both lobes filled, whatever their orientation
-    eight = fill_polygon([[0, 0], [0, 9], [9, 0], [9, 9]], (10, 10))
-    assert eight[0, 4] and eight[8, 4] and eight[4, 4] and not eight[4, 0] and not eight[4, 8]
+    # a figure eight is refused (crossing edges), see test_crossing_polygons_are_refused_...
+    with pytest.raises(ValueError, match="crosses itself"):
+        fill_polygon([[0, 0], [0, 9], [9, 0], [9, 9]], (10, 10))
     # against skimage's polygon fill (even-odd, same centres) on a simple polygon, away from the outline
     from skimage.draw import polygon2mask
 
@@ -236,11 +236,12 @@ def test_bad_prompts_are_refused_and_change_nothing(request, image, manager_name
         assert obj.prompts is before and obj.state is state and obj.n_steps == n and not obj.can_redo
 
 
-def test_self_intersecting_lasso_is_filled_not_refused(fallback, image):
+def test_a_bow_tie_polygon_is_refused_and_the_object_unchanged(fallback, image):
     obj = fallback.new_object(image)
-    obj.add_polygon([[60, 100], [60, 220], [140, 100], [140, 220]])  # a bow tie
-    region = obj.prompts.mask
-    assert region[65, 160] and region[135, 160] and not region[100, 105]
+    obj.click(100, 160)
+    with pytest.raises(ValueError, match="the polygon crosses itself"):
+        obj.add_polygon([[60, 100], [60, 220], [140, 100], [140, 220]])  # a bow tie
+    assert obj.n_steps == 1 and obj.prompts.mask is None
 
 
 def test_napari_shapes_data_become_prompts():
@@ -261,3 +262,20 @@ def test_napari_shapes_data_become_prompts():
         prompts_from_shapes(Prompts(), [[[5, 5], [5, 190]]], ["path"], (100, 100))
     with pytest.raises(ValueError, match="not a prompt"):
         shape_to_prompt(square, "star")
+
+
+def test_crossing_polygons_are_refused_and_an_overshooting_lasso_is_cut_at_its_crossing() -> None:
+    from napari_focsam.engine.prompt_shapes import fill_polygon, simple_polygon
+
+    with pytest.raises(ValueError, match=r"the polygon crosses itself \(edges 1 and 3 cross at y=40.0, x=40.0\)"):
+        fill_polygon([[20, 20], [60, 60], [20, 60], [60, 20]], (100, 100))
+    square = np.array([[10, 10], [10, 50], [50, 50], [50, 10]], float)
+    assert simple_polygon(square) is square  # no crossing: unchanged
+    from _widget_support import overshooting_lasso
+
+    lasso = overshooting_lasso()
+    loop = simple_polygon(lasso)
+    assert 0 < len(lasso) - len(loop) <= len(lasso) // 4  # the ends past the crossing are dropped
+    filled = fill_polygon(lasso, (120, 160))
+    np.testing.assert_array_equal(filled, fill_polygon(loop, (120, 160)))
+    assert filled[60, 70] and filled.sum() > 0.9 * np.pi * 30**2 and not filled[60, 110]

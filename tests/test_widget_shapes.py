@@ -9,7 +9,7 @@ import pytest
 
 napari = pytest.importorskip("napari")
 
-from _widget_support import annotator, disc_image  # noqa: E402
+from _widget_support import annotator, disc_image, overshooting_lasso  # noqa: E402
 
 from napari_focsam.engine.manager import ModelManager  # noqa: E402
 from napari_focsam.engine.session import ObjectSession  # noqa: E402
@@ -223,6 +223,7 @@ def test_refine_label_and_masks_from_python_say_what_is_wrong(make_napari_viewer
     ("polygon", [[10, 10], [10, 300], [60, 100]], "outside the image"),
     ("path", [[20, 20], [20, 20]], "at least 2 distinct points"),
     ("path", [[20, 20], [-30, 40]], "outside the image"),
+    ("polygon", [[20, 20], [60, 60], [20, 60], [60, 20]], "the polygon crosses itself"),  # a bow tie
 ])
 def test_shapes_that_are_no_prompt_are_refused_and_change_nothing(make_napari_viewer, shown, kind, data, message):
     viewer = make_napari_viewer()
@@ -239,15 +240,15 @@ def test_shapes_that_are_no_prompt_are_refused_and_change_nothing(make_napari_vi
     np.testing.assert_array_equal(c.labels.data, before)
 
 
-def test_a_self_intersecting_lasso_is_filled_where_it_loops_with_a_note(make_napari_viewer, shown):
+def test_a_lasso_whose_end_overshoots_its_start_is_the_loop_it_closes(make_napari_viewer, shown):
     viewer = make_napari_viewer()
     widget = annotator(viewer, ModelManager.load("fallback"), disc_image())
     c = widget.controller
-    c.polygon([[20, 20], [60, 60], [20, 60], [60, 20]])  # a bow tie
+    c.polygon(overshooting_lasso())  # a freehand circle whose end cuts inward across its first stroke
     c.wait()
-    assert any("crosses itself" in m for m in shown)
+    assert not any("crosses itself" in m for m in shown)
     region = c.session().prompts.mask
-    assert region[40, 25] and region[40, 55] and not region[30, 40]
+    assert region[60, 70] and region.sum() > 0.9 * np.pi * 30**2 and not region[60, 110]
 
 
 def test_a_path_drawn_with_the_mouse_and_shift_is_a_negative_scribble(make_napari_viewer):

@@ -62,13 +62,62 @@ def check_extent(points: np.ndarray, shape: tuple[int, int], what: str) -> None:
                          f"e.g. (y={y:.1f}, x={x:.1f})")
 
 
+def simple_polygon(poly: np.ndarray) -> np.ndarray:
+    """``poly`` (N, 2) itself when no two of its edges cross; else the loop a lasso closes when its end overshoots
+    its start (one crossing, between one of its first edges and one of its last, that leaves at most a quarter of
+    the vertices outside the loop): the crossing point and the vertices between. Any other crossing is refused with
+    a ValueError (a figure eight, a polygon folded over itself: draw it without crossings, or as several polygons).
+    """
+    crossings = polygon_crossings(poly)
+    if not crossings:
+        return poly
+    n = len(poly)
+    if len(crossings) == 1:
+        i, j, point = crossings[0]
+        outside = (i + 1) + (n - 1 - j)  # vertices before the first crossing edge's end and after the last's start
+        if outside <= n // 4:
+            loop = np.vstack([point[None], poly[i + 1 : j + 1]])
+            loop.setflags(write=False)
+            return loop
+    i, j, point = crossings[0]
+    raise ValueError(f"the polygon crosses itself (edges {i + 1} and {j + 1} cross at y={point[0]:.1f}, "
+                     f"x={point[1]:.1f}): draw it without crossings, or as several polygons")
+
+
+def polygon_crossings(poly: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+    """The proper crossings (i, j, point) of non-adjacent edges i < j of the closed polygon (edge k runs from vertex
+    k to vertex k + 1, the last one back to vertex 0), in order of i, then j."""
+    a = np.asarray(poly, dtype=np.float64)
+    n = len(a)
+    if n < 4:
+        return []
+    b = np.roll(a, -1, axis=0)
+    i, j = np.triu_indices(n, k=2)
+    keep = ~((i == 0) & (j == n - 1))  # the closing edge meets the first one at vertex 0
+    i, j = i[keep], j[keep]
+    d1, d2 = b[i] - a[i], b[j] - a[j]
+
+    def cross(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0]
+
+    o1, o2 = np.sign(cross(d1, a[j] - a[i])), np.sign(cross(d1, b[j] - a[i]))
+    o3, o4 = np.sign(cross(d2, a[i] - a[j])), np.sign(cross(d2, b[i] - a[j]))
+    hit = np.flatnonzero((o1 * o2 < 0) & (o3 * o4 < 0))
+    out = []
+    for k in hit:
+        t = cross((a[j[k]] - a[i[k]])[None], d2[k][None])[0] / cross(d1[k][None], d2[k][None])[0]
+        out.append((int(i[k]), int(j[k]), a[i[k]] + t * d1[k]))
+    return out
+
+
 def fill_polygon(vertices: Any, shape: tuple[int, int]) -> np.ndarray:
     """The (H, W) bool mask of the pixels whose centre the closed polygon winds around (nonzero rule).
 
-    Checks the polygon first: at least 3 distinct finite vertices inside the image's extent, non-zero area, at least
-    one pixel centre covered; otherwise ValueError.
+    Checks the polygon first: at least 3 distinct finite vertices inside the image's extent, no crossing edges
+    (a lasso whose end overshoots its start is cut there, see :func:`simple_polygon`), non-zero area, at least one
+    pixel centre covered; otherwise ValueError.
     """
-    poly = as_vertices(vertices, "polygon", 3)
+    poly = simple_polygon(as_vertices(vertices, "polygon", 3))
     check_extent(poly, shape, "polygon")
     centred = poly - poly.mean(axis=0)
     if np.linalg.svd(centred, compute_uv=False)[1] <= 1e-9 * max(1.0, float(np.abs(centred).max())):

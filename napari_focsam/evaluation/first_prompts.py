@@ -29,7 +29,7 @@ from scipy import ndimage as ndi
 from skimage.measure import approximate_polygon, find_contours
 from skimage.morphology import disk, skeletonize
 
-from ..engine.prompt_shapes import deepest_point
+from ..engine.prompt_shapes import deepest_point, polygon_crossings
 from ..engine.types import Prompts
 
 FIRST_PROMPTS = ("click", "box", "polygon", "scribble", "mask")
@@ -70,17 +70,23 @@ def simulate_polygon(obj: np.ndarray, max_vertices: int = POLYGON_VERTICES) -> n
     contour[:, 1] = np.clip(contour[:, 1], -0.5, w - 0.5)
     tolerance = 0.5
     while True:
-        simplified = approximate_polygon(contour, tolerance)
-        if np.allclose(simplified[0], simplified[-1]):
-            simplified = simplified[:-1]
+        simplified = _simplified(contour, tolerance)
         if len(simplified) <= max_vertices or tolerance > max(h, w):
             break
         tolerance *= 2
+    while tolerance > 0.5 and polygon_crossings(simplified):  # a user's polygon never crosses itself
+        tolerance /= 2
+        simplified = _simplified(contour, tolerance)
     if len(np.unique(simplified, axis=0)) < 3:  # a sliver: its bounding box
         rows, cols = np.flatnonzero(component.any(1)), np.flatnonzero(component.any(0))
         y0, y1, x0, x1 = rows[0] - 0.5, rows[-1] + 0.5, cols[0] - 0.5, cols[-1] + 0.5
         simplified = np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]])
     return simplified
+
+
+def _simplified(contour: np.ndarray, tolerance: float) -> np.ndarray:
+    simplified = approximate_polygon(contour, tolerance)
+    return simplified[:-1] if np.allclose(simplified[0], simplified[-1]) else simplified
 
 
 def _farthest(skeleton: np.ndarray, start: tuple[int, int]) -> tuple[tuple[int, int], dict]:

@@ -34,7 +34,6 @@ class ShapeInput:
         self._seen_seeds: dict[Key, np.ndarray] = {}  # the last seed set there (so redo finds it again)
         self._drawn: dict[Key, list[S.DrawnShape]] = {}  # every prompt shape read there, in drawing order
         self._fills: dict[tuple[tuple[int, int], bytes], np.ndarray] = {}  # filled polygons by vertices
-        self._noted: set[bytes] = set()  # polygons whose crossing was reported
 
     # ------------------------------------------------------------------ reading the layer
     def _image_shape(self) -> tuple[int, int]:
@@ -99,19 +98,7 @@ class ShapeInput:
                     self._refuse(f"{exc}; the {shape.kind} was removed, the object is unchanged", [shape.row])
                     break
             else:
-                for shape in drawn:
-                    if shape.kind == "polygon" and _crosses_itself(shape.points) and self._note(shape):
-                        show_info("FocSAM: the polygon crosses itself; it is filled where it loops around "
-                                  "(nonzero rule, docs/prompts.md)")
                 return drawn
-
-    def _note(self, shape: S.DrawnShape) -> bool:
-        """True the first time ``shape`` is seen (a message about it is shown once)."""
-        key = np.ascontiguousarray(shape.points).tobytes()
-        if key in self._noted:
-            return False
-        self._noted.add(key)
-        return True
 
     def _refuse(self, message: str, rows: list[int]) -> None:
         with self._mute():
@@ -265,23 +252,3 @@ def _unique(*items: np.ndarray | None) -> list[np.ndarray | None]:
         if not any(item is o for o in out):
             out.append(item)
     return out
-
-
-def _crosses_itself(points: np.ndarray) -> bool:
-    """Whether two non-adjacent edges of the closed polygon cross (a proper crossing)."""
-    a = np.asarray(points, dtype=float)
-    b = np.roll(a, -1, axis=0)
-    n = len(a)
-    if n < 4:
-        return False
-
-    def orient(p, q, r):
-        return np.sign((q[..., 0] - p[..., 0]) * (r[..., 1] - p[..., 1])
-                       - (q[..., 1] - p[..., 1]) * (r[..., 0] - p[..., 0]))
-
-    i, j = np.triu_indices(n, k=2)
-    keep = ~((i == 0) & (j == n - 1))  # the closing edge touches the first
-    i, j = i[keep], j[keep]
-    p1, p2, q1, q2 = a[i], b[i], a[j], b[j]
-    crossing = (orient(p1, p2, q1) * orient(p1, p2, q2) < 0) & (orient(q1, q2, p1) * orient(q1, q2, p2) < 0)
-    return bool(crossing.any())
