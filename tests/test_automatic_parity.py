@@ -47,8 +47,9 @@ def setup():
                                                                   stability_score_thresh=0.0, box_nms_thresh=1.0,
                                                                   stability_score_offset=OFFSET))
     assert len(everything) == 3 * POINTS**2  # nothing filtered, nothing suppressed (IoU > 1 never happens)
-    iou_t = float(np.quantile(everything.scores, 0.4))
+    iou_t = float(np.quantile(everything.scores, 0.8))
     stable_t = float(np.quantile(everything.stability[everything.scores > iou_t], 0.4))
+    assert iou_t > 0 and stable_t > 0  # both filters on (a threshold <= 0 switches a filter off in both codes)
     return sam, ours, embedding, image, iou_t, stable_t
 
 

@@ -151,8 +151,9 @@ def _input_points(transform, points_xy: np.ndarray, geometry) -> torch.Tensor:
     return torch.as_tensor(transform.points_to_input(points_xy[:, ::-1], geometry), dtype=torch.float64)
 
 
-def _decode(predictor, embedding: ImageEmbedding, sparse: torch.Tensor, dense: torch.Tensor,
-            decoder: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _decode(predictor, embedding: ImageEmbedding, sparse: torch.Tensor, dense: torch.Tensor, decoder: str,
+            keep) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """(kept low-res logits (K, 256, 256), IoU estimates (B, M), kept flat indices (K,), masks per point M)."""
     model = predictor.model
     if predictor.head == "hq":
         from ..models.hq_decoder import decode_hq
@@ -160,10 +161,13 @@ def _decode(predictor, embedding: ImageEmbedding, sparse: torch.Tensor, dense: t
         fast = predictor._fast_decoder if decoder == "fast" else None
         out = decode_hq(model.mask_decoder, embedding.features, embedding.extras["hq_features"], predictor._image_pe,
                         sparse, dense, multimask_output=True, hq_token_only=predictor.hq_token_only, fast=fast)
-        return out.logits, out.iou.reshape(len(out.logits), -1)
+        iou = out.iou.reshape(len(out.logits), -1)
+        flat = torch.nonzero(keep(iou).flatten())[:, 0]
+        return out.logits[flat, 0], iou, flat, 1
     if decoder == "fast" and predictor._fast_decoder is not None:
-        return decode_multimask_fast(predictor._fast_decoder, embedding.features, sparse, dense)
-    return decode_multimask_reference(model.mask_decoder, embedding.features, predictor._image_pe, sparse, dense)
+        return (*decode_multimask_fast(predictor._fast_decoder, embedding.features, sparse, dense, keep), 3)
+    return (*decode_multimask_reference(model.mask_decoder, embedding.features, predictor._image_pe, sparse, dense,
+                                        keep), 3)
 
 
 def check_supported(predictor) -> None:
@@ -191,6 +195,11 @@ def generate_masks(
     total = len(points_xy)
     kept_logits, kept_scores, kept_points = [], [], []
     stats = {"points": total, "decoded": 0, "iou_kept": 0, "stable_kept": 0}
+    threshold = options.pred_iou_thresh
+
+    def wanted(iou: torch.Tensor) -> torch.Tensor:
+        return iou > threshold if threshold > 0 else torch.ones_like(iou, dtype=torch.bool)
+
     with torch.inference_mode():
         for start in range(0, total, options.points_per_batch):
             check_cancel(cancel)
@@ -198,15 +207,11 @@ def generate_masks(
             coords = _input_points(predictor.transform, batch_xy, geometry).to(predictor.device)[:, None, :]
             labels = torch.ones((len(batch_xy), 1), dtype=torch.int, device=predictor.device)
             sparse, dense = encode_prompts(predictor.model.prompt_encoder, coords, labels)
-            logits, iou = _decode(predictor, embedding, sparse, dense, options.decoder)
-            per_point = logits.shape[1]
-            logits, iou = logits.flatten(0, 1), iou.flatten(0, 1)
-            stats["decoded"] += len(iou)
-            keep = torch.nonzero(iou > options.pred_iou_thresh)[:, 0] if options.pred_iou_thresh > 0 else (
-                torch.arange(len(iou), device=iou.device))
+            logits, iou, keep, per_point = _decode(predictor, embedding, sparse, dense, options.decoder, wanted)
+            stats["decoded"] += iou.numel()
             stats["iou_kept"] += len(keep)
             if len(keep):
-                full = predictor.transform.logits_to_original(logits[keep][:, None], geometry)[:, 0]
+                full = predictor.transform.logits_to_original(logits[:, None], geometry)[:, 0]
                 stable = stability_score(full, options.stability_score_offset)
                 good = (stable >= options.stability_score_thresh if options.stability_score_thresh > 0
                         else torch.ones_like(stable, dtype=torch.bool))
@@ -214,7 +219,7 @@ def generate_masks(
                 stats["stable_kept"] += len(good_idx)
                 if len(good_idx):
                     kept_logits.append(((full[good_idx] > 0).cpu(), stable[good_idx].cpu()))
-                    kept_scores.append(iou[keep][good_idx].float().cpu())
+                    kept_scores.append(iou.flatten()[keep[good_idx]].float().cpu())
                     point_rows = (start + keep[good_idx].cpu() // per_point).numpy()
                     kept_points.append(points_xy[point_rows][:, ::-1])
             if progress is not None:

@@ -12,10 +12,13 @@ Automatic segmentation decodes every point of a grid with ``multimask_output=Tru
 * :func:`decode_multimask_reference` is segment-anything's ``MaskDecoder.predict_masks`` itself (the official
   forward, bit for bit), for parity runs.
 
-Both return low-resolution logits (B, 3, 256, 256) and IoU estimates (B, 3) in the model's dtype.
+Both return the low-resolution logits (256 x 256) of the masks a filter on the IoU estimates keeps, all IoU
+estimates (B, 3) and the kept masks' indices, in the model's dtype.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from segment_anything.modeling import MaskDecoder
@@ -30,17 +33,28 @@ _KEPT = [0, 2, 3, 4]
 
 def decode_multimask_reference(
     decoder: MaskDecoder, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
-    dense: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """segment-anything's ``MaskDecoder.forward(..., multimask_output=True)`` on (1, C, h, w) embeddings."""
+    dense: torch.Tensor, keep: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """segment-anything's ``MaskDecoder.forward(..., multimask_output=True)`` on (1, C, h, w) embeddings; returns
+    as :func:`decode_multimask_fast` (every mask computed, the kept ones selected afterwards)."""
     masks, iou = decoder.predict_masks(image_embeddings, image_pe, sparse, dense)
-    return masks[:, 1:], iou[:, 1:]
+    masks, iou = masks[:, 1:], iou[:, 1:]
+    wanted = torch.ones_like(iou, dtype=torch.bool) if keep is None else keep(iou)
+    flat = torch.nonzero(wanted.flatten())[:, 0]
+    return masks.flatten(0, 1)[flat], iou, flat
 
 
 def decode_multimask_fast(
-    fast: FastDecoder, image_embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The multimask output through ``fast`` (see the module docstring)."""
+    fast: FastDecoder, image_embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
+    keep: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The multimask output through ``fast`` (see the module docstring).
+
+    ``keep(iou)`` ((B, 3) estimates → (B, 3) bool) selects the masks wanted before any is upscaled: the IoU head
+    reads the IoU token only, so the upscaling runs for the prompt sets with a kept mask and is contracted with the
+    kept tokens only. Returns the kept logits (K, 256, 256), all IoU estimates (B, 3) and the kept masks' flat
+    indices (K,) into (B * 3) (default: every mask).
+    """
     decoder = fast.decoder
     batch = sparse.shape[0]
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
@@ -53,12 +67,22 @@ def decode_multimask_fast(
         rows = keys.to(dtype).transpose(1, 2).reshape(batch * h * w, c)
     else:
         rows = keys.to(dtype).reshape(batch * h * w, c)
-    hyper = torch.stack(
-        [decoder.output_hypernetworks_mlps[i](hs[:, i, :]) for i in range(1, 4)], dim=2
-    )  # (B, c', 3): mask token i's hypernetwork MLP on its final embedding
-    logits = _upscaled_logits(upscaling, rows, hyper, batch, h, w)
     iou = decoder.iou_prediction_head(hs[:, 0, :])[:, 1:4]
-    return logits.to(hs.dtype), iou
+    wanted = torch.ones_like(iou, dtype=torch.bool) if keep is None else keep(iou)
+    flat = torch.nonzero(wanted.flatten())[:, 0]
+    sets = torch.nonzero(wanted.any(1))[:, 0]
+    if len(sets) == 0:
+        return iou.new_zeros((0, 4 * h, 4 * w)), iou, flat
+    hyper = torch.stack(
+        [decoder.output_hypernetworks_mlps[i](hs[sets, i, :]) for i in range(1, 4)], dim=2
+    )  # (S, c', 3): mask token i's hypernetwork MLP on its final embedding
+    if len(sets) < batch:
+        rows = rows.view(batch, h * w, c)[sets].reshape(-1, c)
+    logits = _upscaled_logits(upscaling, rows, hyper, len(sets), h, w)  # (S, 3, 4h, 4w)
+    position = torch.full((batch,), -1, dtype=torch.long, device=iou.device)
+    position[sets] = torch.arange(len(sets), device=iou.device)
+    selected = logits[position[flat // 3], flat % 3]
+    return selected.to(hs.dtype), iou, flat
 
 
 def _upscaled_logits(upscaling, rows: torch.Tensor, hyper: torch.Tensor, batch: int, h: int, w: int) -> torch.Tensor:
