@@ -67,3 +67,31 @@ def test_cli_image_and_stack(tmp_path, capsys):
     assert main(["automatic", str(garbage), "--out", str(tmp_path / "g.tif")]) == 2
     assert "not an image" in capsys.readouterr().err
     assert not (tmp_path / "g.tif").exists()
+
+
+@pytest.mark.parametrize("model", ["sam_hq_tiny", "focsam_tiny"])
+def test_every_sam_family_model_has_an_automatic_mode(model):
+    manager = ModelManager.load(model, allow_random_weights=True, device="cpu")
+    options = AutomaticOptions(points_per_side=3, pred_iou_thresh=-1.0, stability_score_thresh=0.0,
+                               box_nms_thresh=1.0)
+    seen = []
+    labels = segment_everything(manager, _discs(), options=options, progress=lambda d, t: seen.append((d, t)))
+    assert labels.shape == (90, 120) and labels.max() >= 1
+    assert seen[-1] == (9, 9)
+
+
+def test_pa_sam_is_refused_with_a_reason():
+    from napari_focsam.engine.automatic import check_supported
+
+    class _PA:
+        head, display_name, is_fallback = "pa", "PA-SAM ViT-L", False
+
+    with pytest.raises(ValueError, match="one prompt set at a time"):
+        check_supported(_PA())
+
+
+def test_stack_on_dask_equals_serial():
+    pytest.importorskip("distributed")
+    stack = np.stack([_discs(), _discs(centres=((45, 60),))])
+    serial = segment_everything_stack("fallback", stack)
+    np.testing.assert_array_equal(segment_everything_stack("fallback", stack, workers=1), serial)

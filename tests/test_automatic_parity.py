@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from segment_anything import SamAutomaticMaskGenerator
 from segment_anything.modeling import Sam
 

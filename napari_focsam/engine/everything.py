@@ -101,10 +101,10 @@ def segment_everything_stack(
     with runner_for(client, workers, None) as runner:
         if client is None and not workers:
             manager = local_manager(model)
-            submit = lambda z: runner.submit(_slice_task, manager, z, prepared[z], options, watershed)  # noqa: E731
+            submit = lambda z: runner.submit(_slice_task, manager, z, prepared[z], options, watershed)
         else:
             config = dask_config(model, runner)
-            submit = lambda z: runner.submit(task_everything, config, z, prepared[z], options, watershed)  # noqa: E731
+            submit = lambda z: runner.submit(task_everything, config, z, prepared[z], options, watershed)
         z = 0
         while z < total or runner.pending:
             check_cancel(cancel)
