@@ -1,69 +1,385 @@
-"""Widget latency: from adding a click to the Labels layer holding the new mask, in a real napari viewer.
+"""What a user feels: click → mask visible in a shown napari window, idle and under background load, with the
+engine's own click next to micro-sam's in the same run.
 
-    xvfb-run -a python benchmarks/bench_widget.py [--clicks 50] [--size 1024]
+    xvfb-run -a python benchmarks/bench_widget.py [--clicks 30] [--size 1024] [--loads idle,busy,torch2]
+        [--backends fallback,sam_tiny,sam_vit_b] [--hidden] [--micro-sam PYTHON] [--threads-sweep]
 
-For each backend (the weight-free fallback and the tiny random FocSAM), clicks are added through the Points layer
-exactly as a mouse click adds them; the time runs until the result is written into the Labels layer (main
-thread). The model's own click time (measured in the worker) is printed next to it: the difference is what the
-plugin adds (thread hand-off, reading layers, writing the changed pixels, redraw).
+Each backend gets a real viewer (``napari.Viewer(show=True)``; under Xvfb + Mesa it renders for real) with the
+annotator attached. A click is added through the Points layer exactly as a mouse click adds it; the time runs until
+the canvas has drawn the first frame after the mask was written into the Labels layer (``--hidden``: until the
+write, since a hidden canvas never draws). The split shows where the time goes: the model's click in the worker,
+the hand-off to the GUI thread, the Labels write, the redraw.
+
+Background loads (started by this script, stopped after each condition):
+
+* ``idle``: nothing else runs;
+* ``busy``: one pure-Python busy loop (one core taken, like a browser tab or an indexer);
+* ``torch2``: another process running torch on 2 threads (matrix products of ViT-B's MLP size: another
+  embedding, a training run);
+* ``mouse``: the mouse moves over the canvas (60 moves per second, as a user's hand does between clicks): napari
+  answers each move on the GUI thread (cursor position, status bar), Python work that competes for the GIL.
+
+Engine only (no viewer): our click (``ObjectSession.click`` in a click thread, the interactive thread policy
+applied) against micro-sam's ``segment_from_points`` with its precomputed embedding on the same random SAM ViT-B
+weights and image, clicks interleaved one by one. micro-sam runs in its own virtual environment
+(``--micro-sam PATH/TO/python``; default ``$MICROSAM_PYTHON`` or ``~/.cache/microsam-venv/bin/python``); without one
+that column is left out. The embedding with the window shown vs hidden is timed once, idle.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
+from napari_focsam.engine.threads import threads_for
 
-def run(backend: str, clicks: int, size: int) -> tuple[float, float]:
-    import napari
+HERE = Path(__file__).resolve().parent
+LOADS = {
+    "idle": None,
+    "mouse": None,  # not a process: see MouseMoves
+    "busy": "while True:\n    pass\n",
+    "torch2": ("import torch\ntorch.set_num_threads(2)\na = torch.randn(4096, 768)\nw = torch.randn(768, 3072) * 0.02\n"
+               "while True:\n    torch.nn.functional.gelu(a @ w)\n"),
+}
 
-    from napari_focsam.engine.manager import ModelManager
-    from napari_focsam.plugin.widget import FocsamWidget
 
-    rng = np.random.default_rng(0)
+@contextlib.contextmanager
+def background_load(kind: str):
+    """Run one of :data:`LOADS` in another process for the duration of the block."""
+    code = LOADS[kind]
+    if code is None:
+        yield
+        return
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.5)  # let it start (torch import) and take its cores
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+class MouseMoves:
+    """Mouse moves over the canvas of every rig's viewer, 60 per second, sent by a Qt timer on the GUI thread (the
+    events a moving hand gives napari: it updates the cursor position and the status bar for each)."""
+
+    def __init__(self, rigs: list) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.rigs, self.step = rigs, 0
+        self.timer = QTimer()
+        self.timer.timeout.connect(self._move)
+
+    def _move(self) -> None:
+        from qtpy.QtCore import QPointF, Qt
+        from qtpy.QtGui import QMouseEvent
+        from qtpy.QtWidgets import QApplication
+
+        self.step += 1
+        for rig in self.rigs:
+            native = rig.viewer.window._qt_viewer.canvas._scene_canvas.native
+            w, h = native.width(), native.height()
+            t = self.step / 60
+            pos = QPointF(w * (0.5 + 0.3 * np.cos(t)), h * (0.5 + 0.3 * np.sin(1.3 * t)))
+            event = QMouseEvent(QMouseEvent.Type.MouseMove, pos, native.mapToGlobal(pos), Qt.MouseButton.NoButton,
+                                Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier)
+            QApplication.sendEvent(native, event)
+
+    def __enter__(self) -> MouseMoves:
+        self.timer.start(16)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.timer.stop()
+
+
+def test_image(size: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]
     image = np.full((size, size), 40, np.uint8)
-    for _ in range(12):
-        cy, cx, r = rng.uniform(0.1, 0.9, 2).tolist() + [rng.uniform(0.03, 0.08)]
+    for _ in range(14):
+        cy, cx, r = rng.uniform(0.1, 0.9), rng.uniform(0.1, 0.9), rng.uniform(0.03, 0.08)
         image[((yy / size - cy) ** 2 + (xx / size - cx) ** 2) < r * r] = 200
-    viewer = napari.Viewer(show=False)
-    viewer.add_image(image, name="image")
-    widget = FocsamWidget(viewer)
-    if backend == "fallback":
-        manager = ModelManager.load("fallback")
-    else:
-        manager = ModelManager.load("focsam_tiny", device="cpu", allow_random_weights=True)
-    c = widget.controller
-    c.set_manager(manager)
-    widget.use_layers()
-    c.wait(600)
-    totals, model = [], []
-    for i in range(clicks):
-        if i % 5 == 0:
-            c.commit()  # a new object every 5 clicks, so the refiner step is included like in real use
-        y, x = rng.uniform(0, size - 1, 2)
+    return image
+
+
+def percentiles(values: list[float]) -> tuple[float, float]:
+    arr = np.asarray(values) * 1000
+    return float(np.median(arr)), float(np.percentile(arr, 95))
+
+
+# ---------------------------------------------------------------------- the widget
+def _settle(seconds: float) -> None:
+    """Process Qt events for ``seconds``."""
+    from qtpy.QtWidgets import QApplication
+
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        QApplication.processEvents()
+        time.sleep(0.01)
+
+
+class WidgetRig:
+    """A viewer with the annotator attached to one backend, and the probes that time a click."""
+
+    def __init__(self, backend: str, image: np.ndarray, show: bool) -> None:
+        import napari
+
+        from napari_focsam.engine.manager import ModelManager
+        from napari_focsam.plugin.widget import FocsamWidget
+
+        self.show = show
+        self.viewer = napari.Viewer(show=show)
+        self.viewer.window._qt_window.resize(1200, 900)
+        self.viewer.add_image(image, name="image")
+        self.widget = FocsamWidget(self.viewer)
+        self.viewer.window.add_dock_widget(self.widget, name="FocSAM")
+        self.controller = c = self.widget.controller
+        manager = ModelManager.load(backend, device="cpu", allow_random_weights=backend != "fallback")
+        _settle(3.0 if show else 0.5)  # the window's first frames (shader compilation) before timing anything
         start = time.perf_counter()
-        c.click(y, x, positive=bool(i % 5 != 3))
-        c.wait(60)
-        totals.append(time.perf_counter() - start)
-        model.append(c.last_click_seconds)
-    c.detach()  # (closing the viewer removes the layers: no "layer was removed" warning for that)
-    viewer.close()
-    return statistics.median(totals), statistics.median(model)
+        c.set_manager(manager)
+        self.widget.use_layers()
+        c.wait(900)
+        self.embed_seconds = time.perf_counter() - start
+        self.drawn: list[float] = []
+        self.written: list[float] = []
+        self.results: list = []
+        self.updates: list[float] = []  # the Labels layer's partial updates (none when a mask did not change)
+        self.controller.labels.events.labels_update.connect(lambda event: self.updates.append(time.perf_counter()))
+        canvas = self.viewer.window._qt_viewer.canvas._scene_canvas
+        canvas.events.draw.connect(lambda event: self.drawn.append(time.perf_counter()), position="last")
+        original = c._on_result
+
+        def on_result(result) -> None:
+            entered = time.perf_counter()
+            original(result)
+            self.written.append(time.perf_counter())
+            self.results.append((entered, result))
+
+        c._on_result = on_result
+
+    def click(self, y: float, x: float, positive: bool, timeout: float = 60.0) -> dict[str, float]:
+        """One click; returns the phases (seconds) once the mask is visible."""
+        from qtpy.QtCore import QEventLoop, QTimer
+        from qtpy.QtWidgets import QApplication
+
+        c = self.controller
+        n_written, n_updates = len(self.written), len(self.updates)
+        start = time.perf_counter()
+        c.click(y, x, positive=positive)
+        deadline = start + timeout
+        watchdog = QTimer()
+        watchdog.timeout.connect(lambda: None)  # wakes the loop below now and then, so the timeout is seen
+        watchdog.start(50)
+        while True:
+            # like Qt's own event loop: sleep (GIL released) until an event comes; a busy processEvents() loop would
+            # hold the GIL and slow the worker thread down
+            QApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents
+                                       | QEventLoop.ProcessEventsFlag.WaitForMoreEvents)
+            if len(self.written) > n_written:
+                written = self.written[-1]
+                changed = len(self.updates) > n_updates
+                if not self.show or not changed or any(t > written for t in self.drawn):
+                    break
+            if time.perf_counter() > deadline:
+                raise TimeoutError("no mask within the timeout")
+        watchdog.stop()
+        end = written if not (self.show and changed) else min(t for t in self.drawn if t > written)
+        entered, result = self.results[-1]
+        return {"total": end - start, "prep": result.finished_at - result.seconds - start, "model": result.seconds,
+                "handoff": entered - result.finished_at,
+                "write": written - entered, "draw": end - written}
+
+    def session_clicks(self, n: int, rng: np.random.Generator) -> list[dict[str, float]]:
+        out = []
+        size = self.viewer.layers["image"].data.shape
+        for i in range(n):
+            if i % 5 == 0:
+                self.controller.commit()  # a new object every 5 clicks (FocSAM's refiner step included)
+            y, x = rng.uniform(0.05, 0.95) * size[0], rng.uniform(0.05, 0.95) * size[1]
+            out.append(self.click(y, x, positive=i % 5 != 3))
+            time.sleep(0.05)  # a user's clicks are never back to back
+        return out
+
+    def close(self) -> None:
+        self.controller.detach()
+        self.viewer.close()
 
 
+def embedding_shown_vs_hidden(backend: str, image: np.ndarray) -> tuple[float, float]:
+    """Seconds to embed ``image`` through the widget with the window shown and hidden (each from an empty cache)."""
+    times = {}
+    for show in (True, False):
+        rig = WidgetRig(backend, image, show=show)
+        times[show] = rig.embed_seconds
+        rig.close()
+    return times[True], times[False]
+
+
+# ---------------------------------------------------------------------- engine vs micro-sam
+class MicroSam:
+    """micro-sam in its own environment, answering clicks over a pipe (see ``_microsam_server.py``)."""
+
+    def __init__(self, python: str, checkpoint: Path, image_path: Path) -> None:
+        self.proc = subprocess.Popen([python, str(HERE / "_microsam_server.py"), str(checkpoint), str(image_path)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.ready = json.loads(self._line())
+
+    def _line(self) -> str:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the micro-sam process ended; run it by hand to see why")
+        return line
+
+    def click(self, points: list[tuple[float, float]], labels: list[int]) -> float:
+        self.proc.stdin.write(json.dumps({"points": points, "labels": labels}) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self._line())["seconds"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+def write_sam_checkpoint(manager, path: Path) -> None:
+    """Our random SAM weights in segment-anything's checkpoint layout (what micro-sam loads)."""
+    import torch
+
+    model = manager.predictor.model
+    state = {f"{part}.{k}": v for part in ("image_encoder", "prompt_encoder", "mask_decoder")
+             for k, v in getattr(model, part).state_dict().items()}
+    torch.save(state, path)
+
+
+def engine_vs_microsam(manager, embedding, microsam: MicroSam | None, n: int,
+                       rng: np.random.Generator) -> dict[str, list[float]]:
+    """``n`` clicks, 5 per object, interleaved one by one (same points): ours as the Python API runs them (the
+    caller's thread, torch's thread count), ours as the widget runs them (a worker thread with the interactive
+    thread count), and micro-sam's."""
+    times: dict[str, list[float]] = {"api": [], "widget": [], "micro-sam": []}
+    h, w = embedding.geometry.original_size
+    sessions: dict[str, object] = {}
+    points: list[tuple[float, float]] = []
+    labels: list[int] = []
+
+    def timed(session, y: float, x: float, positive: bool) -> float:
+        start = time.perf_counter()
+        session.click(y, x, positive=positive)
+        return time.perf_counter() - start
+
+    def widget_click(session, y: float, x: float, positive: bool, out: list) -> None:
+        with threads_for("interactive"):
+            out.append(timed(session, y, x, positive))
+
+    for i in range(n):
+        if i % 5 == 0:
+            sessions = {"api": manager.new_object(embedding), "widget": manager.new_object(embedding)}
+            points, labels = [], []
+        y, x = float(rng.uniform(0.05, 0.95) * h), float(rng.uniform(0.05, 0.95) * w)
+        positive = i % 5 != 3
+        points.append((y, x))
+        labels.append(int(positive))
+        times["api"].append(timed(sessions["api"], y, x, positive))
+        worker = threading.Thread(target=widget_click, args=(sessions["widget"], y, x, positive, times["widget"]))
+        worker.start()
+        worker.join()
+        if microsam is not None:
+            times["micro-sam"].append(microsam.click(points, labels))
+    return times
+
+
+# ---------------------------------------------------------------------- main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clicks", type=int, default=50)
+    parser.add_argument("--clicks", type=int, default=30)
     parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--loads", default="idle,busy,torch2")
+    parser.add_argument("--backends", default="fallback,sam_tiny,sam_vit_b")
+    parser.add_argument("--hidden", action="store_true", help="napari.Viewer(show=False): no redraw measured")
+    parser.add_argument("--micro-sam", default=os.environ.get("MICROSAM_PYTHON",
+                                                             str(Path.home() / ".cache/microsam-venv/bin/python")))
+    parser.add_argument("--no-embedding", action="store_true", help="skip the shown-vs-hidden embedding timing")
+    parser.add_argument("--engine-model", default="sam_vit_b", help="the SAM model of the engine-only comparison")
     args = parser.parse_args()
-    print(f"{'backend':<14} {'click→Labels (ms)':>18} {'model click (ms)':>17} {'plugin overhead (ms)':>21}")
-    for backend in ("fallback", "focsam_tiny"):
-        total, model = run(backend, args.clicks, args.size)
-        print(f"{backend:<14} {1000 * total:18.1f} {1000 * model:17.1f} {1000 * (total - model):21.1f}")
+
+    from napari_focsam.engine.manager import ModelManager
+    from napari_focsam.engine.threads import current_policy
+
+    image = test_image(args.size)
+    backends = args.backends.split(",")
+    loads = args.loads.split(",")
+    print(f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} before starting; "
+          f"thread policy {current_policy()}; window {'hidden' if args.hidden else 'shown'}; "
+          f"{args.size}² image, {args.clicks} clicks per condition", flush=True)
+
+    if not args.no_embedding and "sam_vit_b" in backends:
+        shown, hidden = embedding_shown_vs_hidden("sam_vit_b", image)
+        print(f"embedding sam_vit_b through the widget: shown {shown:.2f} s, hidden {hidden:.2f} s "
+              f"(shown/hidden {shown / hidden:.2f})", flush=True)
+
+    engine = ModelManager.load(args.engine_model, device="cpu", allow_random_weights=True)
+    embedding = engine.embed(image)
+    summary = []
+    print(f"\n{'load':<7} {'backend':<10} {'p50 ms':>7} {'p95 ms':>7}   median split (prep / model / hand-off / "
+          "write / draw, ms)")
+    for backend in backends:  # one window at a time, as a user has it
+        rig = WidgetRig(backend, image, show=not args.hidden)
+        for load in loads:
+            moves = MouseMoves([rig]) if load == "mouse" else contextlib.nullcontext()
+            with background_load(load), moves:
+                phases = rig.session_clicks(args.clicks, np.random.default_rng(1))
+            p50, p95 = percentiles([p["total"] for p in phases])
+            split = " / ".join(f"{1000 * statistics.median(p[k] for p in phases):.0f}"
+                               for k in ("prep", "model", "handoff", "write", "draw"))
+            print(f"{load:<7} {backend:<10} {p50:7.0f} {p95:7.0f}   {split}", flush=True)
+            summary.append((load, backend, p50, p95))
+        rig.close()
+    idle = {b: p50 for load, b, p50, _ in summary if load == "idle"}
+    for load, backend, _, p95 in summary:
+        if load != "idle" and backend in idle:
+            print(f"{load:<7} {backend:<10} p95 / idle p50 = {p95 / idle[backend]:.2f}")
+
+    print(f"\nengine only, {args.engine_model} random weights, {args.clicks} clicks (p50 / p95 ms; ratio of p50 to "
+          "micro-sam's)")
+    with tempfile.TemporaryDirectory() as tmp:
+        microsam = None
+        if Path(args.micro_sam).exists():
+            write_sam_checkpoint(engine, Path(tmp) / "sam_vit_b_random.pth")
+            np.save(Path(tmp) / "image.npy", image)
+            microsam = MicroSam(args.micro_sam, Path(tmp) / "sam_vit_b_random.pth", Path(tmp) / "image.npy")
+            print(f"micro-sam {microsam.ready['version']} (segment_from_points, precomputed embedding; its embedding "
+                  f"took {microsam.ready['embed_seconds']:.1f} s, ours {engine.last_embed.seconds:.1f} s)")
+        else:
+            print(f"micro-sam: no python at {args.micro_sam}; its column is left out")
+        for load in loads:
+            if load == "mouse":
+                continue  # no window here
+            with background_load(load):
+                times = engine_vs_microsam(engine, embedding, microsam, args.clicks, np.random.default_rng(2))
+            cells = []
+            for name in ("api", "widget", "micro-sam"):
+                if times[name]:
+                    p50, p95 = percentiles(times[name])
+                    cells.append(f"{name} {p50:.0f} / {p95:.0f}")
+            if times["micro-sam"]:
+                theirs = percentiles(times["micro-sam"])[0]
+                cells.append("ratio api {:.2f}, widget {:.2f}".format(percentiles(times["api"])[0] / theirs,
+                                                                       percentiles(times["widget"])[0] / theirs))
+            print(f"{load:<7} " + " | ".join(cells), flush=True)
+        if microsam is not None:
+            microsam.close()
 
 
 if __name__ == "__main__":

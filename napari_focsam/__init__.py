@@ -25,7 +25,7 @@ _LAZY = {
     "Prompts": "napari_focsam.engine.types",
     "CancelToken": "napari_focsam.engine.types",
     "Cancelled": "napari_focsam.engine.types",
-    "CheckpointError": "napari_focsam.models.checkpoint",
+    "CheckpointError": "napari_focsam.weights.checkpoint",
     "SPECS": "napari_focsam.models.specs",
 }
 
@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .engine.manager import ModelManager
     from .engine.session import ObjectSession
     from .engine.types import CancelToken, Cancelled, Prompts
-    from .models.checkpoint import CheckpointError
+    from .weights.checkpoint import CheckpointError
     from .models.specs import SPECS
 
 

@@ -14,7 +14,7 @@ def _info(_: argparse.Namespace) -> int:
     import torch
 
     from ._version import __version__
-    from .models.loader import resolve_device
+    from .weights.loader import resolve_device
     from .models.specs import SPECS
 
     print(f"napari-focsam {__version__}")
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluation.cli import register as register_evaluate
 
     register_evaluate(sub)
-    from .models.models_cli import register as register_models
+    from .weights.cli import register as register_models
 
     register_models(sub)
     from .stack.cli import register as register_stack

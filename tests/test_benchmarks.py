@@ -40,14 +40,22 @@ def test_bench_engine_prints_every_ratio() -> None:
             assert float(re.search(r"max \|diff\| ([\d.e+-]+)\]", line).group(1)) < 1e-4, line
 
 
-def test_bench_widget_prints_the_plugin_overhead() -> None:
+def test_bench_widget_prints_click_to_visible_mask_per_load() -> None:
     pytest.importorskip("napari")
-    out = _run("bench_widget.py", "--clicks", "4", "--size", "256")
-    lines = [line.split() for line in out.splitlines() if line.startswith(("fallback", "focsam_tiny"))]
-    assert [line[0] for line in lines] == ["fallback", "focsam_tiny"]
-    for _, total, model, overhead in lines:
-        assert float(total) > 0 and float(model) > 0
-        assert abs(float(total) - float(model) - float(overhead)) < 0.2
+    out = _run("bench_widget.py", "--clicks", "3", "--size", "256", "--loads", "idle,busy", "--backends",
+               "fallback,sam_tiny", "--no-embedding", "--micro-sam", "none", "--engine-model", "sam_tiny")
+    rows = [line.split() for line in out.splitlines()
+            if line.startswith(("idle ", "busy ")) and "/ idle" not in line and "api" not in line]
+    assert [(r[0], r[1]) for r in rows] == [("idle", "fallback"), ("busy", "fallback"), ("idle", "sam_tiny"),
+                                            ("busy", "sam_tiny")]
+    for row in rows:
+        p50, p95 = float(row[2]), float(row[3])
+        assert 0 < p50 <= p95
+        parts = [float(v) for v in row[4:] if v != "/"]  # prep / model / hand-off / write / draw
+        assert len(parts) == 5 and parts[1] > 0 and sum(parts) <= p95 + 5
+    assert "window shown" in out and "p95 / idle p50" in out
+    engine = [line for line in out.splitlines() if line.startswith(("idle ", "busy ")) and "api" in line]
+    assert len(engine) == 2 and all("widget" in line for line in engine)
 
 
 def test_bench_hq_prints_the_extra_cost_of_hq_and_pa() -> None:

@@ -14,7 +14,8 @@ import torch
 import zarr
 
 from napari_focsam._cancel import Cancelled
-from napari_focsam.engine.cache import FORMAT, FORMAT_VERSION, CacheWarning, EmbeddingCache
+from napari_focsam.engine.cache import CacheWarning, EmbeddingCache
+from napari_focsam.engine.embedding_store import FORMAT, FORMAT_VERSION
 from napari_focsam.engine.signature import data_signature, embedding_key
 from napari_focsam.engine.types import ImageEmbedding, ImageGeometry
 

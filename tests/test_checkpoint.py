@@ -14,7 +14,7 @@ import pytest
 import torch
 from segment_anything import sam_model_registry
 
-from napari_focsam.models.checkpoint import (
+from napari_focsam.weights.checkpoint import (
     CheckpointError,
     UnsafeCheckpoint,
     best_matching_spec,
@@ -24,7 +24,7 @@ from napari_focsam.models.checkpoint import (
     to_model_keys,
     weights_fingerprint,
 )
-from napari_focsam.models.loader import load_model
+from napari_focsam.weights.loader import load_model
 from napari_focsam.models.sam import InteractiveModel, build_model
 from napari_focsam.models.specs import get_spec
 

@@ -15,11 +15,11 @@ import torch
 napari = pytest.importorskip("napari")
 
 from napari_focsam import cli  # noqa: E402
-from napari_focsam.models import preference  # noqa: E402
-from napari_focsam.models.registry import REGISTRY, ModelEntry, get_entry  # noqa: E402
+from napari_focsam.weights import preference  # noqa: E402
+from napari_focsam.weights.registry import REGISTRY, ModelEntry, get_entry  # noqa: E402
 from napari_focsam.models.sam import build_model  # noqa: E402
 from napari_focsam.models.specs import get_spec  # noqa: E402
-from napari_focsam.models.verify import record_verified  # noqa: E402
+from napari_focsam.weights.verify import record_verified  # noqa: E402
 from napari_focsam.plugin.widget import FocsamWidget  # noqa: E402
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from napari_focsam.cli import main
-from napari_focsam.models.checkpoint import UnsafeCheckpoint, read_checkpoint
+from napari_focsam.weights.checkpoint import UnsafeCheckpoint, read_checkpoint
 from napari_focsam.models.sam import build_model
 from napari_focsam.models.specs import get_spec
 

@@ -15,14 +15,14 @@ import pytest
 import torch
 
 from napari_focsam.engine.manager import ModelManager
-from napari_focsam.models.download import (
+from napari_focsam.weights.download import (
     DownloadCancelled,
     ModelUnavailable,
     make_lean,
     resolve_checkpoint,
 )
-from napari_focsam.models.loader import load_model
-from napari_focsam.models.registry import REGISTRY, ModelEntry, models_dir
+from napari_focsam.weights.loader import load_model
+from napari_focsam.weights.registry import REGISTRY, ModelEntry, models_dir
 from napari_focsam.models.sam import build_model
 from napari_focsam.models.specs import get_spec
 from test_checkpoint import _write_mmengine_checkpoint

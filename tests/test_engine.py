@@ -10,7 +10,7 @@ import torch
 
 from napari_focsam.engine.manager import ModelManager
 from napari_focsam.engine.types import CancelToken, Cancelled, Prompts
-from napari_focsam.models.checkpoint import CheckpointError
+from napari_focsam.weights.checkpoint import CheckpointError
 from napari_focsam.models.decoding import decode, dense_positional_encoding, encode_prompts
 
 

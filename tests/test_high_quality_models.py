@@ -18,10 +18,10 @@ from napari_focsam.engine.types import ImageEmbedding
 from napari_focsam.evaluation.datasets import SegmentationDataset
 from napari_focsam.evaluation.protocol import Protocol
 from napari_focsam.evaluation.runner import evaluate
-from napari_focsam.models.registry import REGISTRY
+from napari_focsam.weights.registry import REGISTRY
 from napari_focsam.models.sam import build_model
 from napari_focsam.models.specs import get_spec
-from napari_focsam.models.verify import verify_file
+from napari_focsam.weights.verify import verify_file
 from napari_focsam.stack import StackStore, attach_store, precompute_stack
 from napari_focsam.stack.common import local_manager
 from napari_focsam.stack.worker import ModelConfig
@@ -161,7 +161,7 @@ def test_models_list_and_verify(tmp_path, capsys, monkeypatch):
 
 
 def test_missing_pa_file_says_where_to_get_it_and_where_to_put_it(tmp_path, monkeypatch):
-    from napari_focsam.models.download import ModelUnavailable, resolve_checkpoint
+    from napari_focsam.weights.download import ModelUnavailable, resolve_checkpoint
 
     monkeypatch.setenv("NAPARI_FOCSAM_CACHE", str(tmp_path / "cache"))
     with pytest.raises(ModelUnavailable) as info:

@@ -42,6 +42,8 @@ def test_notebooks_have_no_committed_outputs():
 def _execute(path, folder) -> subprocess.CompletedProcess | None:
     """Run one notebook in a new process; None when a cell hung (no reply within nbclient's timeout)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "QT_", "NAPARI", "PYQT"))}
+    # the kernel imports this checkout (not whichever one an editable install points at)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     cell_timeout = CELL_TIMEOUT.get(path.stem, 240)
     try:
         result = subprocess.run([sys.executable, "-c", RUNNER, str(path), str(folder), str(cell_timeout)], env=env,

@@ -9,13 +9,13 @@ import re
 import pytest
 import torch
 
-from napari_focsam.models.checkpoint import CheckpointError
-from napari_focsam.models.download import ModelUnavailable, offline_message, resolve_checkpoint
-from napari_focsam.models.models_cli import list_models, register
-from napari_focsam.models.registry import REGISTRY, ModelEntry, get_entry, models_dir, register_entry
+from napari_focsam.weights.checkpoint import CheckpointError
+from napari_focsam.weights.download import ModelUnavailable, offline_message, resolve_checkpoint
+from napari_focsam.weights.cli import list_models, register
+from napari_focsam.weights.registry import REGISTRY, ModelEntry, get_entry, models_dir, register_entry
 from napari_focsam.models.sam import build_model
 from napari_focsam.models.specs import SPECS, get_spec
-from napari_focsam.models.verify import verify_file
+from napari_focsam.weights.verify import verify_file
 import test_download
 from test_download import Route, add_entry, closed_port_url, focsam_entry, sha256
 

@@ -11,7 +11,7 @@ from segment_anything.modeling import Sam
 from napari_focsam.engine.sam_predictor import SamFamilyPredictor
 from napari_focsam.engine.session import ObjectSession
 from napari_focsam.engine.types import ImageEmbedding
-from napari_focsam.models.loader import load_model
+from napari_focsam.weights.loader import load_model
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import pytest
 napari = pytest.importorskip("napari")
 
 from napari_focsam.engine.manager import ModelManager  # noqa: E402
+from napari_focsam.engine.threads import threads_for  # noqa: E402
 from napari_focsam.plugin import prompt_input as prompt_input_module  # noqa: E402
 from napari_focsam.plugin.widget import FocsamWidget  # noqa: E402
 
@@ -30,9 +31,11 @@ def focsam_manager() -> ModelManager:
 
 
 def _expected(manager, image, points=(), labels=None, box=None) -> np.ndarray:
-    """What the engine itself gives for these prompts (the contrast limits napari shows for uint8: 0..255)."""
+    """What the engine itself gives for these prompts (the contrast limits napari shows for uint8: 0..255), with the
+    torch thread count the widget's clicks use (the same rounding)."""
     embedding = manager.embed(image, contrast_limits=(0, 255))
-    return manager.segment(embedding, points, labels, box=box)
+    with threads_for("interactive"):
+        return manager.segment(embedding, points, labels, box=box)
 
 
 def _remove_rows(layer, rows) -> None:
@@ -44,7 +47,7 @@ def test_the_boxes_layer_is_created_beside_the_clicks_layer(make_napari_viewer, 
     viewer = make_napari_viewer()
     widget = annotator(viewer, sam_manager, disc_image())
     c = widget.controller
-    assert isinstance(c.boxes, napari.layers.Shapes) and c.boxes.name == "FocSAM boxes"
+    assert isinstance(c.boxes, napari.layers.Shapes) and c.boxes.name == "FocSAM shapes"
     assert c.boxes.mode == "add_rectangle" and len(c.boxes.data) == 0
     assert widget.boxes_combo.currentData() is c.boxes
     assert viewer.layers.selection.active is c.points  # clicks still go to the clicks layer

@@ -17,6 +17,7 @@ from qtpy.QtWidgets import QApplication  # noqa: E402
 from napari_focsam.engine.fallback import FallbackPredictor  # noqa: E402
 from napari_focsam.engine.manager import ModelManager  # noqa: E402
 from napari_focsam.engine.session import ObjectSession  # noqa: E402
+from napari_focsam.engine.threads import threads_for  # noqa: E402
 from napari_focsam.engine.types import Prompts, check_cancel  # noqa: E402
 
 from _widget_support import annotator, disc_image  # noqa: E402
@@ -163,7 +164,8 @@ def test_rapid_clicks_on_focsam_replay_each_click_once_and_exactly(make_napari_v
     assert session.n_steps == len(clicks)
     assert slow.calls == len(clicks), "a completed step was computed again"
     prompts = Prompts(np.array([(y, x) for y, x, _ in clicks], float), np.array([int(p) for *_, p in clicks]))
-    reference = ObjectSession(tiny_manager.predictor, session.embedding).sync(prompts)
+    with threads_for("interactive"):  # the widget's clicks run with the interactive thread count (same rounding)
+        reference = ObjectSession(tiny_manager.predictor, session.embedding).sync(prompts)
     np.testing.assert_array_equal(c.labels.data == 1, reference)
 
 
@@ -211,7 +213,8 @@ def test_reopen_after_commit_continues_exactly(make_napari_viewer, tiny_manager)
     c.click(45, 60)
     c.wait()
     prompts = Prompts(np.array([(y, x) for y, x, _ in clicks] + [(45, 60)], float), [1, 0, 1, 1])
-    reference = ObjectSession(tiny_manager.predictor, c.session().embedding).sync(prompts)
+    with threads_for("interactive"):
+        reference = ObjectSession(tiny_manager.predictor, c.session().embedding).sync(prompts)
     np.testing.assert_array_equal(c.labels.data == 1, reference & (c.labels.data != 2))
     c.undo()
     c.undo()  # undo stops at the committed state

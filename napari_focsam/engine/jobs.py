@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._cancel import CancelToken, Cancelled
+from .threads import use_threads
 
 #: the ``nice`` increment of the background thread (Linux; lower priority than the clicks)
 BACKGROUND_NICE = 10
@@ -50,6 +51,7 @@ class Job:
     on_finished: Callable[[], None] | None = None  # always last: after on_done/on_error, or when dropped
     token: CancelToken = field(default_factory=CancelToken)
     seq: int = 0
+    threads: str | None = "bulk"  # the thread policy's kind of work (see .threads); None leaves the count alone
 
 
 @dataclass(eq=False)
@@ -82,11 +84,13 @@ class JobRunner:
     def submit(self, key: Hashable, func: Callable[[CancelToken], Any], on_done: Callable[[Any], None] | None = None,
                on_error: Callable[[BaseException], None] | None = None, *,
                on_finished: Callable[[], None] | None = None, token: CancelToken | None = None,
-               supersede: bool = True) -> Job:
+               supersede: bool = True, threads: str | None = "bulk") -> Job:
         """Run ``func(token)`` for ``key`` now, or after the key's running job (replacing its pending one).
 
-        ``supersede=False`` lets the running job finish uncancelled (e.g. an embedding still worth caching)."""
-        job = Job(key, func, on_done, on_error, on_finished, token or CancelToken())
+        ``supersede=False`` lets the running job finish uncancelled (e.g. an embedding still worth caching).
+        ``threads`` is the kind of work for the thread policy (:mod:`.threads`): ``"interactive"`` for clicks,
+        ``"bulk"`` (the default) for embeddings and batch work."""
+        job = Job(key, func, on_done, on_error, on_finished, token or CancelToken(), threads=threads)
         dropped = None
         with self._lock:
             if self._closed:
@@ -252,6 +256,8 @@ class JobRunner:
 
 def _call(job: Job) -> tuple[Any, BaseException | None]:
     try:
+        if job.threads is not None:
+            use_threads(job.threads)
         return job.func(job.token), None
     except BaseException as exc:  # noqa: BLE001 - every failure goes to the front-end as a message
         return None, exc

@@ -28,13 +28,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..models.loader import load_model, resolve_device
+from ..weights.loader import load_model, resolve_device
 from .cache import EmbeddingCache
 from .image import to_model_rgb
 from .predictor import Predictor
 from .session import DEFAULT_MAX_HISTORY, ObjectSession
 from .signature import data_signature, embedding_key
 from .stability import Jitter, as_jitter
+from .threads import threads_for
 from .types import CancelToken, ImageEmbedding, Prompts
 
 FALLBACK_NAME = "fallback"
@@ -55,14 +56,14 @@ class EmbedInfo:
 
 def _base_resolver(model: str, **kwargs: object) -> Callable[[], object] | None:
     """For a registry entry whose file is a decoder only (PA-SAM), a callable that finds its base model's file."""
-    from ..models.registry import REGISTRY
+    from ..weights.registry import REGISTRY
 
     entry = REGISTRY.get(model)
     if entry is None or entry.base_model is None:
         return None
 
     def resolve() -> object:
-        from ..models.download import resolve_checkpoint
+        from ..weights.download import resolve_checkpoint
 
         return resolve_checkpoint(entry.base_model, **kwargs)  # type: ignore[arg-type]
 
@@ -153,10 +154,16 @@ class ModelManager:
             from .fallback import FallbackPredictor
 
             return cls(FallbackPredictor(), cache=cache, robust=robust)
+        from ..weights.segnext import is_segnext
+
+        if is_segnext(model):
+            return cls._load_segnext(model, checkpoint, device=device, dtype=dtype, precision=precision,
+                                     encoder_dtype=encoder_dtype, cache=cache, robust=robust,
+                                     allow_random_weights=allow_random_weights, download=download, progress=progress)
         from .sam_predictor import SamFamilyPredictor
 
         if checkpoint is None and not allow_random_weights:
-            from ..models.download import resolve_checkpoint
+            from ..weights.download import resolve_checkpoint
 
             checkpoint = resolve_checkpoint(model, download=download, progress=progress)
         if encoder_attention is None:
@@ -175,6 +182,25 @@ class ModelManager:
                                        decoder_attention_dtype=decoder_attention_dtype,
                                        hq_token_only=hq_token_only, preprocessing=preprocessing)
         return cls(predictor, cache=cache, robust=robust)
+
+    @classmethod
+    def _load_segnext(cls, model: str, checkpoint: str | os.PathLike | None, *, device: str | torch.device,
+                      dtype: torch.dtype, precision: str, encoder_dtype: torch.dtype | str | None,
+                      cache: EmbeddingCache, robust: Jitter | bool | None, allow_random_weights: bool,
+                      download: bool, progress: Callable[[int, int | None], None] | None) -> ModelManager:
+        """SegNext (see :mod:`.segnext_predictor`): ``precision="fast"`` runs bfloat16 products where the device has
+        them, ``"float32"`` the model's dtype throughout."""
+        from ..weights.segnext import load_segnext
+        from .segnext_predictor import SegNextPredictor
+
+        if checkpoint is None and not allow_random_weights:
+            from ..weights.download import resolve_checkpoint
+
+            checkpoint = resolve_checkpoint(model, download=download, progress=progress)
+        loaded = load_segnext(model, checkpoint, device=resolve_device(device), dtype=dtype)
+        lowp = None if precision == "float32" else "auto"
+        encoder = encoder_dtype if encoder_dtype not in (None, "auto") else lowp
+        return cls(SegNextPredictor(loaded, lowp=lowp, encoder_lowp=encoder), cache=cache, robust=robust)
 
     # ------------------------------------------------------------------ description
     @property
@@ -213,7 +239,8 @@ class ModelManager:
 
         def compute() -> tuple[torch.Tensor, object]:
             start = time.perf_counter()
-            result = self.predictor.embed(prepared, cancel=cancel)
+            with threads_for("bulk"):  # also when a click job computes it: an embedding uses every core
+                result = self.predictor.embed(prepared, cancel=cancel)
             computed.append(time.perf_counter() - start)
             return result
 

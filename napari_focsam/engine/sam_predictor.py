@@ -37,7 +37,7 @@ import torch
 from ..models.decoding import DecoderOutput, decode, dense_positional_encoding, encode_prompts
 from ..models.fast_decoder import FastDecoder, default_decoder_dtype
 from ..models.fast_encoder import ATTENTION_MODES, FAST_ENCODER_VERSION, FastImageEncoder, default_encoder_dtype
-from ..models.loader import LoadedModel
+from ..weights.loader import LoadedModel
 from ..models.transforms import make_transform
 from .prompt_shapes import bounding_box, deepest_point, mask_to_low_res, sample_stroke
 from .types import CancelToken, ImageEmbedding, ImageGeometry, ObjectState, Prediction, Prompts, check_cancel

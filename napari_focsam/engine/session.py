@@ -193,9 +193,10 @@ class ObjectSession:
         """Make the session's prompts equal ``target``; the result is exactly what giving ``target`` one step at a
         time gives, in the order box, region, scribbles, clicks.
 
-        It goes back to the longest recorded step whose prompts are a prefix of ``target`` and adds the rest: for
-        a stateful model (SAM, FocSAM) one prompt at a time, as a user would have (each step's logits feed the
-        next); for a stateless one in a single step. ``cancel`` is checked between steps only, never inside one:
+        It goes back to the longest recorded step whose prompts are a prefix of ``target`` (a recorded region counts
+        as a prefix of a region that contains it: a polygon drawn later grows the region by one step) and adds the
+        rest: for a stateful model (SAM, FocSAM) one prompt at a time, as a user would have (each step's logits
+        feed the next); for a stateless one in a single step. ``cancel`` is checked between steps only, never inside one:
         a superseded replay keeps every step it completed (the step under way included), so the next call
         continues from there instead of starting over.
         """
@@ -217,7 +218,7 @@ class ObjectSession:
                 raise ValueError(f"{self.predictor.display_name} takes clicks only, not boxes")
             if self.stateless:
                 if (len(done) < len(target) or (target.box is not None and done.box is None)
-                        or (target.mask is not None and done.mask is None)
+                        or _region_changed(done, target)
                         or len(done.scribbles) < len(target.scribbles)):
                     self._apply(target, cancel)
                 return self.mask
@@ -225,7 +226,7 @@ class ObjectSession:
             if target.box is not None and done.box is None:
                 done = done.with_box(target.box)
                 steps.append(done)
-            if target.mask is not None and done.mask is None:
+            if _region_changed(done, target):
                 done = done.with_mask(target.mask)
                 steps.append(done)
             for scribble in target.scribbles[len(done.scribbles):]:
@@ -346,9 +347,7 @@ class ObjectSession:
             same_box = (prompts.box is None) or (
                 target.box is not None and np.array_equal(prompts.box, target.box)
             )
-            same_region = prompts.mask is None or (
-                target.mask is not None and (prompts.mask is target.mask or np.array_equal(prompts.mask, target.mask))
-            )
+            same_region = prompts.mask is None or (target.mask is not None and _within(prompts.mask, target.mask))
             n_scribbles = len(prompts.scribbles)
             same_scribbles = n_scribbles <= len(target.scribbles) and all(
                 a.same(b) for a, b in zip(prompts.scribbles, target.scribbles)
@@ -368,3 +367,15 @@ class ObjectSession:
         h, w = self.shape
         if not (-0.5 <= y < h - 0.5 and -0.5 <= x < w - 0.5):
             raise ValueError(f"the click at (y={y:.1f}, x={x:.1f}) is outside the image of {h}×{w} pixels")
+
+
+def _within(region: np.ndarray, target: np.ndarray) -> bool:
+    """Whether the recorded ``region`` is ``target`` or lies inside it (the region grew by later polygons)."""
+    return region is target or (region.shape == target.shape and not (region & ~target).any())
+
+
+def _region_changed(done: Prompts, target: Prompts) -> bool:
+    """Whether ``target``'s region still has to be applied on top of ``done``."""
+    if target.mask is None:
+        return False
+    return done.mask is None or not (done.mask is target.mask or np.array_equal(done.mask, target.mask))

@@ -1,1 +1,2 @@
-"""Torch modules, checkpoint I/O and preprocessing for SAM and FocSAM. Never imports napari or Qt."""
+"""Torch modules and preprocessing for SAM and FocSAM: the named architectures, the networks and the transforms.
+Weight files are read by :mod:`napari_focsam.weights`. Never imports napari or Qt."""

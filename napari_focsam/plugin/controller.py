@@ -12,7 +12,8 @@ Rules it keeps (details in ``docs/napari.md``, "How clicks become masks"):
 * a failed job shows a notification and leaves every layer as it was.
 
 Box prompts come from a Shapes layer: the latest rectangle on a slice is the current object's box there (models that
-take boxes only; for the others it is ignored with one message).
+take boxes only; for the others it is ignored with one message). Its other shapes are the object's region
+(polygons, lassos) and scribbles (paths), see :mod:`.shape_input`.
 """
 
 from __future__ import annotations
@@ -29,22 +30,26 @@ from psygnal import Signal
 from ..engine.jobs import Job
 from ..engine.manager import ModelManager
 from ..engine.session import ObjectSession
-from ..engine.types import Prompts
+from ..engine.types import CancelToken, Prompts
 from . import layers as L
+from . import shape_layers as S
 from .gui_jobs import GuiJobs
 from .label_edits import LabelEdits
 from .prompt_input import PromptInput
+from .shape_input import ShapeInput
+from .stability_view import StabilityView
 from .work import ClickResult, compute_object, embed_slice
 
 CLICK = "click"  # job keys: (CLICK, slice, object id)
 
 
-class AnnotationController(PromptInput, LabelEdits, GuiJobs):
+class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, GuiJobs):
     """Drives one image / clicks / labels triple with a :class:`ModelManager` (layers read and written on the GUI
     thread, model work in the job runner's threads)."""
 
     status = Signal(str)
     changed = Signal()
+    progress = Signal(str, int, int)  # (what, done, total) of the running load/embedding; ("", 0, 0) when it ends
 
     def __init__(self, viewer: Viewer) -> None:
         self.viewer = viewer
@@ -61,8 +66,13 @@ class AnnotationController(PromptInput, LabelEdits, GuiJobs):
         self.last_embed_seconds: float | None = None
         self._bases: dict[tuple[tuple[int, ...], int], np.ndarray] = {}
         self._keys: dict[tuple[int, ...], str] = {}  # slice -> embedding key of the current model
+        # (slice, rgb, contrast limits) -> embedding key, while the image data is unchanged: clicks skip converting
+        # and hashing the slice again (cleared when the image layer's data is replaced)
+        self._known: dict[tuple[Any, ...], str] = {}
         self._committing: set[int] = set()  # committed objects whose jobs still run
         self._init_jobs()
+        self._init_shapes()
+        self._init_stability()
         self._muted = False
         self._boxes_warned = False  # "this model takes no boxes" was shown for the current manager
         self._box_ignored = False  # the latest request had a box the model does not take
@@ -78,6 +88,7 @@ class AnnotationController(PromptInput, LabelEdits, GuiJobs):
         self.manager = manager
         self._boxes_warned = False
         self._keys.clear()
+        self._known.clear()
         self.status.emit(f"{manager.display_name} on {manager.device}")
         self.changed.emit()
         self.embed_current()
@@ -101,8 +112,11 @@ class AnnotationController(PromptInput, LabelEdits, GuiJobs):
         if L.SIGN_FEATURE not in self.points.features:
             self.points.features = {L.SIGN_FEATURE: np.ones(len(self.points.data), dtype=bool)}
         L.style_points(self.points)
+        S.ensure_sign_feature(self.boxes, self.next_positive)
+        self.boxes.mouse_drag_callbacks.insert(0, self._shape_sign_from_mouse)
         self.points.events.data.connect(self._on_points_data)
         self.boxes.events.data.connect(self._on_boxes_data)
+        self.image.events.data.connect(self._on_image_data)
         self.points.mouse_drag_callbacks.insert(0, self._sign_from_mouse)
         self.points.mode = "add"
         self.viewer.layers.selection.active = self.points  # clicks on the canvas go to the active layer
@@ -113,6 +127,7 @@ class AnnotationController(PromptInput, LabelEdits, GuiJobs):
     def detach(self) -> None:
         """Stop working on the layers: every click job is discarded (nothing more is written into them)."""
         self.cancel_jobs()
+        self.cancel_stability()
         self.jobs.clear_background()
         if self.points is not None:
             self.points.events.data.disconnect(self._on_points_data)
@@ -120,10 +135,16 @@ class AnnotationController(PromptInput, LabelEdits, GuiJobs):
                 self.points.mouse_drag_callbacks.remove(self._sign_from_mouse)
         if self.boxes is not None:
             self.boxes.events.data.disconnect(self._on_boxes_data)
+            if self._shape_sign_from_mouse in self.boxes.mouse_drag_callbacks:
+                self.boxes.mouse_drag_callbacks.remove(self._shape_sign_from_mouse)
+        if self.image is not None:
+            self.image.events.data.disconnect(self._on_image_data)
         self.image = self.points = self.labels = self.boxes = None
         self._bases.clear()
         self._keys.clear()
+        self._known.clear()
         self._committing.clear()
+        self._init_shapes()
 
     @property
     def ready(self) -> bool:
@@ -142,13 +163,25 @@ class AnnotationController(PromptInput, LabelEdits, GuiJobs):
                 show_info("FocSAM: load a model first (or choose the fallback)")
             return
         index, object_id = self.index, self.object_id
+        ticket = self._stability_ticket()  # the stability under way is out of date
         prompts = self._prompts(index)
         if (index, object_id) not in self._bases:
             self._bases[(index, object_id)] = L.slice_copy(self.labels, index)
-        args = (self.manager, self.image.data, index, self.image.rgb, tuple(self.image.contrast_limits),
-                object_id, prompts)
-        self.jobs.submit((CLICK, index, object_id), lambda token: compute_object(*args, token), self._on_result,
-                         self._on_error, on_finished=lambda: self._job_finished(object_id))
+        contrast = tuple(self.image.contrast_limits)
+        known = (index, self.image.rgb, contrast)
+        args = (self.manager, self.image.data, index, self.image.rgb, contrast, object_id, prompts)
+
+        def work(token: CancelToken) -> ClickResult:
+            return compute_object(*args, token, known_key=self._known.get(known))
+
+        def done(result: ClickResult) -> None:
+            if result.manager is self.manager and self.image is not None and args[1] is self.image.data:
+                self._known[known] = result.embedding_key
+            self._on_result(result)
+            self.request_stability(result.index, result.object_id, ticket)  # after the mask is shown
+
+        self.jobs.submit((CLICK, index, object_id), work, done, self._on_error,
+                         on_finished=lambda: self._job_finished(object_id), threads="interactive")
 
     def _on_result(self, result: ClickResult) -> None:
         if self.labels is None:
@@ -197,15 +230,18 @@ class AnnotationController(PromptInput, LabelEdits, GuiJobs):
         if session is None:
             return
         index = self.index
+        self.cancel_stability()
         self.jobs.cancel((CLICK, index, self.object_id))  # undo/redo act on the recorded steps
         mask = session.undo() if which == "undo" else session.redo()
         with self._mute():
             L.replace_slice_points(self.points, self.image, index, session.prompts)
             if self.boxes is not None and self.takes_boxes:
                 L.replace_slice_box(self.boxes, self.image, index, session.prompts.box)
+        self._restore_shapes(index, session.prompts)
         base = self._bases.setdefault((index, self.object_id), L.slice_copy(self.labels, index))
         L.write_object(self.labels, index, mask, self.object_id, base, overwrite=self.overwrite)
         self.changed.emit()
+        self.request_stability(index, self.object_id)
 
     def commit(self) -> None:
         """Keep the current object as it is in the Labels layer and start the next one (id = max + 1). Its jobs
@@ -244,12 +280,16 @@ class AnnotationController(PromptInput, LabelEdits, GuiJobs):
         removed."""
         if self.labels is None:
             return
+        self.cancel_stability()
+        self.stabilities.pop(self.object_id, None)
         self.jobs.cancel(lambda key: key[0] == CLICK and key[2] == self.object_id)
         for (index, object_id), base in list(self._bases.items()):
             if object_id == self.object_id:
-                L.write_object(self.labels, index, np.zeros(base.shape, bool), object_id, base, overwrite=True)
+                # the slice as it was (a label being refined keeps its pixels there)
+                L.write_object(self.labels, index, base == object_id, object_id, base, overwrite=True)
                 del self._bases[(index, object_id)]
         self._close_sessions(self.object_id)
+        self._forget_shapes(self.object_id)
         self._clear_prompts()
         self.changed.emit()
 
@@ -282,6 +322,7 @@ class AnnotationController(PromptInput, LabelEdits, GuiJobs):
             L.replace_slice_points(self.points, self.image, self.index, prompts)
             if self.boxes is not None and self.takes_boxes:
                 L.replace_slice_box(self.boxes, self.image, self.index, prompts.box)
+        self._restore_shapes(self.index, prompts)
         note = "" if session else " (no clicks recorded: new clicks replace it)"
         self.status.emit(f"re-opened object {label}{note}")
         self.changed.emit()
@@ -336,8 +377,8 @@ class AnnotationController(PromptInput, LabelEdits, GuiJobs):
                                  self._on_error)
             return
         label = f"Embedding slice {index}" if index else "Embedding image"
-        self.run_job(lambda token: embed_slice(*args), self._on_embedded, key=("embed",), progress=label,
-                     supersede=False)
+        self.run_job(lambda token: embed_slice(*args, cancel=token), self._on_embedded, key=("embed",),
+                     progress=label, steps=_embedding_steps(self.manager), supersede=False)
 
     def _on_embedded(self, result: tuple[ModelManager, tuple[int, ...], str, float | None]) -> None:
         manager, index, key, seconds = result
@@ -355,7 +396,12 @@ class AnnotationController(PromptInput, LabelEdits, GuiJobs):
         self.jobs.cancel(lambda key: key[0] == CLICK)
         self._committing.clear()
 
+    def _on_image_data(self, event: Any = None) -> None:
+        self._known.clear()  # new pixels: the next click converts and hashes the slice again
+
     def _on_layer_removed(self, event: Any) -> None:
+        if event.value is self.unstable_layer:
+            self.unstable_layer = None
         if event.value in (self.image, self.points, self.labels, self.boxes):
             name = event.value.name
             self.detach()
@@ -364,6 +410,14 @@ class AnnotationController(PromptInput, LabelEdits, GuiJobs):
 
     def _mute(self) -> _Muted:
         return _Muted(self)
+
+
+def _embedding_steps(manager: ModelManager) -> int | None:
+    """How many times an embedding checks its cancel token (once per ViT block, once more after the encoder), or
+    None when not known (the fallback: it is quick)."""
+    encoder = getattr(getattr(manager.predictor, "model", None), "image_encoder", None)
+    blocks = getattr(encoder, "blocks", None)
+    return len(blocks) + 1 if blocks is not None else None
 
 
 class _Muted:

@@ -1,5 +1,5 @@
 """The napari side of the :class:`~napari_focsam.engine.jobs.JobRunner`: results delivered on the GUI thread through a
-queued Qt signal, napari progress bars, failures as notifications, and ``wait`` for notebooks and tests. Part of
+queued Qt signal, progress reports for the widget's bar, failures as notifications, and ``wait`` for notebooks and tests. Part of
 :class:`~napari_focsam.plugin.controller.AnnotationController`.
 
 The runner's own threads are used rather than napari's ``create_worker``: Qt's global pool has one thread per core,
@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QObject
 from qtpy.QtCore import Signal as QtSignal
@@ -32,6 +31,18 @@ class _Dispatcher(QObject):
         self.call.connect(lambda callback: callback())
 
 
+class _CountingToken(CancelToken):
+    """A cancel token that reports each time the computation checks it (its stage boundaries) as one step done."""
+
+    def __init__(self, step: Callable[[], None]) -> None:
+        super().__init__()
+        self._step = step
+
+    def raise_if_cancelled(self) -> None:
+        self._step()
+        super().raise_if_cancelled()
+
+
 class GuiJobs:
     """Runs the controller's jobs (a controller mixin); ``self.jobs`` is the runner."""
 
@@ -45,15 +56,32 @@ class GuiJobs:
 
     def run_job(self, func: Callable[[CancelToken], Any], on_done: Callable[[Any], None], *,
                 key: Hashable | None = None, token: CancelToken | None = None, progress: str | None = None,
-                on_finished: Callable[[], None] | None = None, supersede: bool = True) -> Job:
+                steps: int | None = None, on_finished: Callable[[], None] | None = None,
+                supersede: bool = True) -> Job:
         """Run ``func(token)`` in a worker thread; ``on_done(result)`` runs on the GUI thread, a failure becomes a
         notification, ``on_finished()`` runs last in every case. Jobs with the same ``key`` are latest-wins (see
-        :class:`JobRunner`); without one the job is on its own. ``progress`` shows an indeterminate progress bar."""
-        bar = napari_progress(total=0, desc=progress) if progress else None
+        :class:`JobRunner`); without one the job is on its own.
+
+        ``progress`` names the job in the controller's :attr:`progress` signal (the widget shows a bar): with
+        ``steps`` it counts the computation's cancellation points (an embedding has one per ViT block) up to
+        ``steps``. napari's own progress bars are not used for these jobs: while one is open napari animates a busy
+        indicator, every frame of which repaints the window; with software OpenGL that made an embedding 50-70 %
+        slower with the window shown (``benchmarks/bench_widget.py``)."""
+        if progress is not None:
+            total = steps or 0
+            self.progress.emit(progress, 0, total)
+            if steps:
+                count = [0]
+
+                def step() -> None:
+                    count[0] = min(count[0] + 1, total - 1)  # the last step is the job's end
+                    self.progress.emit(progress, count[0], total)
+
+                token = _CountingToken(lambda: self._dispatcher.call.emit(step))
 
         def finished() -> None:
-            if bar is not None:
-                bar.close()
+            if progress is not None:
+                self.progress.emit("", 0, 0)  # done: the bar goes away
             if on_finished is not None:
                 on_finished()
 

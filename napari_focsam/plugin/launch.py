@@ -1,6 +1,6 @@
 """``napari-focsam [IMAGE ...]``: napari with the annotator docked, the images (or a sample) open and a model loaded.
 
-The model is the one asked for, else the most accurate one already cached (:mod:`napari_focsam.models.preference`),
+The model is the one asked for, else the most accurate one already cached (:mod:`napari_focsam.weights.preference`),
 else the weight-free fallback with a one-line hint on how to get weights; nothing is downloaded unless a model that
 is not cached is asked for by name. Bad input raises :class:`LaunchError` before any window stays open.
 """
@@ -22,8 +22,8 @@ class LaunchError(Exception):
 def check_request(images: Sequence[str], model: str | None, sample: str | None) -> tuple[str, str]:
     """Validate the request without napari; returns ``(model name, hint)`` (the hint is empty unless the fallback
     was chosen)."""
-    from ..models.preference import WEIGHTS_HINT, best_cached_model
-    from ..models.registry import FALLBACK_NAME, REGISTRY
+    from ..weights.preference import WEIGHTS_HINT, best_cached_model
+    from ..weights.registry import FALLBACK_NAME, REGISTRY
     from ..sample_data import SAMPLES
 
     if model is not None and model not in REGISTRY:

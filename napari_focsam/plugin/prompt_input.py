@@ -1,5 +1,5 @@
-"""How the annotator reads prompts from the layers: clicks on the Points layer (with their sign), boxes on the
-Shapes layer. Part of :class:`~napari_focsam.plugin.controller.AnnotationController`; runs on the GUI thread."""
+"""How the annotator reads prompts from the layers: clicks on the Points layer (with their sign), boxes (and, via
+:mod:`.shape_input`, regions and scribbles) on the Shapes layer. Part of :class:`~napari_focsam.plugin.controller.AnnotationController`; runs on the GUI thread."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from napari.utils.notifications import show_warning
 
 from ..engine.types import Prompts
 from . import layers as L
+from . import shape_layers as S
 
 
 class PromptInput:
@@ -36,6 +37,26 @@ class PromptInput:
         self.boxes.add(L.image_to_layer(self.boxes, self.image, np.asarray(corners, dtype=float)),
                        shape_type="rectangle")
 
+    def polygon(self, vertices: Any, index: tuple[int, ...] | None = None) -> None:
+        """Draw a polygon ((y, x) vertices in image pixels) exactly as the polygon tool would: via the Shapes layer.
+        It grows the current object's region on that slice."""
+        self._draw(vertices, "polygon", True, index)
+
+    def scribble(self, points: Any, positive: bool = True, index: tuple[int, ...] | None = None) -> None:
+        """Draw a stroke ((y, x) points in image pixels) exactly as the path tool would: a positive or negative
+        scribble of the current object on that slice."""
+        self._draw(points, "path", positive, index)
+
+    def _draw(self, points: Any, shape_type: str, positive: bool, index: tuple[int, ...] | None) -> None:
+        if self.image is None or self.boxes is None:
+            raise RuntimeError("attach an image first")
+        index = self.index if index is None else tuple(index)
+        yx = np.asarray(points, dtype=float).reshape(-1, 2)
+        coords = np.array([(*index, y, x) for y, x in yx], dtype=float).reshape(len(yx), len(index) + 2)
+        self.boxes.feature_defaults = {L.SIGN_FEATURE: bool(positive)}
+        self.boxes.add(L.image_to_layer(self.boxes, self.image, coords), shape_type=shape_type)
+        self.boxes.feature_defaults = {L.SIGN_FEATURE: self.next_positive}
+
     def _sign_from_mouse(self, layer: Points, event: Any) -> None:
         if layer.mode == "add":
             negative = "Shift" in event.modifiers or event.button == 2
@@ -53,6 +74,10 @@ class PromptInput:
         action = str(getattr(event, "action", "changed"))
         if self._muted or action.endswith(("adding", "removing", "changing")):
             return
+        with self._mute():
+            S.style_shapes(self.boxes)
+        if self.image is not None and not self._shapes_valid(self.index):
+            return  # a refused shape was taken off the layer: the object does not change
         self.update()
 
     @property
@@ -65,6 +90,7 @@ class PromptInput:
         prompts, _ = L.prompts_for_slice(self.points, self.image, index)
         box = L.box_for_slice(self.boxes, self.image, index) if self.boxes is not None else None
         self._box_ignored = box is not None and not self.takes_boxes
+        prompts = self._shape_prompts(prompts, index)
         if box is None:
             return prompts
         if self.takes_boxes:
@@ -81,10 +107,14 @@ class PromptInput:
         """Flip the sign of the selected clicks, or, with none selected, of the next click."""
         if self.points is None:
             return
+        if self._toggle_shape_signs():
+            return
         selected = sorted(self.points.selected_data)
         if not selected:
             self.next_positive = not self.next_positive
             self.points.feature_defaults = {L.SIGN_FEATURE: self.next_positive}
+            if self.boxes is not None:
+                self.boxes.feature_defaults = {L.SIGN_FEATURE: self.next_positive}
             self.status.emit(f"next click: {'positive' if self.next_positive else 'negative'}")
             return
         with self._mute():

@@ -16,12 +16,13 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QProgressBar,
     QPushButton,
     QVBoxLayout,
     QWidget,
 )
 
-from ..models.registry import REGISTRY
+from ..weights.registry import REGISTRY
 from .controller import AnnotationController
 from .stack_panel import StackPanel
 
@@ -38,6 +39,9 @@ MODELS = (*MODELS[:-1],
           ("HQ-SAM ViT-L (finer boundaries)", "sam_hq_vit_l"),
           ("HQ-SAM ViT-H (finer boundaries)", "sam_hq_vit_h"),
           ("PA-SAM ViT-L (prompt adapter; manual download)", "pa_sam_vit_l"),
+          ("SegNext ViT-B SA×2 HQ (dense prompts; slow per click on a CPU)", "segnext_vitb_sa2_hq"),
+          ("SegNext ViT-B SA×2 (dense prompts; slow per click on a CPU)", "segnext_vitb_sa2"),
+          ("SegNext ViT-B SA×1 (dense prompts; slow per click on a CPU)", "segnext_vitb_sa1"),
           MODELS[-1])
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: (shown, ``ModelManager.load(precision=...)``)
@@ -56,12 +60,15 @@ SHORTCUTS = (
     ("redo", "Control-Shift-Z", "redo"),
     ("toggle_sign", "t", "toggle the sign of the selected clicks (or of the next click)"),
     ("reopen", "r", "re-open the selected label and keep refining it"),
+    ("refine_label", "Shift-R", "refine the selected label: it becomes the object's first prompt (a mask)"),
     ("delete_object", "Shift-Delete", "delete the selected label everywhere"),
 )
 HELP = (
     "<b>Click</b> on the object: positive. <b>Shift+click</b> or <b>right click</b>: negative.<br>"
     "<b>Box</b> (SAM models): select the boxes layer, draw a rectangle (the latest one on a slice is the box; "
     "delete it to drop the box); select the clicks layer again to click.<br>"
+    "<b>Polygon / lasso</b> on the shapes layer: adds to the object's region. <b>Path</b>: a scribble "
+    "(Shift or right button at its start, or <b>T</b>: negative).<br>"
     "<b>Stacks</b> (3D, time series): <i>Stack tools</i> below: precompute, propagate through z, batch.<br>"
     + "<br>".join(f"<b>{key.replace('Control', 'Ctrl')}</b>: {text}" for _, key, text in SHORTCUTS)
 )
@@ -80,6 +87,9 @@ class FocsamWidget(QWidget):
         layout.addWidget(self._objects_box())
         self.stack_panel = StackPanel(self.controller, lambda: self.image_combo.currentData())
         layout.addWidget(self.stack_panel)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setVisible(False)
+        layout.addWidget(self.progress_bar)
         self.status = QLabel("no model loaded")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
@@ -89,6 +99,7 @@ class FocsamWidget(QWidget):
         layout.addStretch(1)
 
         self.controller.status.connect(self._on_status)
+        self.controller.progress.connect(self._on_progress)
         self.controller.changed.connect(self._refresh)
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(self._refresh_layers)
@@ -145,14 +156,15 @@ class FocsamWidget(QWidget):
         form = QFormLayout(box)
         self.image_combo, self.points_combo, self.labels_combo = QComboBox(), QComboBox(), QComboBox()
         self.boxes_combo = QComboBox()
-        self.boxes_combo.setToolTip("a Shapes layer: the latest rectangle on a slice is the object's box (SAM models)")
+        self.boxes_combo.setToolTip("a Shapes layer: the latest rectangle on a slice is the object's box (SAM models); "
+                                    "polygons, ellipses and closed paths its region; paths and lines scribbles")
         self.use_button = QPushButton("Use these layers")
         self.use_button.setToolTip("attach to the chosen layers (missing clicks/labels/boxes layers are created)")
         self.use_button.clicked.connect(self.use_layers)
         form.addRow("image", self.image_combo)
         form.addRow("clicks", self.points_combo)
         form.addRow("labels", self.labels_combo)
-        form.addRow("boxes", self.boxes_combo)
+        form.addRow("shapes", self.boxes_combo)
         form.addRow(self.use_button)
         return box
 
@@ -163,21 +175,36 @@ class FocsamWidget(QWidget):
         layout.addWidget(self.object_label)
         self.buttons: dict[str, QPushButton] = {}
         rows = (("commit", "Commit / next", "undo", "Undo", "redo", "Redo"),
-                ("cancel", "Cancel object", "reopen", "Re-open label", "delete_object", "Delete label"))
+                ("cancel", "Cancel object", "reopen", "Re-open label", "delete_object", "Delete label"),
+                ("refine_label", "Refine label", "", "", "", ""))
         for row_spec in rows:
             row = QHBoxLayout()
             for action, text in zip(row_spec[::2], row_spec[1::2]):
+                if not action:
+                    continue
                 button = QPushButton(text)
                 keys = [k.replace("Control", "Ctrl") for a, k, _ in SHORTCUTS if a == action]
                 descriptions = [d for a, _, d in SHORTCUTS if a == action]
                 button.setToolTip(f"{descriptions[0]} ({' / '.join(keys)})")
-                button.clicked.connect(getattr(self.controller, action))
+                button.clicked.connect(self._shortcut(action))  # (not the bare method: Qt passes `checked`)
                 self.buttons[action] = button
                 row.addWidget(button)
             layout.addLayout(row)
         self.overwrite_box = QCheckBox("overwrite committed objects")
         self.overwrite_box.setToolTip("let a mask take pixels of other objects (off: other objects are kept)")
         self.overwrite_box.toggled.connect(lambda on: setattr(self.controller, "overwrite", on))
+        self.stability_box = QCheckBox("show stability (ST)")
+        self.stability_box.setToolTip(
+            "after each mask, Stable-SAM's stability of the object over jittered copies of its prompts, in the "
+            "background (green >= 0.9, orange >= 0.7, red below; docs/stability.md)")
+        self.stability_box.toggled.connect(self._toggle_stability)
+        self.unstable_box = QCheckBox("show unstable pixels")
+        self.unstable_box.setToolTip("a layer with the pixels where the jittered copies' masks disagree")
+        self.unstable_box.toggled.connect(self.controller.set_show_unstable)
+        row = QHBoxLayout()
+        row.addWidget(self.stability_box)
+        row.addWidget(self.unstable_box)
+        layout.addLayout(row)
         self.prefetch_box = QCheckBox("prefetch neighbouring slices")
         self.prefetch_box.setToolTip("embed the slices above and below in the background")
         self.prefetch_box.toggled.connect(lambda on: setattr(self.controller, "prefetch", on))
@@ -197,6 +224,12 @@ class FocsamWidget(QWidget):
         return handler
 
     # ------------------------------------------------------------------ actions
+    def _toggle_stability(self, on: bool) -> None:
+        self.controller.stability_enabled = bool(on)
+        if on:
+            self.controller.request_stability()
+        self._refresh()
+
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "FocSAM / SAM checkpoint", "",
                                               "Checkpoints (*.pth *.pt *.safetensors *.zip);;All files (*)")
@@ -217,7 +250,7 @@ class FocsamWidget(QWidget):
     def select_model(self, name: str, *, load: bool = True, hint: str = "") -> Any:
         """Choose the registered model ``name`` with an empty checkpoint field (weights from the model cache) and
         load it when ``load`` (returns the job, else None); ``hint`` stays shown under the model box."""
-        from ..models.registry import get_entry
+        from ..weights.registry import get_entry
 
         index = self.model_combo.findData(name)
         if index < 0:
@@ -259,6 +292,18 @@ class FocsamWidget(QWidget):
             combo.setCurrentIndex(max(index, 0))  # optional layers default to a new one
             combo.blockSignals(False)
 
+    def _on_progress(self, what: str, done: int, total: int) -> None:
+        """A load or embedding in progress: a bar that counts its steps, or a still one when they are not known (a
+        busy animation would repaint the window all the time)."""
+        bar = self.progress_bar
+        if not what:
+            bar.setVisible(False)
+            return
+        bar.setRange(0, max(total, 1))
+        bar.setValue(min(done, max(total, 1)))
+        bar.setFormat(f"{what} … {done}/{total}" if total else f"{what} …")
+        bar.setVisible(True)
+
     def _on_status(self, text: str) -> None:
         self.status.setText(text)
         self._refresh()
@@ -274,9 +319,15 @@ class FocsamWidget(QWidget):
                 text += f"; last embedding {c.last_embed_seconds:.1f} s"
             if c.last_click_seconds is not None:
                 text += f"; last click {1000 * c.last_click_seconds:.0f} ms"
+            cost = getattr(c.manager.predictor, "cost_note", None)
+            if cost and c.manager.device.type == "cpu":
+                text += f"<br><i>{cost}</i>"
             self.model_label.setText(text)
         session = c.session() if c.ready else None
-        self.object_label.setText(f"current object: {c.object_id}" + (" (refined)" if session and
-                                                                       session.is_refined else ""))
+        text = f"current object: {c.object_id}" + (" (refined)" if session and session.is_refined else "")
+        stability = c.stability_text() if c.stability_enabled else None
+        if stability is not None:
+            text += f"; <span style='color:{stability[1]}'><b>{stability[0]}</b></span>"
+        self.object_label.setText(text)
         self.buttons["undo"].setEnabled(bool(session and session.can_undo))
         self.buttons["redo"].setEnabled(bool(session and session.can_redo))

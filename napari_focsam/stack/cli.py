@@ -127,7 +127,7 @@ def _os_error_line(exc: OSError) -> str:
 
 
 def _run(args: argparse.Namespace, job: Any) -> int:
-    from ..models.checkpoint import CheckpointError
+    from ..weights.checkpoint import CheckpointError
     from .prompts_file import PromptsFileError
     from .reader import StackInputError
     from .store import StoreError

@@ -24,8 +24,6 @@ verifiable, or recognisably missing / damaged (checksum mismatch): a new run res
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import threading
@@ -41,13 +39,14 @@ import torch
 import zarr
 
 from .._version import __version__
+from ..engine.storage import DIGEST_SIZE, content_digest, storable_array, tensor_from_array, torch_dtype_named
 from ..engine.types import ImageEmbedding, ImageGeometry
 
 __all__ = ["StackStore", "StackStoreWarning", "StoreError", "StoreMismatchError", "StoreSpec", "SliceStatus"]
 
 FORMAT = "napari-focsam-stack"
 FORMAT_VERSION = 1
-_DIGEST = 16
+_DIGEST = DIGEST_SIZE
 #: while a store is incomplete, a lookup miss re-reads its slice keys at most this often (seconds)
 _REINDEX_S = 2.0
 
@@ -128,10 +127,7 @@ class StoreSpec:
 
 def checksum(array: np.ndarray, *more: np.ndarray) -> bytes:
     """BLAKE2b-128 digest of arrays' C-order bytes, one after the other (one array: its bytes' digest)."""
-    digest = hashlib.blake2b(digest_size=_DIGEST)
-    for item in (array, *more):
-        digest.update(np.ascontiguousarray(item).reshape(-1).view(np.uint8))
-    return digest.digest()
+    return bytes(content_digest((array, *more)).digest())
 
 
 #: the root attributes that decide what a slice's lookup returns; covered by ``attrs_checksum``
@@ -140,16 +136,7 @@ _CHECKED_ATTRS = ("format_version", "store_id", "spec", "geometry", "feature_sha
 
 def attrs_checksum(attrs: dict[str, Any]) -> str:
     """BLAKE2b-128 hex digest of the deciding root attributes (canonical JSON)."""
-    checked = {name: attrs.get(name) for name in _CHECKED_ATTRS}
-    text = json.dumps(checked, sort_keys=True, separators=(",", ":"))
-    return hashlib.blake2b(text.encode(), digest_size=_DIGEST).hexdigest()
-
-
-def _numpy_of(features: torch.Tensor) -> np.ndarray:
-    tensor = features.detach()
-    if tensor.dtype == torch.bfloat16:
-        tensor = tensor.to(torch.float32)  # exact; converted back on reading (attr torch_dtype)
-    return np.ascontiguousarray(tensor.cpu().numpy())
+    return str(content_digest(checked={name: attrs.get(name) for name in _CHECKED_ATTRS}).hexdigest())
 
 
 class StackStore:
@@ -165,13 +152,13 @@ class StackStore:
         self.geometry = ImageGeometry.from_attrs(attrs["geometry"])
         self.feature_shape = tuple(int(n) for n in attrs["feature_shape"])
         self.feature_dtype = np.dtype(attrs["feature_dtype"])
-        self.torch_dtype = getattr(torch, str(attrs["torch_dtype"]))
+        self.torch_dtype = torch_dtype_named(str(attrs["torch_dtype"]))
         self._features = group["features"]
         self._meta = group["meta"]
         #: per-image extra tensors (HQ-SAM, PA-SAM): name -> (shape, numpy dtype, torch dtype, array)
         self._extras = {
             str(name): (tuple(int(n) for n in meta["shape"]), np.dtype(meta["dtype"]),
-                        getattr(torch, str(meta["torch_dtype"])), group[f"extra_{name}"])
+                        torch_dtype_named(str(meta["torch_dtype"])), group[f"extra_{name}"])
             for name, meta in sorted(dict(attrs.get("extras") or {}).items())
         }
         self._index: dict[bytes, int] | None = None
@@ -238,7 +225,7 @@ class StackStore:
             if not overwrite:
                 raise StoreError(f"{path} already holds a stack store (use overwrite to replace it)")
             shutil.rmtree(path)
-        array = _numpy_of(features)
+        array = storable_array(features)
         attrs = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -260,7 +247,7 @@ class StackStore:
         if extras:
             described = {}
             for name, tensor in sorted(extras.items()):
-                extra = _numpy_of(tensor)
+                extra = storable_array(tensor)
                 group.create_array(f"extra_{name}", shape=(n, *extra.shape), dtype=extra.dtype,
                                    chunks=(1, *extra.shape), fill_value=0)
                 described[name] = {"shape": list(extra.shape), "dtype": str(extra.dtype),
@@ -298,7 +285,7 @@ class StackStore:
                     extras: dict[str, torch.Tensor] | None = None) -> None:
         """Write slice ``i``'s features (and extras), then its meta row (key + checksum); a previous row is cleared
         first."""
-        array = _numpy_of(features)
+        array = storable_array(features)
         if array.shape != self.feature_shape or array.dtype != self.feature_dtype:
             raise ValueError(f"slice {i}: features {array.dtype} {array.shape} do not match the store's "
                              f"{self.feature_dtype} {self.feature_shape}")
@@ -307,7 +294,7 @@ class StackStore:
             raise ValueError(f"slice {i}: extras {sorted(extras)} do not match the store's {list(self._extras)}")
         extra_arrays = []
         for name, (shape, dtype, _, _) in self._extras.items():
-            extra = _numpy_of(extras[name])
+            extra = storable_array(extras[name])
             if extra.shape != shape or extra.dtype != dtype:
                 raise ValueError(f"slice {i}: extra {name!r} {extra.dtype} {extra.shape} does not match the store's "
                                  f"{dtype} {shape}")
@@ -343,12 +330,9 @@ class StackStore:
         if data.shape != self.feature_shape or not shapes_ok or checksum(data, *extras.values()) != bytes(
                 row[_DIGEST:]):
             raise StoreError(f"slice {i} of {self.path} fails its checksum")
-        features = torch.from_numpy(np.array(data, order="C"))
-        features = features if features.dtype == self.torch_dtype else features.to(self.torch_dtype)
-        tensors = {}
-        for name, (_, _, torch_dtype, _) in self._extras.items():
-            tensor = torch.from_numpy(np.array(extras[name], order="C"))
-            tensors[name] = tensor if tensor.dtype == torch_dtype else tensor.to(torch_dtype)
+        features = tensor_from_array(data, self.torch_dtype)
+        tensors = {name: tensor_from_array(extras[name], torch_dtype)
+                   for name, (_, _, torch_dtype, _) in self._extras.items()}
         return features, tensors
 
     def check_slice(self, i: int, key: str, *, verify_features: bool = True) -> str:

@@ -75,7 +75,7 @@ def resolve_checkpoint(
 
     ``ModelManager.load(name, checkpoint=resolve_checkpoint(name))`` works for every registered model. Raises
     :class:`ModelUnavailable` (offline, or ``download=False`` and nothing usable cached) with instructions, and
-    :class:`~napari_focsam.models.checkpoint.CheckpointError` for an explicit path that does not exist.
+    :class:`~napari_focsam.weights.checkpoint.CheckpointError` for an explicit path that does not exist.
     """
     entry = get_entry(name)
     if checkpoint is not None:

@@ -188,7 +188,35 @@ _HIGH_QUALITY: tuple[ModelEntry, ...] = (
     ),
 )
 
-REGISTRY: dict[str, ModelEntry] = {entry.name: entry for entry in (*_BUILTIN, *_HIGH_QUALITY)}
+# ---- SegNext (see docs/models.md) ----
+# The authors publish the three checkpoints on Google Drive only, linked from the README of uncbiag/SegNext, without
+# hashes or stable file ids: they are manual downloads, checked by their structure (config + every key and shape).
+_SEGNEXT_PAGE = "https://github.com/uncbiag/SegNext#evaluation"
+_SEGNEXT_HASH = ("no hash is published (Google Drive only): the file is checked by its structure, its config and "
+                 "every key and shape of the model ({} keys)")
+
+
+def _segnext(name: str, display: str, file_name: str, keys: int, size: str, description: str) -> ModelEntry:
+    return ModelEntry(
+        name=name, display_name=display, spec_name=name, preprocessing="segnext", file_name=file_name, urls=(),
+        page_url=_SEGNEXT_PAGE, sha256=None, hash_note=_SEGNEXT_HASH.format(keys), size=None, size_note=size,
+        licence="MIT", description=description + (
+            f" Manual download: get {file_name} from the Google Drive link in the README of "
+            "github.com/uncbiag/SegNext (section Evaluation / model weights) and put it in the models folder."),
+    )
+
+
+_SEGNEXT: tuple[ModelEntry, ...] = (
+    _segnext("segnext_vitb_sa1", "SegNext ViT-B SA×1 (COCO+LVIS)", "vitb_sa1_cocolvis_epoch_90.pth", 207, "~408 MB",
+             "SegNext (CVPR 2024), one fusion block, trained on COCO+LVIS: dense prompts, a heavy network per click."),
+    _segnext("segnext_vitb_sa2", "SegNext ViT-B SA×2 (COCO+LVIS)", "vitb_sa2_cocolvis_epoch_90.pth", 219, "~435 MB",
+             "SegNext (CVPR 2024), two fusion blocks, trained on COCO+LVIS."),
+    _segnext("segnext_vitb_sa2_hq", "SegNext ViT-B SA×2 (HQSeg-44K)", "vitb_sa2_cocolvis_hq44k_epoch_0.pth", 219,
+             "~435 MB", "SegNext (CVPR 2024), two fusion blocks, fine-tuned on HQSeg-44K: the best of the compared "
+             "models on HQSeg-44K (5-mIoU 91.75, NoC90 5.32)."),
+)
+
+REGISTRY: dict[str, ModelEntry] = {entry.name: entry for entry in (*_BUILTIN, *_HIGH_QUALITY, *_SEGNEXT)}
 
 
 def get_entry(name: str) -> ModelEntry:
@@ -203,8 +231,8 @@ def register_entry(entry: ModelEntry, *, replace: bool = False) -> ModelEntry:
     """Add an entry (e.g. a mirror, a fine-tuned model, or a test model served locally)."""
     if entry.name in REGISTRY and not replace:
         raise ValueError(f"model {entry.name!r} is already registered (pass replace=True to replace it)")
-    if entry.spec_name is not None:
-        from .specs import get_spec
+    if entry.spec_name is not None and not entry.spec_name.startswith("segnext_"):
+        from ..models.specs import get_spec
 
         get_spec(entry.spec_name)  # fail early on an unknown architecture
     if entry.archive not in (None, "zip"):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .registry import CACHE_ENV, REGISTRY, ModelEntry, get_entry, models_dir
-from .specs import SPECS
+from ..models.specs import SPECS
 
 
 # ---------------------------------------------------------------------------------------------------------- Python

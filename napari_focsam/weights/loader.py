@@ -18,8 +18,8 @@ from .checkpoint import (
     to_model_keys,
     weights_fingerprint,
 )
-from .sam import InteractiveModel, build_model
-from .specs import ModelSpec, get_spec
+from ..models.sam import InteractiveModel, build_model
+from ..models.specs import ModelSpec, get_spec
 
 
 @dataclass
@@ -62,7 +62,7 @@ def load_model(
 
     ``base_checkpoint``: for a decoder-only file (PA-SAM's ``epoch_20.pth``), the SAM checkpoint whose image and
     prompt encoder complete it (a path, or a callable returning one, called only when it is needed).
-    Raises :class:`~napari_focsam.models.checkpoint.CheckpointError` with a message naming the problem.
+    Raises :class:`~napari_focsam.weights.checkpoint.CheckpointError` with a message naming the problem.
     """
     spec = get_spec(spec) if isinstance(spec, str) else spec
     device = resolve_device(device)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .safe_pickle import UnsafeCheckpointError, load_restricted
-from .specs import SPECS, ModelSpec
+from ..models.specs import SPECS, ModelSpec
 
 
 class CheckpointError(ValueError):
@@ -203,6 +203,8 @@ def describe_weights(state_dict: Mapping[str, torch.Tensor]) -> str:
     match = best_matching_spec(state_dict)
     if match is not None:
         return f"{match.display_name} ({match.name})"
+    if any(k.startswith("visual_prompts_encoder.") for k in state_dict):
+        return "a SegNext checkpoint (segnext_vitb_sa1 / segnext_vitb_sa2 / segnext_vitb_sa2_hq)"
     partial = _describe_partial(state_dict)
     if partial is not None:
         return partial
@@ -230,7 +232,7 @@ _SHAPE_CACHE: dict[str, dict[str, tuple[int, ...]]] = {}
 
 def _expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     if spec.name not in _SHAPE_CACHE:
-        from .sam import InteractiveModel
+        from ..models.sam import InteractiveModel
 
         with torch.device("meta"):
             model = InteractiveModel(spec)
@@ -262,6 +264,9 @@ def check_compatible(spec: ModelSpec, state_dict: Mapping[str, torch.Tensor], so
     match = best_matching_spec(state_dict)
     if match is not None and match.name != spec.name:
         lines.append(f"Load it as {match.name!r} instead.")
+    elif any(k.startswith("visual_prompts_encoder.") for k in state_dict):
+        lines.append("SegNext is its own model, not a SAM: load it as 'segnext_vitb_sa2' ('segnext_vitb_sa1' for "
+                     "the one-fusion-block file, 'segnext_vitb_sa2_hq' for the HQSeg-44K one).")
     else:
         hint = _decoder_hint(spec, state_dict, decoder_only)
         if hint:

@@ -32,7 +32,7 @@ from .checkpoint import (
     to_model_keys,
 )
 from .registry import REGISTRY, ModelEntry, format_bytes, get_entry, models_dir
-from .specs import SPECS, get_spec
+from ..models.specs import SPECS, get_spec
 
 #: ``progress(done_bytes, total_bytes)``; ``total_bytes`` is None when unknown
 ProgressCallback = Callable[[int, "int | None"], None]
@@ -117,6 +117,10 @@ def _safetensors_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int
 
 def check_structure(path: Path, spec_name: str) -> str:
     """Raise CheckpointError unless the file's keys and shapes fit ``spec_name``; return what it looks like."""
+    from .segnext import check_segnext_file, is_segnext
+
+    if is_segnext(spec_name):
+        return check_segnext_file(path, spec_name)
     state = mapped_state(path)
     spec = get_spec(spec_name)
     check_compatible(spec, state, str(path), decoder_only=spec.decoder == "pa")  # PA-SAM: the decoder file alone
@@ -308,8 +312,11 @@ def verify_file(path: str | os.PathLike, name: str | None = None, *, full_hash: 
 
 def _check_structure(report: VerifyReport, spec_name: str, state: Mapping[str, torch.Tensor]) -> None:
     try:
-        spec = get_spec(spec_name)
-        check_compatible(spec, state, str(report.path), decoder_only=spec.decoder == "pa")
+        if spec_name.startswith("segnext_"):
+            check_structure(report.path, spec_name)
+        else:
+            spec = get_spec(spec_name)
+            check_compatible(spec, state, str(report.path), decoder_only=spec.decoder == "pa")
         report.structure_ok = True
     except CheckpointError as exc:
         report.structure_ok = False

@@ -1,0 +1,148 @@
+"""Many channels into the model's three: each chosen channel through its contrast limits and colour, added up, as
+napari shows channel layers (additive blending).
+
+A fluorescence image has 2-8 channels (nuclei, membranes, markers); a SAM-family model takes RGB. The rule follows
+"the model sees what the user sees" (:mod:`.image`): a :class:`ChannelMix` names the channels to use, the colour of
+each (napari's colormap colour: green, magenta, …) and its contrast limits; :func:`mix_channels` scales every chosen
+channel to 0..1 between its limits, multiplies it by its colour, sums and clips. The result is an (H, W, 3) uint8
+image, so the embedding key (a hash of what the model sees) changes with the choice, the colours and the limits.
+
+Defaults (:func:`default_mix`): one channel is gray; two are green and magenta (napari's pair for two channels,
+their overlap white); three are red, green and blue; of more, the first three are chosen (red, green, blue; a
+choice of more channels cycles on through magenta, cyan and yellow). Limits default
+to each channel's robust range (0.5-99.5 percentiles), as for a single-channel image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .image import DEFAULT_PERCENTILES
+
+GRAY = (1.0, 1.0, 1.0)
+RED, GREEN, BLUE = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)
+MAGENTA, CYAN, YELLOW = (1.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 0.0)
+#: napari colormap names a user may give instead of RGB triples
+NAMED_COLOURS = {"gray": GRAY, "grey": GRAY, "red": RED, "green": GREEN, "blue": BLUE, "magenta": MAGENTA,
+                 "cyan": CYAN, "yellow": YELLOW}
+
+
+@dataclass(frozen=True)
+class ChannelMix:
+    """Which channels the model sees, in which colour, between which limits.
+
+    ``channels``: indices into the channel axis; ``colours``: one RGB triple (0..1) or colour name per channel;
+    ``contrast_limits``: one (low, high) pair per channel, or None for each channel's robust range.
+    """
+
+    channels: tuple[int, ...]
+    colours: tuple[tuple[float, float, float], ...]
+    contrast_limits: tuple[tuple[float, float] | None, ...]
+
+    def __init__(self, channels: Sequence[int], colours: Sequence[object] | None = None,
+                 contrast_limits: Sequence[Sequence[float] | None] | None = None) -> None:
+        chosen = tuple(_index(c) for c in channels)
+        if not chosen:
+            raise ValueError("choose at least one channel")
+        if len(set(chosen)) != len(chosen):
+            raise ValueError(f"a channel is chosen twice: {list(chosen)}")
+        if colours is None:
+            colours = default_colours(len(chosen))
+        if len(colours) != len(chosen):
+            raise ValueError(f"{len(chosen)} channels but {len(colours)} colours")
+        limits = (None,) * len(chosen) if contrast_limits is None else tuple(contrast_limits)
+        if len(limits) != len(chosen):
+            raise ValueError(f"{len(chosen)} channels but {len(limits)} contrast limits")
+        object.__setattr__(self, "channels", chosen)
+        object.__setattr__(self, "colours", tuple(_colour(c) for c in colours))
+        object.__setattr__(self, "contrast_limits", tuple(_limits(lim) for lim in limits))
+
+    def check(self, n_channels: int) -> None:
+        """Raise a clear error if a chosen channel is not among ``n_channels``."""
+        outside = [c for c in self.channels if not 0 <= c < n_channels]
+        if outside:
+            raise ValueError(f"channel {outside[0]} does not exist: the image has {n_channels} channel"
+                             f"{'s' if n_channels != 1 else ''} (0..{n_channels - 1})")
+
+
+def default_colours(n: int) -> tuple[tuple[float, float, float], ...]:
+    """The colours of ``n`` chosen channels (see the module docstring)."""
+    if n == 1:
+        return (GRAY,)
+    if n == 2:
+        return (GREEN, MAGENTA)
+    cycle = (RED, GREEN, BLUE, MAGENTA, CYAN, YELLOW)
+    return tuple(cycle[i % len(cycle)] for i in range(n))
+
+
+def default_mix(n_channels: int) -> ChannelMix:
+    """The default choice for an image with ``n_channels`` channels: all of them up to three, else the first three."""
+    if n_channels < 1:
+        raise ValueError("the image has no channel")
+    return ChannelMix(range(min(n_channels, 3)))
+
+
+def mix_channels(data: np.ndarray, mix: ChannelMix | None = None, *, channel_axis: int = 0,
+                 percentiles: tuple[float, float] = DEFAULT_PERCENTILES) -> np.ndarray:
+    """The (H, W, 3) uint8 image the model sees of a 2D multi-channel image ``data`` (channels on ``channel_axis``,
+    numpy or anything array-like: only the chosen channels are read)."""
+    array = data if hasattr(data, "shape") else np.asarray(data)
+    if len(array.shape) != 3:
+        raise ValueError(f"expected one 2D image with a channel axis (3 axes), got shape {tuple(array.shape)}")
+    axis = channel_axis % 3
+    mix = default_mix(array.shape[axis]) if mix is None else mix
+    mix.check(array.shape[axis])
+    total = None
+    for channel, colour, limits in zip(mix.channels, mix.colours, mix.contrast_limits):
+        plane = array[(slice(None),) * axis + (channel,)]  # only this channel is read (zarr, dask)
+        plane = np.asarray(plane.compute() if hasattr(plane, "compute") else plane, dtype=np.float32)
+        scaled = _unit(plane, limits, percentiles)
+        layer = scaled[..., None] * np.asarray(colour, np.float32)
+        total = layer if total is None else total + layer
+    return np.ascontiguousarray(np.clip(np.rint(total * 255.0), 0, 255).astype(np.uint8))
+
+
+def _unit(plane: np.ndarray, limits: tuple[float, float] | None, percentiles: tuple[float, float]) -> np.ndarray:
+    finite = np.isfinite(plane)
+    if not finite.any():
+        return np.zeros(plane.shape, np.float32)
+    if limits is None:
+        sample = plane[finite] if not finite.all() else plane.reshape(-1)
+        if sample.size > 1_000_000:
+            sample = sample[:: sample.size // 1_000_000]
+        limits = tuple(float(v) for v in np.percentile(sample, percentiles))
+    low, high = limits
+    if high <= low:
+        return np.zeros(plane.shape, np.float32)
+    out = (plane - low) / (high - low)
+    return np.where(finite, np.clip(out, 0.0, 1.0), 0.0).astype(np.float32)
+
+
+def _index(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"channel indices must be whole numbers, got {value!r}")
+    return int(value)
+
+
+def _colour(value: object) -> tuple[float, float, float]:
+    if isinstance(value, str):
+        try:
+            return NAMED_COLOURS[value.lower()]
+        except KeyError:
+            raise ValueError(f"unknown colour {value!r}; use one of {sorted(NAMED_COLOURS)} or an RGB triple") from None
+    rgb = tuple(float(v) for v in np.asarray(value, dtype=float).reshape(-1))
+    if len(rgb) not in (3, 4) or not all(0.0 <= v <= 1.0 for v in rgb[:3]):
+        raise ValueError(f"a colour is an RGB triple of numbers in 0..1, got {value!r}")
+    return rgb[:3]  # type: ignore[return-value]
+
+
+def _limits(value: Sequence[float] | None) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    pair = tuple(float(v) for v in value)
+    if len(pair) != 2 or not all(np.isfinite(pair)):
+        raise ValueError(f"contrast limits are two finite numbers (low, high), got {value!r}")
+    return pair  # type: ignore[return-value]

@@ -1,0 +1,145 @@
+"""How many CPU threads torch may use for each kind of work: few for interactive calls, all for bulk work.
+
+A click's decoder pass is a chain of small operations, each a short parallel region of torch's OpenMP threads.
+Measured on a 2-core machine (docs/performance.md, "Thread policy"): a second thread does not make a click faster
+(SAM ViT-B-sized, median 32.1 ms on one thread, 32.0 ms on two), while it leaves no core for napari's drawing and,
+when another program takes a core, makes every parallel region wait for a descheduled thread. An embedding is a few
+large matrix products and keeps every core busy. So the policy has two numbers:
+
+* ``interactive``: threads for clicks, boxes, undo/redo replays and FocSAM's refiner (the job runner's click jobs);
+* ``bulk``: threads for embeddings, stacks and batch work — by default torch's own setting when this module was
+  first imported (the number of cores, or ``OMP_NUM_THREADS``).
+
+The defaults: ``interactive`` is 1 on machines with up to 4 cores, 2 above (a larger CPU has cores to spare; not
+measured here). Users change them with :func:`set_thread_policy` or the environment variables
+``NAPARI_FOCSAM_INTERACTIVE_THREADS`` and ``NAPARI_FOCSAM_BULK_THREADS`` (read when this module is imported).
+
+Torch keeps its thread count per OS thread: :func:`use_threads` sets it for the calling thread and leaves it so
+(for the job runner's own threads); :func:`threads_for` sets it for a block and restores the caller's count (for
+code that may run on a user's thread). ``torch.set_num_threads`` also changes the count that threads started later
+begin with; that default is put back to ``bulk`` after each change, so other libraries' threads are not slowed down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+
+KINDS = ("interactive", "bulk")
+ENV_INTERACTIVE = "NAPARI_FOCSAM_INTERACTIVE_THREADS"
+ENV_BULK = "NAPARI_FOCSAM_BULK_THREADS"
+
+
+@dataclass(frozen=True)
+class ThreadPolicy:
+    """Torch intra-op threads for interactive calls and for bulk work."""
+
+    interactive: int
+    bulk: int
+
+    def __post_init__(self) -> None:
+        for kind in KINDS:
+            value = getattr(self, kind)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"the number of {kind} threads must be a whole number ≥ 1, got {value!r}")
+
+    def for_kind(self, kind: str) -> int:
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind of work {kind!r}; one of {KINDS}")
+        return self.interactive if kind == "interactive" else self.bulk
+
+    def __str__(self) -> str:
+        return f"{self.interactive} interactive / {self.bulk} bulk threads"
+
+
+def default_policy(cores: int | None = None, bulk: int | None = None) -> ThreadPolicy:
+    """The default policy for a machine with ``cores`` usable cores (this machine's by default)."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return ThreadPolicy(interactive=1 if cores <= 4 else 2, bulk=max(1, bulk or _STARTUP_THREADS))
+
+
+def _from_environment(policy: ThreadPolicy) -> ThreadPolicy:
+    values = {}
+    for kind, name in (("interactive", ENV_INTERACTIVE), ("bulk", ENV_BULK)):
+        text = os.environ.get(name, "").strip()
+        if text:
+            try:
+                values[kind] = int(text)
+            except ValueError:
+                raise ValueError(f"{name}={text!r}: expected a whole number of threads ≥ 1") from None
+    return ThreadPolicy(**{**policy.__dict__, **values})
+
+
+_STARTUP_THREADS = torch.get_num_threads()
+_lock = threading.Lock()
+_policy = _from_environment(default_policy())
+_local = threading.local()
+_anchor: ThreadPoolExecutor | None = None
+
+
+def thread_policy() -> ThreadPolicy:
+    """The policy in force."""
+    return _policy
+
+
+def set_thread_policy(interactive: int | None = None, bulk: int | None = None) -> ThreadPolicy:
+    """Change the policy (``None`` keeps a value); takes effect at the next job of each kind. Returns it."""
+    global _policy
+    with _lock:
+        _policy = ThreadPolicy(interactive=_policy.interactive if interactive is None else interactive,
+                               bulk=_policy.bulk if bulk is None else bulk)
+        return _policy
+
+
+def _set_this_thread(n: int) -> None:
+    torch.get_num_threads()  # torch sets a thread's count on its first use: do that first, or it would undo ours
+    if getattr(_local, "threads", None) != n or torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+        _local.threads = n
+        if n != _policy.bulk:
+            _reset_default()
+
+
+def _reset_default() -> None:
+    """Put the count that new threads start with back to ``bulk`` (set from a thread of ours that does no work)."""
+    global _anchor
+    with _lock:
+        if _anchor is None:
+            _anchor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="focsam-threads")
+        anchor = _anchor
+    anchor.submit(lambda: torch.set_num_threads(_policy.bulk)).result()
+
+
+def use_threads(kind: str) -> int:
+    """Set the calling thread's torch thread count for ``kind`` of work (``"interactive"`` or ``"bulk"``) and leave it
+    so. For threads this package owns. Returns the count."""
+    n = _policy.for_kind(kind)
+    _set_this_thread(n)
+    return n
+
+
+@contextlib.contextmanager
+def threads_for(kind: str) -> Iterator[int]:
+    """Run a block with the thread count for ``kind`` of work; the caller's count is restored afterwards."""
+    n = _policy.for_kind(kind)
+    before = torch.get_num_threads()
+    if before == n:
+        yield n
+        return
+    _set_this_thread(n)
+    try:
+        yield n
+    finally:
+        _set_this_thread(before)
+
+
+def current_policy() -> str:
+    """A one-line description for logs and benchmarks."""
+    return str(_policy)

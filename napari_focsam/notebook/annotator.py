@@ -1,0 +1,311 @@
+"""``Annotator``: click-to-segment inside Jupyter (JupyterLab, Notebook 7, VS Code, Colab), no Qt, no display.
+
+An `anywidget <https://anywidget.dev>`_ widget: the browser half (``static/annotator.js``) draws and takes the mouse
+and keys; this half receives its messages on the kernel's comm thread, turns them into actions of a
+:class:`~napari_focsam.notebook.controller.NotebookController` (the engine's models, sessions, cache and job
+runner, as in the napari widget) and sends back what changed. No model runs on the comm thread: masks are computed
+in the job runner's threads and sent from there, under one lock, as soon as they are ready.
+
+Messages from the browser are ``{"type": ...}`` dicts: ``hello`` (send everything), ``click`` (``y, x, positive,
+seq``), ``box`` (``y0, x0, y1, x1, seq``), ``undo``, ``redo``, ``commit``, ``cancel``, ``reopen``, ``delete``,
+``select`` (``label``), ``slice`` (``z``), ``contrast`` (``low, high``), ``overwrite`` (``on``), ``load`` (``model,
+device, precision``). A refused request (a click outside the image, a box for a click-only model, ...) becomes a
+message in the widget, never an exception in the notebook.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anywidget
+import numpy as np
+import traitlets
+
+from ..engine.manager import PRECISIONS, ModelManager
+from ..weights.registry import REGISTRY
+from .controller import NotebookController
+from .source import ImageSource, check_labels
+
+STATIC = Path(__file__).parent / "static"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISION_TEXT = {"fast": "fast (bf16 where the device has it)", "float32": "float32 throughout"}
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object in the labels: its id, its pixels, the slices it is on (empty for a 2D image)."""
+
+    label: int
+    pixels: int
+    slices: tuple[int, ...]
+    current: bool  #: the object being annotated now (not committed yet)
+
+
+class Annotator(anywidget.AnyWidget):
+    """Annotate ``image`` object by object with ``model`` (a name, or a :class:`ModelManager`; default: the most
+    accurate cached model, else the weight-free fallback).
+
+    ``image``: numpy, dask or zarr; (H, W), (H, W, 3|4), (Z, H, W) or (Z, H, W, 3|4) (a slider picks the slice).
+    ``labels``: initial labels (array or a ``.tif``/``.npy`` file); ``save_to``: a ``.tif``/``.npy`` file written
+    after every commit and delete, and read back when it exists (so a kernel restart loses no committed object).
+    ``contrast_limits``: (low, high) for gray images (default: 8-bit as is, else the 0.5-99.5 percentiles); what the
+    widget shows is what the model sees. Further keywords go to :meth:`ModelManager.load`.
+    """
+
+    _esm = STATIC / "annotator.js"
+    _css = STATIC / "annotator.css"
+    #: the canvas width in CSS pixels (0: the image's width, at most 768)
+    display_width = traitlets.Int(0).tag(sync=True)
+
+    def __init__(self, image: Any, model: str | ModelManager | None = None, *, labels: Any = None,
+                 rgb: bool | None = None, contrast_limits: tuple[float, float] | None = None, device: str = "auto",
+                 precision: str = "fast", save_to: str | os.PathLike | None = None, display_width: int = 0,
+                 **load_kwargs: Any) -> None:
+        super().__init__(display_width=int(display_width))
+        self._send_lock = threading.Lock()
+        self._callbacks: list[Callable[[int, np.ndarray], None]] = []
+        self.save_to = Path(save_to) if save_to is not None else None
+        self.device, self.precision = device, precision
+        self.controller: NotebookController | None = None
+        #: why the widget cannot annotate (an unsupported image, unreadable labels); None when all is well
+        self.error: str | None = None
+        self.on_msg(self._on_message)
+        try:
+            source = ImageSource.of(image, rgb)
+            initial = self._initial_labels(labels, source)
+            self.controller = NotebookController(source, self._post, initial, contrast_limits)
+        except (ValueError, OSError) as exc:
+            self.error = str(exc)
+            return
+        self.controller.on_committed = self._committed
+        if model is None:
+            from ..weights.preference import best_cached_model
+
+            model = best_cached_model()[0]
+        self.controller.load_model(model, device, precision, **load_kwargs)
+
+    # ------------------------------------------------------------------ Python API
+    @property
+    def labels(self) -> np.ndarray:
+        """A copy of the labels: (H, W) or (Z, H, W) int32, 0 = background."""
+        controller = self._ready()
+        with controller._lock:
+            return controller.labels.copy()
+
+    @property
+    def objects(self) -> list[ObjectInfo]:
+        """The objects in the labels, committed ones and the current one."""
+        controller = self._ready()
+        with controller._lock:
+            labels = controller.labels
+            ids, counts = np.unique(labels[labels != 0], return_counts=True)
+            out = []
+            for label, count in zip(ids.tolist(), counts.tolist()):
+                slices = (tuple(int(z) for z in np.flatnonzero((labels == label).any(axis=(1, 2))))
+                          if labels.ndim == 3 else ())
+                out.append(ObjectInfo(int(label), int(count), slices, int(label) == controller.object_id))
+            return out
+
+    @property
+    def object_id(self) -> int:
+        return self._ready().object_id
+
+    @property
+    def manager(self) -> ModelManager | None:
+        return self._ready().manager
+
+    @property
+    def contrast_limits(self) -> tuple[float, float]:
+        return self._ready().contrast
+
+    @contrast_limits.setter
+    def contrast_limits(self, limits: tuple[float, float]) -> None:
+        self._ready().set_contrast(*limits)
+
+    @property
+    def slice(self) -> int:
+        return self._ready().z
+
+    @slice.setter
+    def slice(self, z: int) -> None:
+        self._ready().set_slice(z)
+
+    def click(self, y: float, x: float, positive: bool = True) -> None:
+        """A click at pixel (y, x) of the shown slice; the mask follows in a job thread (:meth:`wait` waits).
+
+        Unlike mouse clicks, which coalesce while a job runs (the latest wins), each click from Python starts
+        after the object's previous one is computed, so every click is its own undo step."""
+        self._settle_current().click(y, x, positive)
+
+    def box(self, y0: float, x0: float, y1: float, x1: float) -> None:
+        """The current object's box on the shown slice (models that take boxes), as one step."""
+        self._settle_current().box(y0, x0, y1, x1)
+
+    def undo(self) -> None:
+        """Undo the current object's last step on the shown slice (after its clicks so far are computed)."""
+        self._settle_current().undo()
+
+    def redo(self) -> None:
+        self._settle_current().redo()
+
+    def _settle_current(self) -> NotebookController:
+        controller = self._ready()
+        index, object_id = controller.index, controller.object_id
+        controller.wait(match=lambda key: key == ("click", index, object_id))
+        return controller
+
+    def commit(self) -> int:
+        """Commit the current object and start the next one; returns the committed id."""
+        return self._ready().commit()
+
+    def cancel(self) -> None:
+        self._ready().cancel()
+
+    def reopen(self, label: int | None = None) -> None:
+        """Continue refining a committed object (default: the label picked with Ctrl+click)."""
+        self._ready().reopen(label)
+
+    def delete(self, label: int | None = None) -> None:
+        """Remove an object from every slice (default: the label picked with Ctrl+click)."""
+        self._ready().delete(label)
+        self._autosave()
+
+    def load_model(self, model: str | ModelManager, device: str | None = None, precision: str | None = None,
+                   **kwargs: Any) -> None:
+        """Use another model (loaded in a job thread; :meth:`wait` waits for it)."""
+        self._ready().load_model(model, device or self.device, precision or self.precision, **kwargs)
+
+    def wait(self, timeout: float = 60.0) -> Annotator:
+        """Block until every job (model load, embedding, clicks) is done and its result delivered."""
+        self._ready().wait(timeout)
+        return self
+
+    def on_commit(self, callback: Callable[[int, np.ndarray], None]) -> None:
+        """Call ``callback(label, mask)`` when a committed object is final (its last mask computed); it runs on a
+        job thread or the kernel's thread, with the annotator's state locked: keep it short."""
+        self._callbacks.append(callback)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the labels to ``path`` (``.tif``/``.tiff`` or ``.npy``), atomically (a ``.partial`` file first)."""
+        path = Path(path)
+        labels = self.labels
+        suffix = path.suffix.lower()
+        if suffix not in (".tif", ".tiff", ".npy"):
+            raise ValueError(f"save labels as .tif, .tiff or .npy, not {path.name!r}")
+        partial = path.with_name(path.name + ".partial")
+        if suffix == ".npy":
+            with open(partial, "wb") as handle:
+                np.save(handle, labels)
+        else:
+            import tifffile
+
+            tifffile.imwrite(partial, labels, compression="zlib")
+        os.replace(partial, path)
+        return path
+
+    def close(self) -> None:
+        """Stop the job threads and close the widget."""
+        if self.controller is not None:
+            self.controller.close()
+        super().close()
+
+    # ------------------------------------------------------------------ internals
+    def _ready(self) -> NotebookController:
+        if self.controller is None:
+            raise RuntimeError(f"this annotator has no image: {self.error}")
+        return self.controller
+
+    def _initial_labels(self, labels: Any, source: ImageSource) -> np.ndarray:
+        if labels is None and self.save_to is not None and self.save_to.exists():
+            labels = self.save_to
+        if labels is None:
+            return np.zeros(source.labels_shape, np.int32)
+        if isinstance(labels, (str, os.PathLike)):
+            path = Path(labels)
+            if path.suffix.lower() == ".npy":
+                labels = np.load(path, allow_pickle=False)
+            else:
+                import tifffile
+
+                labels = tifffile.imread(path)
+        return check_labels(labels, source)
+
+    def _committed(self, label: int) -> None:
+        self._autosave()
+        controller = self.controller
+        for callback in list(self._callbacks):
+            callback(label, controller.labels == label)
+
+    def _autosave(self) -> None:
+        if self.save_to is not None:
+            self.save(self.save_to)
+
+    def _post(self, message: dict, buffers: list) -> None:
+        """Send one message to the browser (from the comm thread or a job thread: one at a time)."""
+        with self._send_lock:
+            self.send(message, [bytes(b) for b in buffers])
+
+    def _state(self) -> tuple[dict, list]:
+        controller = self.controller
+        if controller is None:
+            return {"type": "state", "error": f"Cannot annotate: {self.error}"}, []
+        names = list(REGISTRY)
+        if controller.model_name and controller.model_name not in names:
+            names.append(controller.model_name)
+        with controller._lock:
+            message = {"type": "state", **controller.view_state(), "info": controller.info(),
+                       "prompts": controller.prompt_state(),
+                       "models": [[n, REGISTRY[n].display_name if n in REGISTRY else n] for n in names],
+                       "devices": [[d, d] for d in DEVICES], "device": self.device,
+                       "precisions": [[p, PRECISION_TEXT.get(p, p)] for p in PRECISIONS], "precision": self.precision}
+            return message, controller.view_buffers()
+
+    def _on_message(self, _: Any, content: dict, buffers: list) -> None:
+        """One message from the browser (the kernel's comm thread): an action, or a message back when refused."""
+        kind = content.get("type") if isinstance(content, dict) else None
+        try:
+            if kind == "hello":
+                self._post(*self._state())
+                return
+            controller = self._ready()
+            self._act(controller, kind, content)
+        except Exception as exc:  # noqa: BLE001 - every refusal is a line in the widget, never a traceback
+            if self.controller is None:
+                return
+            text = str(exc) if isinstance(exc, (ValueError, RuntimeError)) else f"{type(exc).__name__}: {exc}"
+            with self.controller._lock:
+                self.controller._set_status(text, "warning", send=False)
+                message = {"type": "update", "info": self.controller.info(),
+                           "prompts": self.controller.prompt_state(), "refused": content.get("seq")}
+                self._post(message, [])
+
+    def _act(self, controller: NotebookController, kind: str | None, m: dict) -> None:
+        if kind == "click":
+            controller.click(float(m["y"]), float(m["x"]), bool(m.get("positive", True)), seq=m.get("seq"))
+        elif kind == "box":
+            controller.box(float(m["y0"]), float(m["x0"]), float(m["y1"]), float(m["x1"]), seq=m.get("seq"))
+        elif kind in ("undo", "redo", "commit", "cancel"):
+            getattr(controller, kind)()
+        elif kind in ("reopen", "delete"):
+            getattr(self, kind)(None if m.get("label") is None else int(m["label"]))
+        elif kind == "select":
+            with controller._lock:
+                controller.selected = int(m.get("label") or 0)
+                controller._set_status(f"picked label {controller.selected}" if controller.selected else
+                                       "no label there (background)")
+        elif kind == "slice":
+            controller.set_slice(int(m["z"]))
+        elif kind == "contrast":
+            controller.set_contrast(float(m["low"]), float(m["high"]))
+        elif kind == "overwrite":
+            controller.overwrite = bool(m.get("on"))
+        elif kind == "load":
+            self.device, self.precision = str(m.get("device", self.device)), str(m.get("precision", self.precision))
+            controller.load_model(str(m["model"]), self.device, self.precision)
+        else:
+            raise ValueError(f"unknown request {kind!r}")

@@ -1,0 +1,121 @@
+"""The thread policy: interactive calls and bulk work get their own torch thread counts, per OS thread, and nothing
+leaks into threads that are not ours."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+
+from napari_focsam.engine import threads as T
+from napari_focsam.engine.fallback import FallbackPredictor
+from napari_focsam.engine.jobs import JobRunner
+from napari_focsam.engine.manager import ModelManager
+
+
+@pytest.fixture
+def policy():
+    """Interactive 1, bulk 2 for the test (whatever the machine), the old policy restored afterwards."""
+    old = T.thread_policy()
+    yield T.set_thread_policy(interactive=1, bulk=2)
+    T.set_thread_policy(interactive=old.interactive, bulk=old.bulk)
+
+
+def in_new_thread(func):
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(func).result()
+
+
+def test_defaults_follow_the_core_count() -> None:
+    assert T.default_policy(cores=2, bulk=2) == T.ThreadPolicy(interactive=1, bulk=2)
+    assert T.default_policy(cores=4, bulk=4).interactive == 1
+    assert T.default_policy(cores=16, bulk=16) == T.ThreadPolicy(interactive=2, bulk=16)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True, None])
+def test_bad_counts_are_refused_with_a_clear_message(bad) -> None:
+    with pytest.raises(ValueError, match="whole number ≥ 1"):
+        T.ThreadPolicy(interactive=bad, bulk=2)
+    with pytest.raises(ValueError, match="unknown kind of work"):
+        T.ThreadPolicy(1, 2).for_kind("clicks")
+
+
+def test_environment_variables_set_the_policy_and_bad_ones_say_which() -> None:
+    code = "from napari_focsam.engine.threads import thread_policy; p = thread_policy(); print(p.interactive, p.bulk)"
+    env = dict(os.environ, NAPARI_FOCSAM_INTERACTIVE_THREADS="3", NAPARI_FOCSAM_BULK_THREADS="5")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["3", "5"]
+    env["NAPARI_FOCSAM_INTERACTIVE_THREADS"] = "many"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode != 0 and "NAPARI_FOCSAM_INTERACTIVE_THREADS='many'" in done.stderr
+
+
+def test_use_threads_is_per_thread_and_new_threads_start_with_bulk(policy) -> None:
+    with ThreadPoolExecutor(1) as clicks, ThreadPoolExecutor(1) as bulk:
+        assert clicks.submit(T.use_threads, "interactive").result() == 1
+        assert bulk.submit(T.use_threads, "bulk").result() == 2
+        assert clicks.submit(torch.get_num_threads).result() == 1
+        assert bulk.submit(torch.get_num_threads).result() == 2
+        # torch.set_num_threads(1) also changed what threads started later begin with: put back to bulk
+        assert clicks.submit(T.use_threads, "interactive").result() == 1
+        assert in_new_thread(torch.get_num_threads) == 2
+    assert torch.get_num_threads() == T._STARTUP_THREADS or torch.get_num_threads() == 2
+
+
+def test_threads_for_restores_the_callers_count(policy) -> None:
+    def work() -> tuple[int, int, int]:
+        torch.set_num_threads(2)
+        with T.threads_for("interactive") as n:
+            inside = torch.get_num_threads()
+        return n, inside, torch.get_num_threads()
+
+    assert in_new_thread(work) == (1, 1, 2)
+
+
+def test_the_job_runner_gives_each_job_its_kinds_count(policy) -> None:
+    seen: dict[str, int] = {}
+    done = threading.Event()
+    runner = JobRunner(max_workers=1)  # one pool thread: it switches between the kinds
+    try:
+        for i, kind in enumerate(("interactive", "bulk", "interactive")):
+            runner.submit(("k", i), lambda token, name=f"{kind}{i}": seen.setdefault(name, torch.get_num_threads()),
+                          threads=kind)
+        runner.background("prefetch", lambda token: seen.setdefault("background", torch.get_num_threads()),
+                          on_done=lambda _: done.set())
+        assert done.wait(30)
+        while runner.busy:
+            threading.Event().wait(0.01)
+    finally:
+        runner.shutdown()
+    assert seen == {"interactive0": 1, "bulk1": 2, "interactive2": 1, "background": 2}
+
+
+class _CountingFallback(FallbackPredictor):
+    """The fallback, recording the thread count its embedding ran with."""
+
+    embed_threads: list[int]
+
+    def embed(self, image, *, cancel=None):
+        self.embed_threads.append(torch.get_num_threads())
+        return super().embed(image, cancel=cancel)
+
+
+def test_an_embedding_computed_inside_a_click_job_uses_the_bulk_count(policy) -> None:
+    predictor = _CountingFallback()
+    predictor.embed_threads = []
+    manager = ModelManager(predictor)
+    image = np.zeros((40, 50), np.uint8)
+
+    def click_job() -> tuple[int, int]:
+        T.use_threads("interactive")
+        manager.embed(image)
+        return torch.get_num_threads(), len(predictor.embed_threads)
+
+    assert in_new_thread(click_job) == (1, 1)  # back to the interactive count afterwards
+    assert predictor.embed_threads == [2]
