@@ -41,6 +41,13 @@ def test_segment_everything_2d_then_reopen(make_napari_viewer):
     label = int(layer.data[60, 70])
     c.reopen(label)
     assert c.object_id == label
+    # Refine label: the automatic object becomes the object's first prompt (a mask), refined by later prompts
+    small = int(layer.data[30, 135])
+    before = layer.data == small
+    c.refine_label(small)
+    c.wait()
+    assert c.object_id == small
+    np.testing.assert_array_equal(layer.data == small, before)  # the mask prompt alone gives it back
 
 
 def test_segment_everything_stack_and_cancel(make_napari_viewer):
