@@ -15,7 +15,7 @@ from segment_anything.modeling import Sam
 from napari_focsam.engine.automatic import AutomaticOptions, generate_masks, masks_to_labels, point_grid
 from napari_focsam.engine.sam_predictor import SamFamilyPredictor
 from napari_focsam.engine.types import ImageEmbedding
-from napari_focsam.models.loader import load_model
+from napari_focsam.weights.loader import load_model
 
 POINTS = 8
 OFFSET = 0.02
