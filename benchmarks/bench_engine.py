@@ -37,8 +37,8 @@ from napari_focsam.engine.session import ObjectSession
 from napari_focsam.engine.types import ImageEmbedding
 from napari_focsam.models.fast_decoder import default_decoder_dtype
 from napari_focsam.models.fast_encoder import default_encoder_dtype
-from napari_focsam.weights.loader import load_model
 from napari_focsam.models.refiner import FocusRefiner
+from napari_focsam.weights.loader import load_model
 
 
 def synchronize(device: torch.device) -> None:

@@ -19,8 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from _jupyter_browser import (JupyterLab, NotebookPage, WidgetDriver, chromium, measure_latency,  # noqa: E402
-                              median, write_notebook)
+from _jupyter_browser import JupyterLab, NotebookPage, WidgetDriver, chromium, measure_latency, median, write_notebook  # noqa: E402
 
 CELLS = [
     "from skimage import data\nfrom napari_focsam.notebook import Annotator\n\n"

@@ -35,9 +35,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .engine.cache import EmbeddingCache
     from .engine.manager import ModelManager
     from .engine.session import ObjectSession
-    from .engine.types import CancelToken, Cancelled, Prompts
-    from .weights.checkpoint import CheckpointError
+    from .engine.types import Cancelled, CancelToken, Prompts
     from .models.specs import SPECS
+    from .weights.checkpoint import CheckpointError
 
 
 def __getattr__(name: str) -> Any:

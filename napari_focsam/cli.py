@@ -14,8 +14,8 @@ def _info(_: argparse.Namespace) -> int:
     import torch
 
     from ._version import __version__
-    from .weights.loader import resolve_device
     from .models.specs import SPECS
+    from .weights.loader import resolve_device
 
     print(f"napari-focsam {__version__}")
     print(f"torch {torch.__version__}; threads {torch.get_num_threads()}; "

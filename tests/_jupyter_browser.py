@@ -74,7 +74,7 @@ class JupyterLab:
                    "jupyterlab.NeverCheckForUpdate"]
         if hasattr(os, "geteuid") and os.geteuid() == 0:  # CI containers run as root
             command.append("--allow-root")
-        self.log = open(state / "server.log", "wb")  # noqa: SIM115 - closed in __exit__
+        self.log = open(state / "server.log", "wb")
         self.process = subprocess.Popen(command, cwd=self.folder, env=env, stdout=self.log,
                                         stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.timeout
@@ -128,7 +128,8 @@ RUN_ALL = _PANEL + """
 const done = arguments[arguments.length - 1];
 (async () => {
   await panel.context.ready; await panel.sessionContext.ready;
-  while (!panel.sessionContext.session || !panel.sessionContext.session.kernel) await new Promise(r => setTimeout(r, 100));
+  while (!panel.sessionContext.session || !panel.sessionContext.session.kernel)
+    await new Promise(r => setTimeout(r, 100));
   await app.commands.execute('notebook:run-all-cells');
   done('ok');
 })().catch(e => done('error: ' + e));
@@ -271,7 +272,7 @@ def measure_latency(page: NotebookPage, widget: WidgetDriver, points: list[tuple
     for y, x in points:
         before = len(driver.execute_script("return window.focsamLatencies;"))
         widget.click(y, x)
-        page.wait_for(lambda: len(driver.execute_script("return window.focsamLatencies;")) > before,
+        page.wait_for(lambda: len(driver.execute_script("return window.focsamLatencies;")) > before,  # noqa: B023
                       f"the mask of the click at {(y, x)}")
     widget.wait_settled()
     return driver.execute_script("return window.focsamLatencies;")

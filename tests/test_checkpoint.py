@@ -14,6 +14,8 @@ import pytest
 import torch
 from segment_anything import sam_model_registry
 
+from napari_focsam.models.sam import InteractiveModel, build_model
+from napari_focsam.models.specs import get_spec
 from napari_focsam.weights.checkpoint import (
     CheckpointError,
     UnsafeCheckpoint,
@@ -25,8 +27,6 @@ from napari_focsam.weights.checkpoint import (
     weights_fingerprint,
 )
 from napari_focsam.weights.loader import load_model
-from napari_focsam.models.sam import InteractiveModel, build_model
-from napari_focsam.models.specs import get_spec
 
 OURS_TO_OFFICIAL = {"image_encoder.": "backbone.", "prompt_encoder.": "neck.", "mask_decoder.": "decode_head.",
                     "refiner.": "refine_head."}

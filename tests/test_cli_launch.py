@@ -15,12 +15,12 @@ import torch
 napari = pytest.importorskip("napari")
 
 from napari_focsam import cli  # noqa: E402
-from napari_focsam.weights import preference  # noqa: E402
-from napari_focsam.weights.registry import REGISTRY, ModelEntry, get_entry  # noqa: E402
 from napari_focsam.models.sam import build_model  # noqa: E402
 from napari_focsam.models.specs import get_spec  # noqa: E402
-from napari_focsam.weights.verify import record_verified  # noqa: E402
 from napari_focsam.plugin.widget import FocsamWidget  # noqa: E402
+from napari_focsam.weights import preference  # noqa: E402
+from napari_focsam.weights.registry import REGISTRY, ModelEntry, get_entry  # noqa: E402
+from napari_focsam.weights.verify import record_verified  # noqa: E402
 
 
 @pytest.fixture
@@ -150,7 +150,7 @@ def test_cached_checkpoint_is_preselected_and_loaded_offline(qtbot, cache, no_ne
     monkeypatch.setitem(REGISTRY, entry.name, entry)
     monkeypatch.setattr(preference, "PREFERENCE", ("sam_tiny", *preference.PREFERENCE))
 
-    status, viewer, widget = launched(["--sample", "coins"])
+    status, _viewer, widget = launched(["--sample", "coins"])
 
     assert status == 0 and widget.model_combo.currentData() == "sam_tiny"
     assert not widget.hint_label.isVisibleTo(widget)
@@ -211,7 +211,7 @@ class _nothing:
 def test_unreadable_image_is_one_line_and_status_2(tmp_path, capsys, cache, launched):
     bad = tmp_path / "broken.tif"
     bad.write_bytes(b"not a tiff at all")
-    status, viewer, widget = launched([str(bad)])
+    status, _viewer, widget = launched([str(bad)])
     err = capsys.readouterr().err
     assert status == 2 and widget is None
     assert err.startswith(f"napari-focsam: error: cannot open {bad}") and len(err.strip().splitlines()) == 1, err

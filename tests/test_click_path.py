@@ -8,19 +8,23 @@ import pytest
 
 pytest.importorskip("napari")
 
-from napari.layers import Labels  # noqa: E402
+from _widget_support import annotator, disc_image
+from napari.layers import Labels
 
-from _widget_support import annotator, disc_image  # noqa: E402
-from napari_focsam.engine.fallback import FallbackPredictor  # noqa: E402
-from napari_focsam.engine.manager import ModelManager  # noqa: E402
-from napari_focsam.plugin import layers as L  # noqa: E402
+from napari_focsam.engine.fallback import FallbackPredictor
+from napari_focsam.engine.manager import ModelManager
+from napari_focsam.plugin import layers as L
 
 
 def _write_whole_slice(view: np.ndarray, mask, object_id, base, overwrite) -> np.ndarray:
-    """The rule of ``write_object`` on the whole slice, written out plainly."""
-    base_without = np.where(base == object_id, 0, base)
-    allowed = mask if overwrite else mask & (base_without == 0)
-    return np.where(allowed, object_id, base_without).astype(view.dtype)
+    """The rule of ``write_object`` on the whole slice, pixel by pixel."""
+    out = view.copy()
+    for (y, x), current in np.ndenumerate(view):
+        if mask[y, x] and (overwrite or current in (0, object_id)):
+            out[y, x] = object_id
+        elif current == object_id and not mask[y, x]:
+            out[y, x] = 0 if base[y, x] == object_id else base[y, x]
+    return out
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
@@ -48,6 +52,28 @@ def test_the_windowed_write_equals_the_whole_slice_rule(seed, overwrite) -> None
     np.testing.assert_array_equal(labels.data, expected)
     assert changed == int((data != expected).sum())
     assert L.write_object(labels, index, mask, 5, base, overwrite=overwrite) == 0  # the same mask again: nothing
+
+
+def test_a_late_mask_of_an_earlier_object_is_never_erased_by_the_next_one() -> None:
+    """Object 1's job finishes after object 2 took its snapshot: object 2's writes keep object 1's pixels."""
+    labels = Labels(np.zeros((40, 40), np.uint8))
+    first = np.zeros((40, 40), bool)
+    first[5:15, 5:15] = True
+    L.write_object(labels, (), first, 1, np.zeros((40, 40), np.uint8))  # object 1's first mask
+    base_2 = labels.data.copy()  # object 2 starts (commit while object 1's last job still runs)
+    late = np.zeros((40, 40), bool)
+    late[5:25, 5:25] = True
+    L.write_object(labels, (), late, 1, np.zeros((40, 40), np.uint8))  # object 1's late mask lands now
+    second = np.zeros((40, 40), bool)
+    second[20:35, 20:35] = True  # overlaps object 1's late pixels at [20:25, 20:25]
+    L.write_object(labels, (), second, 2, base_2)
+    assert (labels.data[5:25, 5:25] == 1).all(), "object 1's late pixels were erased or taken"
+    assert (labels.data[25:35, 20:35] == 2).all() and (labels.data[20:25, 25:35] == 2).all()
+    smaller = np.zeros((40, 40), bool)
+    smaller[30:35, 30:35] = True
+    L.write_object(labels, (), smaller, 2, base_2)  # object 2 shrinks: what it leaves goes back, object 1 stays
+    assert (labels.data[5:25, 5:25] == 1).all() and (labels.data == 2).sum() == 25
+    assert (labels.data[25:30, 20:30] == 0).all()
 
 
 def test_clicks_reuse_the_slices_key_until_the_image_or_its_contrast_changes(make_napari_viewer) -> None:

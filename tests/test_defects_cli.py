@@ -109,7 +109,7 @@ def test_bad_inputs_of_every_command_are_one_line(tmp_path, capsys):
 
 def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_FOCSAM_DEBUG", "1")
-    with pytest.raises(Exception):
+    with pytest.raises(FileNotFoundError):  # the exception itself, not the one-line message
         main(["evaluate", "--dataset", str(tmp_path / "no-dataset"), "--model", "fallback", "--no-progress",
               "--no-plots"])
 

@@ -101,5 +101,5 @@ def test_an_edited_geometry_in_a_stack_store_is_refused(tmp_path):
     doc = json.loads((store / "zarr.json").read_text())
     doc["attributes"]["geometry"]["original_size"] = [48, 64]
     (store / "zarr.json").write_text(json.dumps(doc))
-    with pytest.raises(StoreError, match="attributes .* were changed"):
+    with pytest.raises(StoreError, match=r"attributes .* were changed"):
         StackStore.open(store)

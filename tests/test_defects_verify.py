@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from napari_focsam.cli import main
-from napari_focsam.weights.checkpoint import UnsafeCheckpoint, read_checkpoint
 from napari_focsam.models.sam import build_model
 from napari_focsam.models.specs import get_spec
+from napari_focsam.weights.checkpoint import UnsafeCheckpoint, read_checkpoint
 
 SENTINEL = Path("/tmp") / f"napari-focsam-verify-sentinel-{os.getpid()}"
 

@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_checkpoint import _write_mmengine_checkpoint
 
 from napari_focsam.engine.manager import ModelManager
+from napari_focsam.models.sam import build_model
+from napari_focsam.models.specs import get_spec
 from napari_focsam.weights.download import (
     DownloadCancelled,
     ModelUnavailable,
@@ -23,9 +26,6 @@ from napari_focsam.weights.download import (
 )
 from napari_focsam.weights.loader import load_model
 from napari_focsam.weights.registry import REGISTRY, ModelEntry, models_dir
-from napari_focsam.models.sam import build_model
-from napari_focsam.models.specs import get_spec
-from test_checkpoint import _write_mmengine_checkpoint
 
 
 # ---------------------------------------------------------------------------------------------------------- server

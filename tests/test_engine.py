@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from napari_focsam.engine.manager import ModelManager
-from napari_focsam.engine.types import CancelToken, Cancelled, Prompts
-from napari_focsam.weights.checkpoint import CheckpointError
+from napari_focsam.engine.types import Cancelled, CancelToken, Prompts
 from napari_focsam.models.decoding import decode, dense_positional_encoding, encode_prompts
+from napari_focsam.weights.checkpoint import CheckpointError
 
 
 @pytest.fixture(scope="module")

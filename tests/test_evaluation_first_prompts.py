@@ -12,8 +12,14 @@ from test_evaluation_runner import _write_dataset
 from napari_focsam.engine.prompt_shapes import check_extent
 from napari_focsam.evaluation import OracleBackend, Protocol, SegmentationDataset, evaluate
 from napari_focsam.evaluation.cli import main as cli_main
-from napari_focsam.evaluation.first_prompts import (POLYGON_VERTICES, simulate_box, simulate_first_prompt,
-                                                    simulate_mask, simulate_polygon, simulate_scribble)
+from napari_focsam.evaluation.first_prompts import (
+    POLYGON_VERTICES,
+    simulate_box,
+    simulate_first_prompt,
+    simulate_mask,
+    simulate_polygon,
+    simulate_scribble,
+)
 from napari_focsam.evaluation.results import OBJECTS_JSONL, read_results
 
 

@@ -5,12 +5,12 @@ The quality floor uses the evaluation package's official click simulator (``napa
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
+from conftest import shared_path
 
-from napari_focsam._cancel import CancelToken, Cancelled
+from napari_focsam._cancel import Cancelled, CancelToken
 from napari_focsam.engine.fallback import ALGORITHM_VERSION, FallbackPredictor
 from napari_focsam.engine.predictor import Predictor
 from napari_focsam.engine.session import ObjectSession
@@ -18,8 +18,6 @@ from napari_focsam.engine.types import ImageEmbedding, ObjectState, Prompts
 from napari_focsam.evaluation.datasets import SegmentationDataset
 from napari_focsam.evaluation.protocol import Protocol
 from napari_focsam.evaluation.runner import embed_image, evaluate_object
-
-from conftest import shared_path
 
 # ---------------------------------------------------------------------------------------------- helpers
 

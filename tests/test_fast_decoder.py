@@ -92,7 +92,8 @@ def test_the_path_follows_the_number_of_tokens(model):
                 FastDecoder._layer_folded = original
             reference = decode(model.mask_decoder, embeds, image_pe, sparse, dense)
         assert bool(calls) == (clicks == 2)
-        torch.testing.assert_close(out.logits, reference.logits, rtol=0, atol=1e-5 * float(reference.logits.abs().max()))
+        torch.testing.assert_close(out.logits, reference.logits, rtol=0,
+                                   atol=1e-5 * float(reference.logits.abs().max()))
 
 
 def test_other_upscaling_layers_are_refused(model):

@@ -17,9 +17,9 @@ from napari_focsam.engine.session import ObjectSession
 from napari_focsam.engine.types import ImageEmbedding
 from napari_focsam.models.fast_decoder import default_decoder_dtype
 from napari_focsam.models.fast_encoder import FastImageEncoder, cpu_has_fast_bf16, default_encoder_dtype
-from napari_focsam.weights.loader import load_model
 from napari_focsam.models.sam import InteractiveModel
 from napari_focsam.models.specs import get_spec
+from napari_focsam.weights.loader import load_model
 
 #: the tolerances the fast path is held to (the README and the benchmark state the same)
 FP32_RTOL = 1e-5

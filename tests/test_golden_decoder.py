@@ -11,11 +11,11 @@ import pytest
 import torch
 from _golden import golden_weights, load_npz
 
-from napari_focsam.weights.checkpoint import to_model_keys
 from napari_focsam.models.decoding import decode, dense_positional_encoding, encode_prompts
 from napari_focsam.models.fast_decoder import FastDecoder
 from napari_focsam.models.sam import InteractiveModel
 from napari_focsam.models.specs import get_spec
+from napari_focsam.weights.checkpoint import to_model_keys
 
 TOLERANCE = 1e-9
 

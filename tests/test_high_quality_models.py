@@ -18,13 +18,13 @@ from napari_focsam.engine.types import ImageEmbedding
 from napari_focsam.evaluation.datasets import SegmentationDataset
 from napari_focsam.evaluation.protocol import Protocol
 from napari_focsam.evaluation.runner import evaluate
-from napari_focsam.weights.registry import REGISTRY
 from napari_focsam.models.sam import build_model
 from napari_focsam.models.specs import get_spec
-from napari_focsam.weights.verify import verify_file
 from napari_focsam.stack import StackStore, attach_store, precompute_stack
 from napari_focsam.stack.common import local_manager
 from napari_focsam.stack.worker import ModelConfig
+from napari_focsam.weights.registry import REGISTRY
+from napari_focsam.weights.verify import verify_file
 
 pytest.importorskip("cv2", reason="PA-SAM's edge map needs opencv-python-headless (the 'pa' extra)")
 

@@ -15,9 +15,16 @@ import json
 
 import numpy as np
 import pytest
-
-from _jupyter_browser import (JupyterLab, NotebookPage, WidgetDriver, browser_paths, chromium, measure_latency,
-                              median, write_notebook)
+from _jupyter_browser import (
+    JupyterLab,
+    NotebookPage,
+    WidgetDriver,
+    browser_paths,
+    chromium,
+    measure_latency,
+    median,
+    write_notebook,
+)
 
 pytest.importorskip("selenium")
 pytest.importorskip("anywidget")

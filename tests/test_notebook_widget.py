@@ -11,11 +11,11 @@ import pytest
 
 pytest.importorskip("anywidget")
 
-from napari_focsam.engine.fallback import FallbackPredictor  # noqa: E402
-from napari_focsam.engine.manager import ModelManager  # noqa: E402
-from napari_focsam.engine.types import Prompts  # noqa: E402
-from napari_focsam.notebook import Annotator  # noqa: E402
-from napari_focsam.notebook.overlay import changed_box, rle_decode, rle_encode  # noqa: E402
+from napari_focsam.engine.fallback import FallbackPredictor
+from napari_focsam.engine.manager import ModelManager
+from napari_focsam.engine.types import Prompts
+from napari_focsam.notebook import Annotator
+from napari_focsam.notebook.overlay import changed_box, rle_decode, rle_encode
 
 
 def discs(shape=(120, 160), centres=((40, 50), (70, 115)), radius=18) -> np.ndarray:
@@ -142,7 +142,7 @@ def test_unsupported_images_show_a_message(shape):
     assert message["error"].startswith("Cannot annotate:") and ann.error
     browser(type="click", y=1, x=1, seq=1)  # ignored quietly: there is nothing to click on
     with pytest.raises(RuntimeError, match="this annotator has no image"):
-        ann.labels
+        _ = ann.labels
 
 
 def test_dask_and_zarr_stacks_with_a_slider_and_contrast(tmp_path):
@@ -219,7 +219,7 @@ def test_commit_while_a_job_runs_saves_calls_back_and_resumes(tmp_path):
     assert not tifffile.imread(path).any()
     again.save(tmp_path / "labels.npy")
     assert np.load(tmp_path / "labels.npy").shape == (120, 160)
-    with pytest.raises(ValueError, match=".tif, .tiff or .npy"):
+    with pytest.raises(ValueError, match=r".tif, .tiff or .npy"):
         again.save(tmp_path / "labels.png")
     again.close()
 

@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from napari_focsam.engine.sam_predictor import SamFamilyPredictor
 from napari_focsam.engine.session import ObjectSession
 from napari_focsam.engine.types import ImageEmbedding, ObjectState, Prompts
-from napari_focsam.weights.checkpoint import CheckpointError
 from napari_focsam.models.decoding import encode_prompts
-from napari_focsam.weights.loader import load_model
 from napari_focsam.models.pa_decoder import canny_edges, decode_pa, guiding_features
+from napari_focsam.weights.checkpoint import CheckpointError
+from napari_focsam.weights.loader import load_model
 from tests.conftest import shared_path
 
 pytest.importorskip("cv2", reason="PA-SAM's edge map needs opencv-python-headless (the 'pa' extra)")

@@ -13,7 +13,8 @@ from napari_focsam.engine.manager import ModelManager
 from napari_focsam.engine.prompt_shapes import fill_polygon
 from napari_focsam.engine.types import Prompts
 from napari_focsam.stack.cli import main as cli_main
-from napari_focsam.stack.prompts_file import PromptsFileError, build_prompt_set, read_prompts
+from napari_focsam.stack.prompt_set import build_prompt_set
+from napari_focsam.stack.prompts_file import PromptsFileError, read_prompts
 
 CSV = """slice,object_id,kind,shape,y,x,label,mask,mask_value
 0,1,polygon,1,10,10,,,

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _golden import golden_weights, load_npz, weight_specs
 
-from napari_focsam._cancel import CancelToken, Cancelled
+from napari_focsam._cancel import Cancelled, CancelToken
+from napari_focsam.models.deform_conv import modulated_deform_conv3x3
 from napari_focsam.models.focus import (
     WindowGrid,
     box_cell_mask,
@@ -18,9 +20,7 @@ from napari_focsam.models.focus import (
     select_windows,
     upsampled_foreground,
 )
-from napari_focsam.models.refiner import FocusRefiner, NullSlotAttention, modulated_deform_conv3x3
-
-from _golden import golden_weights, load_npz, weight_specs
+from napari_focsam.models.refiner import FocusRefiner, NullSlotAttention
 
 INPUT = (1024, 1024)
 GRID = (64, 64)

@@ -7,17 +7,17 @@ import os
 import re
 
 import pytest
+import test_download
 import torch
+from test_download import Route, add_entry, closed_port_url, focsam_entry, sha256
 
-from napari_focsam.weights.checkpoint import CheckpointError
-from napari_focsam.weights.download import ModelUnavailable, offline_message, resolve_checkpoint
-from napari_focsam.weights.cli import list_models, register
-from napari_focsam.weights.registry import REGISTRY, ModelEntry, get_entry, models_dir, register_entry
 from napari_focsam.models.sam import build_model
 from napari_focsam.models.specs import SPECS, get_spec
+from napari_focsam.weights.checkpoint import CheckpointError
+from napari_focsam.weights.cli import list_models, register
+from napari_focsam.weights.download import ModelUnavailable, offline_message, resolve_checkpoint
+from napari_focsam.weights.registry import REGISTRY, ModelEntry, get_entry, models_dir, register_entry
 from napari_focsam.weights.verify import verify_file
-import test_download
-from test_download import Route, add_entry, closed_port_url, focsam_entry, sha256
 
 # fixtures shared with test_download (a real HTTP server on 127.0.0.1, checkpoints written by the tests)
 cache, focsam_zip, sam_file, server = test_download.cache, test_download.focsam_zip, test_download.sam_file, \

@@ -17,12 +17,12 @@ import torch
 from napari_focsam.engine.sam_predictor import SamFamilyPredictor
 from napari_focsam.engine.session import ObjectSession
 from napari_focsam.engine.types import ImageEmbedding, Prompts
-from napari_focsam.weights.checkpoint import CheckpointError
 from napari_focsam.models.decoding import encode_prompts
 from napari_focsam.models.fast_encoder import FastImageEncoder
 from napari_focsam.models.hq_decoder import decode_hq
-from napari_focsam.weights.loader import load_model
 from napari_focsam.models.specs import get_spec
+from napari_focsam.weights.checkpoint import CheckpointError
+from napari_focsam.weights.loader import load_model
 
 hq = pytest.importorskip("segment_anything_hq", reason="the official HQ-SAM package (segment-anything-hq) is needed")
 

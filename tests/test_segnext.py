@@ -136,7 +136,7 @@ def test_official_layout_loads_strictly(files):
 def test_segnext_file_as_sam_and_sam_file_as_segnext_say_what_they_are(files):
     with pytest.raises(CheckpointError, match="SegNext is its own model"):
         load_model("sam_tiny", files["good"])
-    with pytest.raises(CheckpointError, match="is not a SegNext checkpoint.*SAM"):
+    with pytest.raises(CheckpointError, match=r"is not a SegNext checkpoint.*SAM"):
         load_segnext("segnext_tiny", files["sam"])
 
 
@@ -158,7 +158,7 @@ def test_missing_keys_and_wrong_depth_are_named(files):
     del state["head.seg_conv.bias"]
     path = files["folder"] / "partial.pth"
     torch.save({"state_dict": state, "config": official_config(TINY)}, path)
-    with pytest.raises(CheckpointError, match="missing keys: head.seg_conv.bias"):
+    with pytest.raises(CheckpointError, match=r"missing keys: head.seg_conv.bias"):
         load_segnext("segnext_tiny", path)
     deeper = official_config(TINY)
     deeper["params"]["fusion_params"]["value"]["depth"] = 2

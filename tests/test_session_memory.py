@@ -9,7 +9,7 @@ import torch
 
 from napari_focsam.engine.manager import ModelManager
 from napari_focsam.engine.session import DEFAULT_MAX_HISTORY, ObjectSession
-from napari_focsam.engine.types import CancelToken, Cancelled, Prompts
+from napari_focsam.engine.types import Cancelled, CancelToken, Prompts
 
 CLICKS = [(60, 70, True), (20, 20, False), (65, 90, True), (50, 60, True), (90, 120, False), (55, 75, True),
           (40, 80, True)]

@@ -10,8 +10,8 @@ from _stack_support import dsb_stack, fallback_manager, stardist_3d, threshold_m
 
 from napari_focsam.stack.batch import segment_from_prompts
 from napari_focsam.stack.cli import main as cli_main
-from napari_focsam.stack.propagate import deepest_point
 from napari_focsam.stack.prompts_file import PromptsFileError
+from napari_focsam.stack.propagate import deepest_point
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -10,7 +10,7 @@ import pytest
 import zarr
 from _stack_support import stardist_3d
 
-from napari_focsam.engine.types import CancelToken, Cancelled
+from napari_focsam.engine.types import Cancelled, CancelToken
 from napari_focsam.stack import ModelConfig, StackStore, precompute_stack
 from napari_focsam.stack.batch import segment_from_prompts
 from napari_focsam.stack.distributed import MALLOC_TRIM, dask_client

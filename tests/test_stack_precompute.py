@@ -19,8 +19,16 @@ from _stack_support import ThresholdPredictor, stardist_3d, threshold_manager
 
 from napari_focsam.engine.image import to_model_rgb
 from napari_focsam.engine.manager import ModelManager
-from napari_focsam.stack import (ModelConfig, StackStore, StackStoreWarning, StoreError, StoreMismatchError,
-                                 attach_store, open_stack, precompute_stack)
+from napari_focsam.stack import (
+    ModelConfig,
+    StackStore,
+    StackStoreWarning,
+    StoreError,
+    StoreMismatchError,
+    attach_store,
+    open_stack,
+    precompute_stack,
+)
 from napari_focsam.stack.common import local_manager
 from napari_focsam.stack.precompute import MAX_SLICES_PER_TASK, slices_per_task_for
 from napari_focsam.stack.worker import thread_count_invariant

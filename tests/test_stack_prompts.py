@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from napari_focsam.stack.prompts_file import PromptsFileError, build_prompt_set, read_prompts
+from napari_focsam.stack.prompt_set import build_prompt_set
+from napari_focsam.stack.prompts_file import PromptsFileError, read_prompts
 
 SHAPE3 = ((5,), (40, 30))
 
@@ -43,7 +44,7 @@ def test_json_flat_and_grouped_forms(tmp_path) -> None:
 def test_time_column_indexes_a_4d_stack(tmp_path) -> None:
     path = _write(tmp_path, "p.csv", "t,z,object_id,y,x\n1,2,1,3,3\n")
     assert build_prompt_set(read_prompts(path), (2, 5), (10, 10)).slices == [7]
-    with pytest.raises(PromptsFileError, match="needs a .T, Z, Y, X. stack"):
+    with pytest.raises(PromptsFileError, match=r"needs a .T, Z, Y, X. stack"):
         build_prompt_set(read_prompts(path), (5,), (10, 10))
 
 

@@ -16,7 +16,7 @@ def _nucleus(truth: np.ndarray, min_span: int = 7) -> tuple[int, np.ndarray, lis
     for object_id in np.unique(truth)[1:]:
         volume = truth == object_id
         zs = np.flatnonzero(volume.any((1, 2))).tolist()
-        if len(zs) >= min_span and 0 < zs[0] and zs[-1] < len(truth) - 1:
+        if len(zs) >= min_span and zs[0] > 0 and zs[-1] < len(truth) - 1:
             return int(object_id), volume, zs
     raise AssertionError("no such nucleus")
 

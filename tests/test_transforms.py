@@ -128,5 +128,6 @@ def test_post_processing_equals_the_plain_interpolation_chain(original):
         if isinstance(transform, SamTransform):
             expected = interp(up[..., :rh, :rw], (h, w), mode="bilinear", align_corners=False)
         else:
-            expected = interp(up[..., :rh, :rw], geometry.padded_size, mode="bilinear", align_corners=False)[..., :h, :w]
+            expected = interp(up[..., :rh, :rw], geometry.padded_size, mode="bilinear",
+                              align_corners=False)[..., :h, :w]
         assert torch.equal(transform.logits_to_original(logits, geometry), expected)

@@ -7,15 +7,14 @@ import importlib
 import numpy as np
 import pytest
 import yaml
-
 from conftest import REPO
 
 napari = pytest.importorskip("napari")
 
+from _widget_support import annotator, disc_image  # noqa: E402
+
 from napari_focsam.engine.manager import ModelManager  # noqa: E402
 from napari_focsam.plugin.widget import FocsamWidget  # noqa: E402
-
-from _widget_support import annotator, disc_image  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
@@ -166,7 +165,7 @@ def test_sample_data_opens_in_a_real_viewer(make_napari_viewer, key):
 
 def test_the_widget_docks_through_the_manifest(make_napari_viewer):
     viewer = make_napari_viewer()
-    dock, widget = viewer.window.add_plugin_dock_widget("napari-focsam", "FocSAM annotator")
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-focsam", "FocSAM annotator")
     assert isinstance(widget, FocsamWidget)
 
 

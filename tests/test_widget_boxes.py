@@ -8,12 +8,12 @@ import pytest
 
 napari = pytest.importorskip("napari")
 
+from _widget_support import annotator, disc_image  # noqa: E402
+
 from napari_focsam.engine.manager import ModelManager  # noqa: E402
 from napari_focsam.engine.threads import threads_for  # noqa: E402
 from napari_focsam.plugin import prompt_input as prompt_input_module  # noqa: E402
 from napari_focsam.plugin.widget import FocsamWidget  # noqa: E402
-
-from _widget_support import annotator, disc_image  # noqa: E402
 
 pytestmark = pytest.mark.gui
 

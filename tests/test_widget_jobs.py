@@ -11,6 +11,7 @@ import pytest
 
 napari = pytest.importorskip("napari")
 
+from _widget_support import annotator, disc_image  # noqa: E402
 from qtpy.QtCore import QThreadPool  # noqa: E402
 from qtpy.QtWidgets import QApplication  # noqa: E402
 
@@ -19,8 +20,6 @@ from napari_focsam.engine.manager import ModelManager  # noqa: E402
 from napari_focsam.engine.session import ObjectSession  # noqa: E402
 from napari_focsam.engine.threads import threads_for  # noqa: E402
 from napari_focsam.engine.types import Prompts, check_cancel  # noqa: E402
-
-from _widget_support import annotator, disc_image  # noqa: E402
 
 pytestmark = pytest.mark.gui
 N_Z = 10
@@ -193,6 +192,24 @@ def test_committed_objects_keep_one_step_and_a_bounded_number_of_sessions(make_n
         assert len(s.prompts) == 3 and not s.can_undo and s.current.prediction.mask.size == 0
         np.testing.assert_array_equal(s.mask, c.labels.data == s.object_id)
     assert c._bases == {}
+
+
+def test_an_object_committed_while_its_job_runs_is_compacted_when_the_job_ends(make_napari_viewer):
+    viewer = make_napari_viewer()
+    slow = Slow(FallbackPredictor(), predict_delay=0.3)
+    manager = ModelManager(slow)
+    c = annotator(viewer, manager, disc_image()).controller
+    c.click(60, 70)
+    c.click(62, 75)
+    time.sleep(0.05)
+    c.commit()  # the first click's job is still running, the second one pending
+    assert c.jobs.active(lambda key: key[2] == 1)
+    c.wait()
+    session = manager.get_object(c._keys[()], 1)
+    assert session is not None and len(session.prompts) == 2
+    assert not session.can_undo and session.current.prediction.mask.size == 0  # compacted: one step, bits only
+    assert not any(object_id == 1 for _, object_id in c._bases)  # its undo snapshot was released
+    assert (c.labels.data == 1).any() and c.object_id == 2
 
 
 def test_reopen_after_commit_continues_exactly(make_napari_viewer, tiny_manager):

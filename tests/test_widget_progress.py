@@ -7,11 +7,11 @@ import pytest
 
 pytest.importorskip("napari")
 
-import napari  # noqa: E402
+import napari
+from _widget_support import disc_image
 
-from _widget_support import disc_image  # noqa: E402
-from napari_focsam.engine.manager import ModelManager  # noqa: E402
-from napari_focsam.plugin.widget import FocsamWidget  # noqa: E402
+from napari_focsam.engine.manager import ModelManager
+from napari_focsam.plugin.widget import FocsamWidget
 
 pytestmark = pytest.mark.gui
 

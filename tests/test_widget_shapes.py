@@ -9,12 +9,12 @@ import pytest
 
 napari = pytest.importorskip("napari")
 
+from _widget_support import annotator, disc_image  # noqa: E402
+
 from napari_focsam.engine.manager import ModelManager  # noqa: E402
 from napari_focsam.engine.session import ObjectSession  # noqa: E402
 from napari_focsam.engine.threads import threads_for  # noqa: E402
 from napari_focsam.plugin import shape_input as shape_input_module  # noqa: E402
-
-from _widget_support import annotator, disc_image  # noqa: E402
 
 pytestmark = pytest.mark.gui
 

@@ -11,11 +11,11 @@ import pytest
 
 napari = pytest.importorskip("napari")
 
+from _widget_support import annotator, disc_image  # noqa: E402
+
 from napari_focsam.engine import stability as stability_module  # noqa: E402
 from napari_focsam.engine.manager import ModelManager  # noqa: E402
 from napari_focsam.engine.types import Cancelled  # noqa: E402
-
-from _widget_support import annotator, disc_image  # noqa: E402
 
 pytestmark = pytest.mark.gui
 

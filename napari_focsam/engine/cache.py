@@ -103,18 +103,12 @@ def _on_device(embedding: ImageEmbedding, device: torch.device | str | None) -> 
 class EmbeddingCache:
     """Image embeddings by key: an LRU in memory bounded by ``max_bytes``, backed by an optional zarr store.
 
-    Parameters
-    ----------
-    max_bytes:
-        Bound on the summed ``nbytes`` of the embeddings kept in memory (on whatever device they live). An embedding
-        larger than this is not kept in memory, but still written to the store.
-    store:
-        A directory for the on-disk zarr store (layout: :mod:`napari_focsam.engine.embedding_store`), or ``None``
-        for memory only.
-        A missing path is created; a path that holds something else is reported and never touched.
-    on_problem:
-        Called with a human-readable message for every problem; by default ``warnings.warn(message, CacheWarning)``.
-        It is never called while the cache holds a lock, so it may use the cache.
+    ``max_bytes`` bounds the summed ``nbytes`` of the embeddings kept in memory (on whatever device they live); an
+    embedding larger than this is not kept in memory, but still written to the store. ``store`` is a directory for
+    the on-disk zarr store (layout: :mod:`napari_focsam.engine.embedding_store`), or ``None`` for memory only; a
+    missing path is created, a path that holds something else is reported and never touched. ``on_problem`` is called
+    with a human-readable message for every problem (by default ``warnings.warn(message, CacheWarning)``); it is never
+    called while the cache holds a lock, so it may use the cache.
 
     All methods may be called concurrently from any threads; see the module docstring.
     """

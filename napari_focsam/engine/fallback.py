@@ -115,24 +115,14 @@ class FallbackPredictor:
     stateless: the mask is a deterministic function of the image and the prompts. The embedding (``features``) is a
     float32 tensor ``(2, h, w)`` at the working resolution: channel 0 the coarse edge map, channel 1 the fine one.
 
-    Parameters
-    ----------
-    max_side:
-        longest side of the working resolution; bigger images are downsampled for both ``embed`` and ``predict``.
-    ref_side:
-        the image size in which the lengths below are given; they scale with ``max(h, w) / ref_side``.
-    lightness_weight:
-        weight of Lab L against a and b in the edge maps.
-    sigmas:
-        Gaussian scales of the coarse edge map (summed after normalisation).
-    fine_sigma:
-        Gaussian scale of the fine edge map used in the boundary band.
-    click_radius:
-        radius of a click's marker disk.
-    opposite_fraction:
-        a click's disk reaches at most this fraction of the distance to the nearest click of the other label.
-    band:
-        half width of the boundary band refined on the fine edge map (0 disables the refinement).
+    ``max_side`` is the longest side of the working resolution (bigger images are downsampled for both ``embed`` and
+    ``predict``); ``ref_side`` the image size in which the lengths below are given (they scale with
+    ``max(h, w) / ref_side``); ``lightness_weight`` the weight of Lab L against a and b in the edge maps; ``sigmas``
+    the Gaussian scales of the coarse edge map (summed after normalisation); ``fine_sigma`` the Gaussian scale of the
+    fine edge map used in the boundary band; ``click_radius`` the radius of a click's marker disk;
+    ``opposite_fraction`` the largest fraction of the distance to the nearest click of the other label that a click's
+    disk reaches; ``band`` the half width of the boundary band refined on the fine edge map (0 disables the
+    refinement).
     """
 
     name = "fallback"

@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._cancel import CancelToken, Cancelled
+from .._cancel import Cancelled, CancelToken
 from .threads import use_threads
 
 #: the ``nice`` increment of the background thread (Linux; lower priority than the clicks)
@@ -240,16 +240,20 @@ class JobRunner:
                     elif error is not None and not isinstance(error, Cancelled) and job.on_error is not None:
                         job.on_error(error)
             finally:
+                # the key stops being active before on_finished runs, so that on_finished sees whether other jobs
+                # of the key remain (a committed object is finished off when its last job is); busy stays true
+                # until on_finished has run
+                with self._lock:
+                    if slot is not None:
+                        slot.inflight -= 1
+                        if slot.inflight == 0 and slot.running is None and self._slots.get(job.key) is slot:
+                            del self._slots[job.key]
                 try:
                     if job.on_finished is not None:
                         job.on_finished()
                 finally:
                     with self._lock:
                         self._outstanding -= 1
-                        if slot is not None:
-                            slot.inflight -= 1
-                            if slot.inflight == 0 and slot.running is None and self._slots.get(job.key) is slot:
-                                del self._slots[job.key]
 
         self._dispatch(on_front_end)
 

@@ -19,6 +19,7 @@ are never taken. See :func:`sample_stroke`.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -120,7 +121,7 @@ def sample_stroke(points: np.ndarray, spacing: float, max_points: int) -> np.nda
 def stroke_pixels(points: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """The integer pixels (rows, cols) a polyline passes through (one per half-pixel step), clipped to ``shape``."""
     ys, xs = [], []
-    for (ya, xa), (yb, xb) in zip(points[:-1], points[1:]):
+    for (ya, xa), (yb, xb) in itertools.pairwise(points):
         n = max(2, int(math.ceil(2 * max(abs(yb - ya), abs(xb - xa)))) + 1)
         ys.append(np.linspace(ya, yb, n))
         xs.append(np.linspace(xa, xb, n))

@@ -37,8 +37,8 @@ import torch
 from ..models.decoding import DecoderOutput, decode, dense_positional_encoding, encode_prompts
 from ..models.fast_decoder import FastDecoder, default_decoder_dtype
 from ..models.fast_encoder import ATTENTION_MODES, FAST_ENCODER_VERSION, FastImageEncoder, default_encoder_dtype
-from ..weights.loader import LoadedModel
 from ..models.transforms import make_transform
+from ..weights.loader import LoadedModel
 from .prompt_shapes import bounding_box, deepest_point, mask_to_low_res, sample_stroke
 from .types import CancelToken, ImageEmbedding, ImageGeometry, ObjectState, Prediction, Prompts, check_cancel
 
@@ -454,7 +454,8 @@ class SamFamilyPredictor:
         coords = label_tensor = boxes = None
         if len(points):
             xy = self.transform.points_to_input(points, geometry)
-            coords = torch.as_tensor(xy, dtype=torch.float32, device=self.device)[None]  # float32, as both official codes
+            # float32, as both official codes
+            coords = torch.as_tensor(xy, dtype=torch.float32, device=self.device)[None]
             label_tensor = torch.tensor(labels, device=self.device)[None]
         if box is not None:
             boxes = torch.as_tensor(self.transform.box_to_input(box, geometry), dtype=torch.float32,

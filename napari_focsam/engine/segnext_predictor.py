@@ -14,8 +14,8 @@ previous mask, so undo/redo, which restore a step's state, restore its probabili
 
 Numerics: ``lowp`` (default ``"auto"``: bfloat16 on CPUs with native bfloat16 and on CUDA) runs the per-click half as
 :class:`~napari_focsam.models.segnext.fast.FastPromptPath` (products in that dtype, channels last, the residual
-stream and norms in float32); ``encoder_lowp`` does the same for the image encoder. ``None`` keeps everything in the model's dtype
-(float64 reproduces the official float64 run within 1e-11).
+stream and norms in float32); ``encoder_lowp`` does the same for the image encoder. ``None`` keeps everything in the
+model's dtype (float64 reproduces the official float64 run within 1e-11).
 """
 
 from __future__ import annotations

@@ -196,8 +196,8 @@ class ObjectSession:
         It goes back to the longest recorded step whose prompts are a prefix of ``target`` (a recorded region counts
         as a prefix of a region that contains it: a polygon drawn later grows the region by one step) and adds the
         rest: for a stateful model (SAM, FocSAM) one prompt at a time, as a user would have (each step's logits
-        feed the next); for a stateless one in a single step. ``cancel`` is checked between steps only, never inside one:
-        a superseded replay keeps every step it completed (the step under way included), so the next call
+        feed the next); for a stateless one in a single step. ``cancel`` is checked between steps only, never inside
+        one: a superseded replay keeps every step it completed (the step under way included), so the next call
         continues from there instead of starting over.
         """
         for y, x in target.points:
@@ -317,7 +317,7 @@ class ObjectSession:
 
     # ------------------------------------------------------------------ internals
     def _apply(self, prompts: Prompts, cancel: CancelToken | None, *,
-               state: ObjectState | None | str = "current") -> np.ndarray:
+               state: ObjectState | str | None = "current") -> np.ndarray:
         """Compute ``prompts`` from ``state`` (default: the current step's) as the next step, in the session's mode."""
         state = self.state if isinstance(state, str) else state
         if self._robust is None:

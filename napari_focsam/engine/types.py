@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._cancel import CancelToken, Cancelled, check_cancel  # noqa: F401  (re-exported)
-from ..models.geometry import ImageGeometry  # noqa: F401  (re-exported)
+from .._cancel import Cancelled, CancelToken, check_cancel  # noqa: F401  (re-exported)
+from ..models.geometry import ImageGeometry
 from .prompt_shapes import as_mask, as_vertices, fill_polygon
 
 

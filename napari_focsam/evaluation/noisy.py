@@ -237,9 +237,9 @@ def evaluate_noisy(
 
 def plot_noisy(summary: dict[str, Any], path: Path) -> Path:
     """Grouped bars: mIoU and mST per prompt type, plain and robust."""
-    from .plots import _pyplot
+    from .plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     results = summary["results"]
     kinds = list(results)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))

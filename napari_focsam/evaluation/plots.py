@@ -27,7 +27,8 @@ NOC_PNG = "noc.png"
 DELTA_PNG = "delta_iou.png"
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib's pyplot on the non-interactive Agg backend (imported on first use)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -48,7 +49,7 @@ def _common_ious(out_dir: Path, keys: Sequence[str]) -> dict[str, tuple[np.ndarr
 
 
 def plot_miou_curves(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for row in rows:
         curve = 100 * np.asarray(row["miou_curve"])
@@ -69,7 +70,7 @@ def plot_miou_curves(rows: Sequence[dict[str, Any]], path: Path, title: str = ""
 
 
 def plot_noc_bars(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     thresholds = list(rows[0]["noc"])
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     width = 0.8 / max(len(rows), 1)
@@ -91,7 +92,7 @@ def plot_noc_bars(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -
 def plot_delta_iou(
     ious: dict[str, tuple[np.ndarray, Protocol]], names: dict[str, str], path: Path, title: str = ""
 ) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     bins = np.linspace(-100, -1, 34)
     total = 0

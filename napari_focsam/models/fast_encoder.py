@@ -92,7 +92,7 @@ def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
 class _Linear:
     """One ``nn.Linear`` in the compute dtype: a derived weight copy, pre-packed for oneDNN where that is possible."""
 
-    __slots__ = ("weight", "bias", "packed")
+    __slots__ = ("bias", "packed", "weight")
 
     def __init__(self, linear: nn.Linear, dtype: torch.dtype, pack_rows: int | None) -> None:
         weight = linear.weight.detach().to(dtype)

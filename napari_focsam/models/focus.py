@@ -16,8 +16,8 @@ Boxes are ``(left, up, right_excl, bottom_excl)`` tuples of ints: columns ``left
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,11 +29,9 @@ BBox = tuple[int, int, int, int]
 def mask_bbox(mask: torch.Tensor) -> list[BBox]:
     """Tight bounding box of each boolean mask; an empty mask gives the whole frame.
 
-    Args:
-        mask: ``(B, H, W)`` boolean tensor.
+    ``mask``: ``(B, H, W)`` boolean tensor.
 
-    Returns:
-        One ``(left, up, right_excl, bottom_excl)`` box per sample.
+    Returns one ``(left, up, right_excl, bottom_excl)`` box per sample.
     """
     if mask.ndim != 3:
         raise ValueError(f"mask must be (B, H, W), got shape {tuple(mask.shape)}")
@@ -70,13 +68,10 @@ def _scale_edge(centre: float, edge: int, ratio: float) -> int:
 def expand_bbox(box: BBox, ratio: float | Sequence[float], size: tuple[int, int]) -> BBox:
     """Scale a box about its centre and clip it to the frame.
 
-    Args:
-        box: ``(left, up, right_excl, bottom_excl)``.
-        ratio: one ratio for both axes, or ``(height_ratio, width_ratio)``.
-        size: frame ``(height, width)``.
+    ``box``: ``(left, up, right_excl, bottom_excl)``; ``ratio``: one ratio for both axes, or ``(height_ratio,
+    width_ratio)``; ``size``: frame ``(height, width)``.
 
-    Returns:
-        The expanded box; each edge is rounded half-to-even, then clipped to ``[0, width]`` / ``[0, height]``.
+    Returns the expanded box; each edge is rounded half-to-even, then clipped to ``[0, width]`` / ``[0, height]``.
     """
     left, up, right, bottom = box
     if left >= right or up >= bottom:
@@ -96,8 +91,7 @@ def expand_bbox(box: BBox, ratio: float | Sequence[float], size: tuple[int, int]
 def upsampled_foreground(coarse_logits: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
     """Coarse logits ``(B, 1, h, w)`` resized bilinearly (``align_corners=False``) to ``input_size``, thresholded > 0.
 
-    Returns:
-        ``(B, H, W)`` boolean foreground.
+    Returns ``(B, H, W)`` boolean foreground.
     """
     if coarse_logits.ndim != 4 or coarse_logits.shape[1] != 1:
         raise ValueError(f"coarse_logits must be (B, 1, h, w), got shape {tuple(coarse_logits.shape)}")
@@ -115,13 +109,10 @@ def focus_bbox(
     The coarse logits are resized to the model input frame and thresholded at 0; the tight box of the foreground (the
     whole frame when it is empty) is scaled by ``expand_ratio`` about its centre, rounded and clipped.
 
-    Args:
-        coarse_logits: ``(B, 1, h, w)`` raw decoder logits (any float dtype).
-        input_size: ``(height, width)`` of the padded model input, 1024x1024 for SAM.
-        expand_ratio: box scale, one value or ``(height_ratio, width_ratio)``.
+    ``coarse_logits``: ``(B, 1, h, w)`` raw decoder logits (any float dtype); ``input_size``: ``(height, width)`` of the
+    padded model input, 1024x1024 for SAM; ``expand_ratio``: box scale, one value or ``(height_ratio, width_ratio)``.
 
-    Returns:
-        One ``(left, up, right_excl, bottom_excl)`` box per sample.
+    Returns one ``(left, up, right_excl, bottom_excl)`` box per sample.
     """
     size = (int(input_size[0]), int(input_size[1]))
     return [expand_bbox(box, expand_ratio, size) for box in mask_bbox(upsampled_foreground(coarse_logits, size))]
@@ -146,8 +137,7 @@ def box_cell_mask(
     Equal to ``adaptive_max_pool2d`` of the full-resolution 0/1 box mask down to ``grid_size``, computed from the box
     edges directly: a cell is on when the box overlaps its pooling bin.
 
-    Returns:
-        ``(B, gh, gw)`` boolean tensor.
+    Returns ``(B, gh, gw)`` boolean tensor.
     """
     device = torch.device(device)
     row_start, row_end = _adaptive_bins(int(input_size[0]), int(grid_size[0]), device)
@@ -218,12 +208,10 @@ class WindowGrid:
 def select_windows(cell_mask: torch.Tensor, grid: WindowGrid) -> torch.Tensor:
     """Windows of ``grid`` that contain at least one marked cell.
 
-    Args:
-        cell_mask: ``(B, height, width)`` boolean, e.g. from :func:`box_cell_mask`.
-        grid: the partition (plain or shifted).
+    ``cell_mask``: ``(B, height, width)`` boolean, e.g. from :func:`box_cell_mask`; ``grid``: the partition (plain or
+    shifted).
 
-    Returns:
-        ``(B, num_windows)`` boolean, window ids row-major in the (shifted) partition.
+    Returns ``(B, num_windows)`` boolean, window ids row-major in the (shifted) partition.
     """
     if tuple(cell_mask.shape[-2:]) != (grid.height, grid.width):
         raise ValueError(f"cell mask {tuple(cell_mask.shape)} does not match grid {grid.height}x{grid.width}")

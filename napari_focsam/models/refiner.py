@@ -19,38 +19,31 @@ Implementation notes:
 * the shifted partition is a cyclic roll by ``-window_size // 2`` without an attention mask: windows at the
   bottom/right border hold tokens of the opposite border;
 * attention appends an all-zero key and value to every sequence (a "null" slot with logit 0);
-* the deformable convolution samples with an ``embedding_bag`` of the four bilinear corners and one GEMM
-  (:func:`modulated_deform_conv3x3`), the default; ``dcn_backend="torchvision"`` uses ``torchvision.ops.deform_conv2d``
-  instead (the same im2col algorithm as mmcv's CPU kernel, which the official code uses; 5-8x slower on CPU as
-  measured by ``benchmarks/bench_engine.py``).
-  Both use mmcv's offset layout (channel ``2k`` = dy, ``2k + 1`` = dx of tap ``k = 3 * ki + kj``);
+* the deformable convolution (:mod:`napari_focsam.models.deform_conv`) samples with an ``embedding_bag`` of the four
+  bilinear corners and one GEMM, the default; ``dcn_backend="torchvision"`` uses ``torchvision.ops.deform_conv2d``;
+  both use mmcv's offset layout;
 * nothing assumes a dtype: the model runs in whatever dtype its parameters have (float32 in use, float64 for parity).
 """
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from napari_focsam._cancel import CancelToken, check_cancel
+from napari_focsam.models.deform_conv import DcnBackend, DeformableConvLayer, ModulatedDeformConv3x3
 from napari_focsam.models.focus import FocusPlan, WindowSelection, focus_bbox, plan_focus
 
-DcnBackend = Literal["gather", "torchvision"]
-
 __all__ = [
-    "FocusRefiner",
     "FocusBlock",
-    "QueryFromWindow",
-    "WindowMixer",
+    "FocusRefiner",
     "NullSlotAttention",
     "PixelDynamicReLU",
-    "DeformableConvLayer",
-    "ModulatedDeformConv3x3",
-    "modulated_deform_conv3x3",
-    "gemm_kernel",
+    "QueryFromWindow",
+    "WindowMixer",
 ]
 
 
@@ -186,134 +179,6 @@ class PixelDynamicReLU(nn.Module):
         return torch.maximum(self._affine(x, pixel), self._affine(x, channel))
 
 
-def _corner_gather_plan(
-    offset: torch.Tensor, mask: torch.Tensor, height: int, width: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat corner indices and modulated bilinear weights of every deformable 3x3 sample.
-
-    Sample ``(b, i, j, k)`` (output pixel ``(i, j)``, tap ``k = 3 * ki + kj``) reads the input at
-    ``y = i - 1 + ki + dy``, ``x = j - 1 + kj + dx`` by bilinear interpolation between rows ``y0, y0 + 1`` and
-    columns ``x0, x0 + 1`` (``y0 = floor(y)``, ``x0 = floor(x)``). A row or column outside the image gets weight 0
-    (zero padding); its index is clamped into the image so that every index stays valid.
-
-    Returns:
-        ``(n * H * W * 9, 4)`` indices into the flattened ``(n * H * W, C)`` input and matching weights, corners in
-        the order ``(y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1)``.
-    """
-    n = offset.shape[0]
-    dtype, device = offset.dtype, offset.device
-    taps = torch.arange(3, device=device)
-    base_y = (torch.arange(height, device=device)[:, None] - 1 + taps.repeat_interleave(3)).to(dtype)
-    base_x = (torch.arange(width, device=device)[:, None] - 1 + taps.repeat(3)).to(dtype)
-    offset = offset.permute(0, 2, 3, 1)
-    y = base_y.view(1, height, 1, 9) + offset[..., 0::2]
-    x = base_x.view(1, 1, width, 9) + offset[..., 1::2]
-    y0, x0 = y.floor(), x.floor()
-    frac_y, frac_x = y - y0, x - x0
-    mask = mask.permute(0, 2, 3, 1)
-    top = torch.where((y0 >= 0) & (y0 < height), (1 - frac_y) * mask, 0)
-    bottom = torch.where((y0 >= -1) & (y0 < height - 1), frac_y * mask, 0)
-    left = torch.where((x0 >= 0) & (x0 < width), 1 - frac_x, 0)
-    right = torch.where((x0 >= -1) & (x0 < width - 1), frac_x, 0)
-    weights = torch.stack((top * left, top * right, bottom * left, bottom * right), dim=-1)
-    image_start = (torch.arange(n, device=device) * (height * width)).view(n, 1, 1, 1)
-    row0 = y0.clamp(0, height - 1).long() * width + image_start
-    row1 = (y0 + 1).clamp(0, height - 1).long() * width + image_start
-    col0 = x0.clamp(0, width - 1).long()
-    col1 = (x0 + 1).clamp(0, width - 1).long()
-    indices = torch.stack((row0 + col0, row0 + col1, row1 + col0, row1 + col1), dim=-1)
-    return indices.view(-1, 4), weights.view(-1, 4)
-
-
-def gemm_kernel(weight: torch.Tensor) -> torch.Tensor:
-    """The ``(C_out, C, 3, 3)`` kernel as the ``(9 * C, C_out)`` matrix that :func:`modulated_deform_conv3x3` uses."""
-    return weight.permute(2, 3, 1, 0).reshape(9 * weight.shape[1], weight.shape[0])
-
-
-def modulated_deform_conv3x3(
-    image: torch.Tensor,
-    offset: torch.Tensor,
-    mask: torch.Tensor,
-    weight: torch.Tensor,
-    *,
-    kernel: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Modulated deformable 3x3 convolution (DCNv2; stride 1, padding 1, dilation 1, one group, no bias).
-
-    Channel-last in and out. The modulated bilinear samples of all taps are formed by one weighted ``embedding_bag``
-    over the four corners, then contracted with the kernel in one GEMM.
-
-    Args:
-        image: ``(n, H, W, C)`` input.
-        offset: ``(n, 18, H, W)``; channel ``2k`` = dy, ``2k + 1`` = dx of tap ``k = 3 * ki + kj`` (mmcv layout).
-        mask: ``(n, 9, H, W)`` modulation of each tap.
-        weight: ``(C_out, C, 3, 3)`` kernel.
-        kernel: ``gemm_kernel(weight)`` when the caller keeps it (saves a copy of the weights per call).
-
-    Returns:
-        ``(n, H, W, C_out)``.
-    """
-    n, height, width, channels = image.shape
-    indices, weights = _corner_gather_plan(offset, mask, height, width)
-    table = image.reshape(n * height * width, channels)
-    columns = F.embedding_bag(indices, table, mode="sum", per_sample_weights=weights)
-    if kernel is None:
-        kernel = gemm_kernel(weight)
-    return (columns.view(n * height * width, 9 * channels) @ kernel).view(n, height, width, -1)
-
-
-class ModulatedDeformConv3x3(nn.Module):
-    """Holds the deformable kernel ``weight`` ``(C_out, C_in, 3, 3)`` (no bias) and applies it (see ``backend``)."""
-
-    def __init__(self, in_channels: int, out_channels: int, backend: DcnBackend = "gather") -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 3, 3))
-        self.backend: DcnBackend = backend
-        fan_in, fan_out = in_channels * 9, out_channels
-        nn.init.normal_(self.weight, std=(2.0 / (fan_in + fan_out)) ** 0.5)
-        self._kernel: tuple[tuple, torch.Tensor] | None = None
-
-    def _gemm_kernel(self) -> torch.Tensor:
-        """``gemm_kernel(weight)``, kept until the weight changes (loading, ``.to()``, in-place edits)."""
-        weight = self.weight
-        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, weight.requires_grad)
-        if weight.requires_grad and torch.is_grad_enabled():
-            return gemm_kernel(weight)  # training: the kernel must stay in the autograd graph
-        if self._kernel is None or self._kernel[0] != key:
-            with torch.no_grad():
-                self._kernel = (key, gemm_kernel(weight).contiguous())
-        return self._kernel[1]
-
-    def forward(self, image: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``image`` ``(n, H, W, C)`` channel-last, ``offset`` ``(n, 18, H, W)``, ``mask`` ``(n, 9, H, W)``."""
-        if self.backend == "gather":
-            return modulated_deform_conv3x3(image, offset, mask, self.weight, kernel=self._gemm_kernel())
-        if self.backend == "torchvision":
-            from torchvision.ops import deform_conv2d
-
-            out = deform_conv2d(image.permute(0, 3, 1, 2), offset, self.weight, padding=1, mask=mask)
-            return out.permute(0, 2, 3, 1)
-        raise ValueError(f"unknown deformable-conv backend {self.backend!r}")
-
-
-class DeformableConvLayer(nn.Module):
-    """``conv2``: predict per-tap offsets and modulation with a 3x3 conv, then apply the deformable 3x3 conv.
-
-    The 27 predicted channels are 18 offsets (as is) and 9 modulation logits (sigmoid).
-    """
-
-    def __init__(self, channels: int, backend: DcnBackend = "gather") -> None:
-        super().__init__()
-        self.dcn_offset = nn.Conv2d(channels, 27, kernel_size=3, padding=1)
-        self.dcn = ModulatedDeformConv3x3(channels, channels, backend)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """``image`` ``(n, H, W, C)`` channel-last -> ``(n, H, W, C)``."""
-        offset_and_mask = self.dcn_offset(image.permute(0, 3, 1, 2))
-        offset, mask_logits = offset_and_mask.split((18, 9), dim=1)
-        return self.dcn(image, offset, mask_logits.sigmoid())
-
-
 class WindowMixer(nn.Module):
     """``cls2img`` (the MSA module): update the tokens of each selected window, conditioned on its query.
 
@@ -404,16 +269,13 @@ class FocusBlock(nn.Module):
 class FocusRefiner(nn.Module):
     """FocSAM's refine head (Dwin-MSA + P-DyReLU) with the official parameter names.
 
-    Args:
-        embed_dim: channels of the SAM image embedding.
-        depth: number of blocks; even blocks use the plain window partition, odd ones the shifted one.
-        num_heads: attention heads.
-        mlp_ratio: hidden width of the query MLP relative to ``embed_dim``.
-        window_size: window side in embedding cells (16 on SAM's 64x64 grid gives 4x4 windows).
-        expand_ratio: focus-box scale, one value or ``(height_ratio, width_ratio)``.
-        dcn_backend: ``"gather"`` (default: our corner gather + one GEMM, equal to ``torchvision`` within 1e-12 in
-            float64) or ``"torchvision"`` (``torchvision.ops.deform_conv2d``) for the deformable convolution. The
-            default was chosen by measurement: on a 2-core CPU the gather kernel makes the whole refiner 5-8x faster.
+    ``embed_dim``: channels of the SAM image embedding; ``depth``: number of blocks; even blocks use the plain window
+    partition, odd ones the shifted one; ``num_heads``: attention heads; ``mlp_ratio``: hidden width of the query MLP
+    relative to ``embed_dim``; ``window_size``: window side in embedding cells (16 on SAM's 64x64 grid gives 4x4
+    windows); ``expand_ratio``: focus-box scale, one value or ``(height_ratio, width_ratio)``; ``dcn_backend``:
+    ``"gather"`` (default: our corner gather + one GEMM, equal to ``torchvision`` within 1e-12 in float64) or
+    ``"torchvision"`` (``torchvision.ops.deform_conv2d``) for the deformable convolution. The default was chosen by
+    measurement: on a 2-core CPU the gather kernel makes the whole refiner 5-8x faster.
     """
 
     def __init__(
@@ -471,15 +333,13 @@ class FocusRefiner(nn.Module):
     ) -> torch.Tensor:
         """Refine ``image_embeds`` around the coarse object.
 
-        Args:
-            image_embeds: ``(B, C, h, w)`` SAM image embedding.
-            coarse_logits: ``(B, 1, Hl, Wl)`` raw logits of the coarse decoder pass.
-            mask_token: ``(B, 1, C)`` (or ``(B, C)``) mask-token output of that pass, before the hypernetwork MLP.
-            input_size: ``(height, width)`` of the padded model input the logits are resized to (1024x1024).
-            cancel: polled before every block; a cancelled token raises :class:`~napari_focsam._cancel.Cancelled`.
+        ``image_embeds``: ``(B, C, h, w)`` SAM image embedding; ``coarse_logits``: ``(B, 1, Hl, Wl)`` raw logits of the
+        coarse decoder pass; ``mask_token``: ``(B, 1, C)`` (or ``(B, C)``) mask-token output of that pass, before the
+        hypernetwork MLP; ``input_size``: ``(height, width)`` of the padded model input the logits are resized to
+        (1024x1024); ``cancel``: polled before every block; a cancelled token raises
+        :class:`~napari_focsam._cancel.Cancelled`.
 
-        Returns:
-            The refined embedding ``(B, C, h, w)``, to replace ``image_embeds`` for all later decoder calls.
+        Returns the refined embedding ``(B, C, h, w)``, to replace ``image_embeds`` for all later decoder calls.
         """
         if image_embeds.ndim != 4:
             raise ValueError(f"image_embeds must be (B, C, h, w), got shape {tuple(image_embeds.shape)}")

@@ -84,7 +84,7 @@ class ImageSource:
     def value_range(self, index: tuple[int, ...] = ()) -> tuple[float, float]:
         """The span the contrast sliders offer: the dtype's range for integers up to 16 bits, else the slice's."""
         dtype = np.dtype(self.data.dtype)
-        if dtype == bool:
+        if dtype.kind == "b":
             return 0.0, 1.0
         if dtype.kind in "iu" and dtype.itemsize <= 2:
             info = np.iinfo(dtype)

@@ -1,6 +1,6 @@
 """The napari side of the :class:`~napari_focsam.engine.jobs.JobRunner`: results delivered on the GUI thread through a
-queued Qt signal, progress reports for the widget's bar, failures as notifications, and ``wait`` for notebooks and tests. Part of
-:class:`~napari_focsam.plugin.controller.AnnotationController`.
+queued Qt signal, progress reports for the widget's bar, failures as notifications, and ``wait`` for notebooks and
+tests. Part of :class:`~napari_focsam.plugin.controller.AnnotationController`.
 
 The runner's own threads are used rather than napari's ``create_worker``: Qt's global pool has one thread per core,
 so on a 2-core laptop a click waited behind two prefetch embeddings; the runner keeps clicks (a pool of their own,
@@ -18,7 +18,7 @@ from qtpy.QtCore import QObject
 from qtpy.QtCore import Signal as QtSignal
 
 from ..engine.jobs import Job, JobRunner
-from ..engine.types import CancelToken, Cancelled
+from ..engine.types import Cancelled, CancelToken
 
 
 class _Dispatcher(QObject):

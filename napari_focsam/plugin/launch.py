@@ -22,9 +22,9 @@ class LaunchError(Exception):
 def check_request(images: Sequence[str], model: str | None, sample: str | None) -> tuple[str, str]:
     """Validate the request without napari; returns ``(model name, hint)`` (the hint is empty unless the fallback
     was chosen)."""
+    from ..sample_data import SAMPLES
     from ..weights.preference import WEIGHTS_HINT, best_cached_model
     from ..weights.registry import FALLBACK_NAME, REGISTRY
-    from ..sample_data import SAMPLES
 
     if model is not None and model not in REGISTRY:
         raise LaunchError(f"unknown model {model!r} (known: {', '.join(REGISTRY)})")

@@ -244,20 +244,25 @@ def write_object(
 ) -> int:
     """Show ``mask`` as ``object_id`` on slice ``index`` of ``labels``, changing only pixels that differ.
 
-    ``base`` is the slice as it was before this object was touched: pixels the object leaves go back to it, and
-    other objects' pixels are never taken unless ``overwrite``. Only the rows and columns where the object is, was
-    or appears are compared (on the GUI thread, a whole 1024² slice costs milliseconds per click), and the write goes
-    through ``Labels.data_setitem`` so only the changed region is redrawn. Returns the number of pixels changed.
+    The object takes the mask's pixels that are background or already its own (every mask pixel with
+    ``overwrite``); pixels it holds outside the mask go back to ``base``, the slice as it was before this object was
+    touched (background where ``base`` had the object itself). Every other pixel keeps its *current* value: other
+    objects are judged by the labels as they are now, so a mask of an earlier object that lands after ``base`` was
+    taken (its job finished late) is never erased or taken. Only the window where the object is or appears is
+    compared (on the GUI thread a whole 1024² slice costs milliseconds), and the write goes through
+    ``Labels.data_setitem`` so only the changed region is redrawn. Returns the number of pixels changed.
     """
     view = labels.data[index] if index else labels.data
-    region = _extent(mask, np.asarray(base) == object_id, np.asarray(view) == object_id)
+    region = _extent(mask, np.asarray(view) == object_id)
     if region is None:
         return 0
     rows, cols = region
     mask, base, current = mask[rows, cols], np.asarray(base[rows, cols]), np.asarray(view[rows, cols])
-    base_without = np.where(base == object_id, 0, base)
-    allowed = mask if overwrite else mask & (base_without == 0)
-    target = np.where(allowed, object_id, base_without).astype(current.dtype, copy=False)
+    target = current.copy()
+    leaving = (current == object_id) & ~mask
+    target[leaving] = np.where(base[leaving] == object_id, 0, base[leaving])
+    entering = mask if overwrite else mask & ((current == 0) | (current == object_id))
+    target[entering] = object_id
     changed = current != target
     if not changed.any():
         return 0

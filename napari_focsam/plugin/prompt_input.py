@@ -1,5 +1,6 @@
 """How the annotator reads prompts from the layers: clicks on the Points layer (with their sign), boxes (and, via
-:mod:`.shape_input`, regions and scribbles) on the Shapes layer. Part of :class:`~napari_focsam.plugin.controller.AnnotationController`; runs on the GUI thread."""
+:mod:`.shape_input`, regions and scribbles) on the Shapes layer. Part of
+:class:`~napari_focsam.plugin.controller.AnnotationController`; runs on the GUI thread."""
 
 from __future__ import annotations
 

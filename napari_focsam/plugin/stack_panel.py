@@ -39,8 +39,15 @@ from superqt import QCollapsible
 from ..engine.image import take_slice, to_model_rgb
 from ..engine.manager import ModelManager
 from ..engine.types import CancelToken, check_cancel
-from ..stack import (PropagationResult, StackStore, StoreMismatchError, attach_store, precompute_stack,
-                     propagate_object, segment_from_prompts)
+from ..stack import (
+    PropagationResult,
+    StackStore,
+    StoreMismatchError,
+    attach_store,
+    precompute_stack,
+    propagate_object,
+    segment_from_prompts,
+)
 from . import layers as L
 from .controller import AnnotationController
 

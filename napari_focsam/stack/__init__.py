@@ -4,7 +4,8 @@ each with a ``progress(done, total)`` callback and a ``cancel`` token)."""
 
 from .batch import segment_from_prompts
 from .precompute import PrecomputeResult, attach_store, detach_store, precompute_stack
-from .prompts_file import PromptSet, PromptsFileError, build_prompt_set, read_prompts
+from .prompt_set import PromptSet, build_prompt_set
+from .prompts_file import PromptsFileError, read_prompts
 from .propagate import PropagationResult, propagate_object
 from .propagate_prompts import segment_with_propagation
 from .reader import StackInputError, StackReader, open_stack

@@ -7,14 +7,12 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..engine.types import CancelToken
-from .common import (ModelLike, Progress, ProgressCallback, dask_config, describe_model, local_manager,
-                     normalise_limits, prepare, runner_for)
-from .distributed import SerialRunner
+from .common import JobSetup, ModelLike, Progress, ProgressCallback, job_setup, normalise_limits, prepare, store_in_use
 from .labels_io import LabelWriter, label_dtype
-from .precompute import attach_store
-from .prompts_file import PromptRecord, PromptSet, PromptsFileError, build_prompt_set, read_prompts
+from .prompt_set import PromptSet, build_prompt_set
+from .prompts_file import PromptRecord, PromptsFileError, read_prompts
 from .reader import StackReader, open_stack
-from .store import StackStore, StackStoreWarning
+from .store import StackStore
 from .worker import paint_objects, task_segment, thread_count_invariant
 
 __all__ = ["load_prompt_set", "segment_from_prompts"]
@@ -30,6 +28,7 @@ def load_prompt_set(prompts: str | os.PathLike[str] | PromptSet | Iterable[Promp
 
 
 def check_boxes(prompt_set: PromptSet, supports_boxes: bool, display_name: str) -> None:
+    """Refuse prompts with boxes for a model that takes clicks only (:class:`PromptsFileError`)."""
     if prompt_set.has_boxes and not supports_boxes:
         raise PromptsFileError(f"the prompts have boxes, but {display_name} takes clicks only "
                                "(use a SAM model for boxes, or give clicks)")
@@ -68,42 +67,40 @@ def segment_from_prompts(
     try:
         prompt_set = load_prompt_set(prompts, reader)
         dtype = label_dtype(max(prompt_set.object_ids, default=1))
-        with runner_for(client, workers, scheduler, window) as runner:
-            serial = isinstance(runner, SerialRunner)
-            manager = local_manager(model) if serial else None
-            config = None if serial else dask_config(model, runner)
-            info = describe_model(manager, runner, config)
-            check_boxes(prompt_set, info["supports_boxes"], info["display_name"])
-            opened = _open_store(store, info["fingerprint"])
-            attached = attach_store(manager, opened) if serial and opened is not None else None
-            writer = LabelWriter(output, reader.leading_shape, reader.image_shape, dtype, overwrite=overwrite)
-            tracker = Progress(len(prompt_set.slices), progress, cancel)
-            try:
-                for index in prompt_set.slices:
-                    tracker.check()
-                    image = prepare(reader, index, limits)
-                    objects = prompt_set.objects(index)
-                    if serial:
-                        runner.submit(lambda i, im, objs: (i, paint_objects(manager, im, objs, dtype)),
-                                      index, image, objects)
-                    else:
-                        runner.submit(task_segment, config, None if opened is None else str(opened.path),
-                                      None if opened is None else opened.store_id, index, image, objects, str(dtype))
-                    while runner.full:
-                        _write(runner.results(wait=True), writer, tracker)
-                    _write(runner.results(wait=False), writer, tracker)
-                _write(runner.drain(), writer, tracker)
-                return writer.finish()
-            except BaseException:
-                runner.cancel()
-                writer.abort()
-                raise
-            finally:
-                if attached is not None:
-                    manager.cache.remove_source(attached)
+        with job_setup(model, client, workers, scheduler, window) as setup:
+            check_boxes(prompt_set, setup.info["supports_boxes"], setup.info["display_name"])
+            with store_in_use(setup, store) as opened:
+                writer = LabelWriter(output, reader.leading_shape, reader.image_shape, dtype, overwrite=overwrite)
+                tracker = Progress(len(prompt_set.slices), progress, cancel)
+                return _segment_slices(reader, prompt_set, setup, opened, limits, dtype, writer, tracker)
     finally:
         if reader is not stack:
             reader.close()
+
+
+def _segment_slices(reader: StackReader, prompt_set: PromptSet, setup: JobSetup, opened: StackStore | None,
+                    limits: tuple[float, float] | None, dtype: Any, writer: LabelWriter, tracker: Progress) -> Any:
+    """Segment every prompted slice on the job's runner and write it; the label stack."""
+    runner, manager, config = setup.runner, setup.manager, setup.config
+    try:
+        for index in prompt_set.slices:
+            tracker.check()
+            image = prepare(reader, index, limits)
+            objects = prompt_set.objects(index)
+            if setup.serial:
+                runner.submit(lambda i, im, objs: (i, paint_objects(manager, im, objs, dtype)), index, image, objects)
+            else:
+                runner.submit(task_segment, config, None if opened is None else str(opened.path),
+                              None if opened is None else opened.store_id, index, image, objects, str(dtype))
+            while runner.full:
+                _write(runner.results(wait=True), writer, tracker)
+            _write(runner.results(wait=False), writer, tracker)
+        _write(runner.drain(), writer, tracker)
+        return writer.finish()
+    except BaseException:
+        runner.cancel()
+        writer.abort()
+        raise
 
 
 def _write(results: Iterable[tuple[int, Any]], writer: LabelWriter, tracker: Progress) -> None:
@@ -111,16 +108,3 @@ def _write(results: Iterable[tuple[int, Any]], writer: LabelWriter, tracker: Pro
         writer.write(index, labels)
         tracker.report()
 
-
-def _open_store(store: str | os.PathLike[str] | None, fingerprint: str) -> StackStore | None:
-    """The precomputed store, if given and made with this model (else reported and not used)."""
-    if store is None:
-        return None
-    opened = StackStore.open(store)
-    if opened.spec.fingerprint != fingerprint:
-        import warnings
-
-        warnings.warn(f"{opened.path} holds embeddings of {opened.spec.display_name}, not of this model; "
-                      "it is not used", StackStoreWarning, stacklevel=3)
-        return None
-    return opened

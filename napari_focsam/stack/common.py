@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,6 +17,7 @@ from ..engine.signature import data_signature, embedding_key
 from ..engine.types import CancelToken, check_cancel
 from .distributed import DaskRunner, Runner, SerialRunner, dask_client
 from .reader import StackReader
+from .store import StackStore, StackStoreWarning
 from .worker import ModelConfig, manager_for
 
 #: ``progress(done, total)``, called after every slice; it may raise to interrupt the job (the store stays resumable)
@@ -95,6 +99,58 @@ def describe_model(manager: ModelManager | None, runner: Runner, config: ModelCo
     return runner.client.submit(model_info, config, pure=False).result()
 
 
+@dataclass(frozen=True)
+class JobSetup:
+    """What every stack job sets up: where it runs, the model there and what the model is."""
+
+    runner: Runner
+    manager: ModelManager | None  #: the model in this process (serial runs only)
+    config: ModelConfig | None  #: what the Dask workers load (Dask runs only)
+    info: dict[str, Any]  #: name, display_name, fingerprint, supports_boxes (see :func:`describe_model`)
+
+    @property
+    def serial(self) -> bool:
+        return self.manager is not None
+
+
+@contextlib.contextmanager
+def job_setup(model: ModelLike, client: Any, workers: int | None, scheduler: str | None,
+              window: int | None = None) -> Iterator[JobSetup]:
+    """The runner (serial or Dask, see :func:`runner_for`), the model loaded where the work runs, its description."""
+    with runner_for(client, workers, scheduler, window) as runner:
+        serial = isinstance(runner, SerialRunner)
+        manager = local_manager(model) if serial else None
+        config = None if serial else dask_config(model, runner)
+        yield JobSetup(runner, manager, config, describe_model(manager, runner, config))
+
+
+def open_store_for(store: str | os.PathLike[str] | None, fingerprint: str) -> StackStore | None:
+    """The precomputed store, if given and made with the model of ``fingerprint`` (else reported and not used)."""
+    if store is None:
+        return None
+    opened = StackStore.open(store)
+    if opened.spec.fingerprint != fingerprint:
+        warnings.warn(f"{opened.path} holds embeddings of {opened.spec.display_name}, not of this model; "
+                      "it is not used", StackStoreWarning, stacklevel=4)
+        return None
+    return opened
+
+
+@contextlib.contextmanager
+def store_in_use(setup: JobSetup, store: str | os.PathLike[str] | None) -> Iterator[StackStore | None]:
+    """The precomputed store for the job's model (see :func:`open_store_for`); a serial run's manager reuses it
+    until the block ends."""
+    opened = open_store_for(store, setup.info["fingerprint"])
+    if setup.manager is None or opened is None:
+        yield opened
+        return
+    setup.manager.cache.add_source(opened)
+    try:
+        yield opened
+    finally:
+        setup.manager.cache.remove_source(opened)
+
+
 class Progress:
     """Counts finished slices, calls the user's callback and checks the cancel token between slices."""
 
@@ -109,6 +165,11 @@ class Progress:
         self.done += n
         if self._callback is not None:
             self._callback(self.done, self.total)
+
+    @property
+    def cancel(self) -> CancelToken | None:
+        """The cancel token checked between slices (passed on to the encoder by serial runs)."""
+        return self._cancel
 
     def check(self) -> None:
         check_cancel(self._cancel)

@@ -64,9 +64,8 @@ def dask_client(
     with _workers_without_malloc_trim(), LocalCluster(
         n_workers=int(workers), threads_per_worker=int(threads_per_worker), processes=processes, host="127.0.0.1",
         dashboard_address=None, memory_limit=memory_limit,
-    ) as cluster:
-        with Client(cluster) as client:
-            yield client
+    ) as cluster, Client(cluster) as client:
+        yield client
 
 
 @contextlib.contextmanager

@@ -27,13 +27,19 @@ import numpy as np
 
 from ..engine.manager import ModelManager
 from ..engine.types import CancelToken, ImageGeometry
-from .common import (ModelLike, Progress, ProgressCallback, dask_config, describe_model, local_manager,
-                     normalise_limits, prepare, runner_for, slice_key)
-from .distributed import Runner, SerialRunner
+from .common import ModelLike, Progress, ProgressCallback, job_setup, normalise_limits, prepare, slice_key
+from .distributed import Runner
 from .reader import open_stack
 from .store import SliceStatus, StackStore, StackStoreWarning, StoreError, StoreMismatchError, StoreSpec
-from .worker import (EmbedReport, ReturnedFeatures, embed_into, embed_returning, task_embed_return,
-                     task_embed_write, thread_count_invariant)
+from .worker import (
+    EmbedReport,
+    ReturnedFeatures,
+    embed_into,
+    embed_returning,
+    task_embed_return,
+    task_embed_write,
+    thread_count_invariant,
+)
 
 __all__ = ["PrecomputeResult", "attach_store", "detach_store", "precompute_stack"]
 
@@ -115,11 +121,8 @@ def precompute_stack(
     reader = open_stack(stack, rgb=rgb, key=key)
     try:
         existing = _open_existing(path, overwrite)
-        with runner_for(client, workers, scheduler, window) as runner:
-            serial = isinstance(runner, SerialRunner)
-            manager = local_manager(model) if serial else None
-            config = None if serial else dask_config(model, runner)
-            info = describe_model(manager, runner, config)
+        with job_setup(model, client, workers, scheduler, window) as setup:
+            info = setup.info
             spec = StoreSpec(info["name"], info["fingerprint"], info["display_name"], reader.rgb, limits,
                              reader.leading_shape, reader.slice_shape)
             if existing is not None:
@@ -127,11 +130,11 @@ def precompute_stack(
                 if problems:
                     raise StoreMismatchError(f"{path} was made for something else and is not used: "
                                              + "; ".join(problems) + " (use overwrite to replace it, or another path)")
-            job = _Job(reader, limits, path, spec, existing, manager, config, runner, overwrite,
+            job = _Job(reader, limits, path, spec, existing, setup.manager, setup.config, setup.runner, overwrite,
                        verify_features, Progress(reader.n_slices, progress, cancel),
-                       1 if serial else slices_per_task)
+                       1 if setup.serial else slices_per_task)
             job.run()
-            workers_used = 0 if serial else _n_workers(runner)
+            workers_used = 0 if setup.serial else _n_workers(setup.runner)
     finally:
         if reader is not stack:
             reader.close()
@@ -248,7 +251,7 @@ class _Job:
         self.store.write_slice(i, returned.key, features, extras)
 
     def _cancel_token(self) -> CancelToken | None:
-        return self.progress._cancel  # noqa: SLF001 - the same token, passed down to the encoder
+        return self.progress.cancel
 
     def _learn(self, seconds_per_slice: float) -> None:
         if self.seconds_per_slice is None:

@@ -12,6 +12,7 @@ and at the stack's end. Between two annotated slices each is propagated towards 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,8 +26,15 @@ from .common import ModelLike, local_manager, normalise_limits, prepare
 from .reader import StackReader, open_stack
 from .worker import thread_count_invariant
 
-__all__ = ["AUTO_STRATEGY", "STRATEGIES", "Crop", "PropagationResult", "contrast", "propagate_object",
-           "prompts_from_mask"]
+__all__ = [
+    "AUTO_STRATEGY",
+    "STRATEGIES",
+    "Crop",
+    "PropagationResult",
+    "contrast",
+    "prompts_from_mask",
+    "propagate_object",
+]
 
 #: the prompt parts a strategy may combine with "+"
 STRATEGIES = ("point", "points", "box", "mask")
@@ -299,7 +307,7 @@ def propagate_object(
         reach = n_z if max_distance is None else int(max_distance)
         if extend:
             _chain(ctx, zs[0], frames[zs[0]], -1, max(-1, zs[0] - reach - 1), absent_set, result)
-        for a, b in zip(zs[:-1], zs[1:]):
+        for a, b in itertools.pairwise(zs):
             middle = (a + b) // 2
             _chain(ctx, a, frames[a], +1, min(middle + 1, a + reach + 1), absent_set, result)
             _chain(ctx, b, frames[b], -1, max(middle, b - reach - 1), absent_set, result)

@@ -16,16 +16,16 @@ import numpy as np
 
 from ..engine.session import ObjectSession
 from ..engine.types import CancelToken, Prompts
-from .batch import _open_store, check_boxes, load_prompt_set
-from .common import (ModelLike, Progress, ProgressCallback, dask_config, describe_model, local_manager,
-                     normalise_limits, prepare, runner_for)
-from .distributed import DaskRunner, SerialRunner
+from .batch import check_boxes, load_prompt_set
+from .common import JobSetup, ModelLike, Progress, ProgressCallback, job_setup, normalise_limits, prepare, store_in_use
+from .distributed import DaskRunner
 from .labels_io import LabelWriter, label_dtype
-from .precompute import attach_store
-from .prompts_file import PromptRecord, PromptSet
+from .prompt_set import PromptSet
+from .prompts_file import PromptRecord
 from .propagate import DEFAULT_IOU_THRESHOLD, DEFAULT_MIN_CONTRAST, Crop, propagate_object
-from .reader import open_stack
-from .worker import ModelConfig, manager_for, store_for, thread_count_invariant
+from .reader import StackReader, open_stack
+from .store import StackStore
+from .worker import ModelConfig, manager_for, thread_count_invariant, use_store
 
 __all__ = ["segment_with_propagation"]
 
@@ -71,10 +71,7 @@ def task_propagate(config: ModelConfig, store: tuple[str, str] | None, stack: An
                    limits: tuple[float, float] | None, options: dict[str, Any]) -> Any:
     """The Dask task: one object on one worker (model and store loaded once per worker)."""
     manager = manager_for(config)
-    if store is not None:
-        opened = store_for(*store)
-        if opened.spec.fingerprint == manager.predictor.fingerprint:
-            manager.cache.add_source(opened)
+    use_store(manager, *(store or (None, None)))
     return run_job(manager, stack, job, limits, options)
 
 
@@ -113,35 +110,11 @@ def segment_with_propagation(
         jobs = _jobs(prompt_set, reader.leading_shape)
         options = {"strategy": strategy, "iou_threshold": iou_threshold, "min_contrast": min_contrast,
                    "max_distance": max_distance, "rgb": reader.rgb, "key": key}
-        crops: dict[int, list[tuple[int, Crop]]] = {}
-        with runner_for(client, workers, scheduler, None) as runner:
-            serial = isinstance(runner, SerialRunner)
-            manager = local_manager(model) if serial else None
-            config = None if serial else dask_config(model, runner)
-            info = describe_model(manager, runner, config)
-            check_boxes(prompt_set, info["supports_boxes"], info["display_name"])
-            opened = _open_store(store, info["fingerprint"])
-            attached = attach_store(manager, opened) if serial and opened is not None else None
-            tracker = Progress(len(jobs), progress, cancel)
-            try:
-                remote_stack = _for_workers(runner, stack, reader) if not serial else reader
-                for job in jobs:
-                    tracker.check()
-                    if serial:
-                        runner.submit(run_job, manager, reader, job, limits, options, cancel)
-                    else:
-                        runner.submit(task_propagate, config, None if opened is None else
-                                      (str(opened.path), opened.store_id), remote_stack, job, limits, options)
-                    for done in runner.results(wait=runner.full):
-                        _collect(done, reader, crops, tracker)
-                for done in runner.drain():
-                    _collect(done, reader, crops, tracker)
-            except BaseException:
-                runner.cancel()
-                raise
-            finally:
-                if attached is not None:
-                    manager.cache.remove_source(attached)
+        with job_setup(model, client, workers, scheduler) as setup:
+            check_boxes(prompt_set, setup.info["supports_boxes"], setup.info["display_name"])
+            with store_in_use(setup, store) as opened:
+                crops = _propagate_jobs(setup, opened, stack, reader, jobs, limits, options,
+                                        Progress(len(jobs), progress, cancel), cancel)
         writer = LabelWriter(output, reader.leading_shape, reader.image_shape,
                              label_dtype(max(prompt_set.object_ids, default=1)), overwrite=overwrite)
         try:
@@ -160,6 +133,31 @@ def segment_with_propagation(
             reader.close()
 
 
+def _propagate_jobs(setup: JobSetup, opened: StackStore | None, stack: Any, reader: StackReader, jobs: list[Job],
+                    limits: tuple[float, float] | None, options: dict[str, Any], tracker: Progress,
+                    cancel: CancelToken | None) -> dict[int, list[tuple[int, Crop]]]:
+    """Run every object's job on the set-up runner; the crops of every slice, with their object ids."""
+    runner = setup.runner
+    crops: dict[int, list[tuple[int, Crop]]] = {}
+    try:
+        remote_stack = reader if setup.serial else _for_workers(runner, stack, reader)
+        for job in jobs:
+            tracker.check()
+            if setup.serial:
+                runner.submit(run_job, setup.manager, reader, job, limits, options, cancel)
+            else:
+                runner.submit(task_propagate, setup.config, None if opened is None else
+                              (str(opened.path), opened.store_id), remote_stack, job, limits, options)
+            for done in runner.results(wait=runner.full):
+                _collect(done, reader, crops, tracker)
+        for done in runner.drain():
+            _collect(done, reader, crops, tracker)
+    except BaseException:
+        runner.cancel()
+        raise
+    return crops
+
+
 def _collect(done: Any, reader: Any, crops: dict[int, list[tuple[int, Crop]]], tracker: Progress) -> None:
     prefix, object_id, masks, _stops = done
     for z, crop in masks.items():
@@ -173,4 +171,4 @@ def _for_workers(runner: DaskRunner, stack: Any, reader: Any) -> Any:
         return os.fspath(stack)
     if isinstance(stack, np.ndarray):
         return runner.client.scatter(stack, broadcast=True)
-    return reader.array if reader._tiff is None else reader.source  # noqa: SLF001
+    return reader.source if reader.reads_pages else reader.array

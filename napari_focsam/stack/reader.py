@@ -63,6 +63,11 @@ class StackReader:
         self._tiff = tiff  # an open tifffile.TiffFile whose pages are the slices, or None
         self._lock = threading.Lock()
 
+    @property
+    def reads_pages(self) -> bool:
+        """Whether the slices are read page by page from an open TIFF file (not from :attr:`array`)."""
+        return self._tiff is not None
+
     # ------------------------------------------------------------------ geometry
     @property
     def n_slices(self) -> int:

@@ -42,7 +42,7 @@ from .._version import __version__
 from ..engine.storage import DIGEST_SIZE, content_digest, storable_array, tensor_from_array, torch_dtype_named
 from ..engine.types import ImageEmbedding, ImageGeometry
 
-__all__ = ["StackStore", "StackStoreWarning", "StoreError", "StoreMismatchError", "StoreSpec", "SliceStatus"]
+__all__ = ["SliceStatus", "StackStore", "StackStoreWarning", "StoreError", "StoreMismatchError", "StoreSpec"]
 
 FORMAT = "napari-focsam-stack"
 FORMAT_VERSION = 1

@@ -255,11 +255,18 @@ def task_segment(
 ) -> tuple[int, np.ndarray]:
     """Segment the objects of one prepared slice (embedding from the stack store when it has it)."""
     manager = manager_for(config)
-    if store_path is not None and store_id is not None:
-        store = store_for(store_path, store_id)
-        if store.spec.fingerprint == manager.predictor.fingerprint:
-            manager.cache.add_source(store)
+    use_store(manager, store_path, store_id)
     return index, paint_objects(manager, image, objects, np.dtype(dtype))
+
+
+def use_store(manager: ModelManager, store_path: str | None, store_id: str | None) -> None:
+    """On a worker: let ``manager`` reuse the stack store (opened once per worker) when it holds its model's
+    embeddings; nothing when no store is given."""
+    if store_path is None or store_id is None:
+        return
+    store = store_for(store_path, store_id)
+    if store.spec.fingerprint == manager.predictor.fingerprint:
+        manager.cache.add_source(store)
 
 
 def _check_key(manager: ModelManager, image: np.ndarray, key: str) -> None:

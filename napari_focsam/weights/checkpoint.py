@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .safe_pickle import UnsafeCheckpointError, load_restricted
 from ..models.specs import SPECS, ModelSpec
+from .safe_pickle import UnsafeCheckpointError, load_restricted
 
 
 class CheckpointError(ValueError):
@@ -260,7 +260,8 @@ def check_compatible(spec: ModelSpec, state_dict: Mapping[str, torch.Tensor], so
     ]
     if not (missing or unexpected or mismatched):
         return
-    lines = [f"{source} does not fit {spec.display_name} ({spec.name}); the file looks like {describe_weights(state_dict)}."]
+    lines = [f"{source} does not fit {spec.display_name} ({spec.name}); the file looks like "
+             f"{describe_weights(state_dict)}."]
     match = best_matching_spec(state_dict)
     if match is not None and match.name != spec.name:
         lines.append(f"Load it as {match.name!r} instead.")

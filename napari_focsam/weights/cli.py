@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .registry import CACHE_ENV, REGISTRY, ModelEntry, get_entry, models_dir
 from ..models.specs import SPECS
+from .registry import CACHE_ENV, REGISTRY, ModelEntry, get_entry, models_dir
 
 
 # ---------------------------------------------------------------------------------------------------------- Python

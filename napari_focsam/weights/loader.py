@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from ..models.sam import InteractiveModel, build_model
+from ..models.specs import ModelSpec, get_spec
 from .checkpoint import (
     CheckpointError,
     check_compatible,
@@ -18,8 +20,6 @@ from .checkpoint import (
     to_model_keys,
     weights_fingerprint,
 )
-from ..models.sam import InteractiveModel, build_model
-from ..models.specs import ModelSpec, get_spec
 
 
 @dataclass

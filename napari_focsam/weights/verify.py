@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 
 import torch
 
+from ..models.specs import SPECS, get_spec
 from .checkpoint import (
     LEAN_FORMAT,
     CheckpointError,
@@ -32,7 +33,6 @@ from .checkpoint import (
     to_model_keys,
 )
 from .registry import REGISTRY, ModelEntry, format_bytes, get_entry, models_dir
-from ..models.specs import SPECS, get_spec
 
 #: ``progress(done_bytes, total_bytes)``; ``total_bytes`` is None when unknown
 ProgressCallback = Callable[[int, "int | None"], None]
