@@ -177,6 +177,11 @@ def check_supported(predictor) -> None:
     if getattr(predictor, "head", "sam") == "pa":
         raise ValueError(f"{predictor.display_name} decodes one prompt set at a time; its automatic mode is not "
                          "supported (use SAM ViT-L, the same encoder, or HQ-SAM)")
+    from .sam_predictor import SamFamilyPredictor
+
+    if not isinstance(predictor, SamFamilyPredictor):
+        raise ValueError(f"{getattr(predictor, 'display_name', predictor)} has no point-grid automatic mode (SAM, "
+                         "FocSAM, HQ-SAM and the fallback have one)")
 
 
 def generate_masks(
