@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .stack.cli import register as register_stack
 
     register_stack(sub)
+    from .automatic_cli import register as register_automatic
+
+    register_automatic(sub)
     parser.set_defaults(commands=tuple(sub.choices))
     return parser
 

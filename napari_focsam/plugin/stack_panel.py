@@ -51,6 +51,7 @@ from ..stack import (
 from . import layers as L
 from .controller import AnnotationController
 
+EVERYTHING_LAYER = "FocSAM everything"
 BATCH_LAYER = "FocSAM batch"
 
 STACK_HELP = (
@@ -219,6 +220,10 @@ class StackPanel(QCollapsible):
         self.batch_button = _button("Batch from prompts file", "segment every object of the prompts file",
                                     lambda: self.batch())
         layout.addLayout(_row(self.batch_button, self.into_labels_box))
+        self.everything_button = _button("Segment everything", "an instance labels layer of every object the model "
+                                         "finds on the image (each slice of a stack); re-open an object to refine "
+                                         "it by clicking", lambda: self.everything())
+        layout.addWidget(self.everything_button)
         self.cancel_button = _button("Cancel", "stop the running stack job (a precompute resumes next time)",
                                      self.cancel)
         self.cancel_button.setEnabled(False)
@@ -283,6 +288,17 @@ class StackPanel(QCollapsible):
                          self.controller.labels if into else None,
                          lambda job, result: self._batched(job, result, into))
 
+    def everything(self) -> Any:
+        """Segment everything in the image (each slice of a stack) into a new labels layer, which becomes the layer
+        annotated when the image is the one annotated (so its objects can be re-opened and refined)."""
+        ready = self._ready("segment everything", stack=False)
+        if ready is None:
+            return None
+        manager, image = ready
+        rgb, limits = _display(image)
+        args = (manager, image.data, rgb, limits, L.grid_ndim(image))
+        return self._run("segment everything", everything_labels, args, image, None, self._everything_done)
+
     def cancel(self) -> None:
         """Stop the running stack job at its next slice."""
         if self.job is not None:
@@ -321,6 +337,16 @@ class StackPanel(QCollapsible):
         layer = self.viewer.add_labels(result, name=BATCH_LAYER, scale=job.image.scale[:ndim],
                                        translate=job.image.translate[:ndim])
         self._say(f"batch: {objects} objects in the new labels layer '{layer.name}'")
+
+    def _everything_done(self, job: StackJob, result: np.ndarray) -> None:
+        objects = int(np.count_nonzero(np.unique(result)))
+        ndim = L.grid_ndim(job.image)
+        layer = self.viewer.add_labels(result, name=EVERYTHING_LAYER, scale=job.image.scale[:ndim],
+                                       translate=job.image.translate[:ndim])
+        c = self.controller
+        if c.image is job.image:
+            c.attach(job.image, c.points, layer, c.boxes)
+        self._say(f"segment everything: {objects} objects in the new labels layer '{layer.name}'")
 
     # ------------------------------------------------------------------ plumbing
     def _same_labels(self, job: StackJob) -> bool:
@@ -410,7 +436,7 @@ class StackPanel(QCollapsible):
                          "nothing is written")
 
     def _set_busy(self, busy: bool) -> None:
-        for button in (self.precompute_button, self.propagate_button, self.batch_button):
+        for button in (self.precompute_button, self.propagate_button, self.batch_button, self.everything_button):
             button.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
 
@@ -430,6 +456,21 @@ class StackPanel(QCollapsible):
         path, _ = QFileDialog.getOpenFileName(self, "Prompts file", "", "Prompts (*.csv *.json);;All files (*)")
         if path:
             self.prompts_edit.setText(path)
+
+
+def everything_labels(manager: ModelManager, data: Any, rgb: bool, limits: tuple[float, float] | None, ndim: int,
+                      *, progress: Callable[[int, int], None], cancel: CancelToken) -> np.ndarray:
+    """Instance labels of a 2D image or of every 2D slice of an nD one (``ndim`` grid axes; ids unique)."""
+    from ..engine.everything import segment_everything, segment_everything_stack
+
+    data = np.asarray(data)
+    if ndim <= 2:
+        return segment_everything(manager, data, rgb=rgb, contrast_limits=limits, cancel=cancel, progress=progress)
+    lead = data.shape[: ndim - 2]
+    flat = data.reshape((-1, *data.shape[ndim - 2:]))
+    labels = segment_everything_stack(manager, flat, rgb=rgb, contrast_limits=limits, cancel=cancel,
+                                      progress=progress)
+    return labels.reshape((*lead, *labels.shape[1:]))
 
 
 def _display(image: Image) -> tuple[bool, tuple[float, float] | None]:
