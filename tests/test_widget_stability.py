@@ -81,6 +81,7 @@ def test_the_unstable_pixels_layer_and_stability_after_undo(make_napari_viewer):
     widget.stability_box.setChecked(True)
     widget.unstable_box.setChecked(True)
     c.click(60, 70)
+    c.wait()  # two steps (quick clicks on the stateless fallback would be computed as one)
     c.click(20, 20, positive=False)
     c.wait()
     result = c.session().stability(c.jitter)
