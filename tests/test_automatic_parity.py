@@ -120,7 +120,7 @@ def test_bad_options_are_refused():
 
 
 def test_cancel_stops_between_batches(setup):
-    from napari_focsam._cancel import CancelToken, Cancelled
+    from napari_focsam._cancel import Cancelled, CancelToken
 
     _, ours, embedding, *_ = setup
     token = CancelToken()

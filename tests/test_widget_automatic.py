@@ -10,10 +10,10 @@ import pytest
 
 napari = pytest.importorskip("napari")
 
+from _widget_support import annotator, disc_image  # noqa: E402
+
 from napari_focsam.engine.manager import ModelManager  # noqa: E402
 from napari_focsam.plugin.stack_panel import EVERYTHING_LAYER  # noqa: E402
-
-from _widget_support import annotator, disc_image  # noqa: E402
 
 pytestmark = pytest.mark.gui
 

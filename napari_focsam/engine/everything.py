@@ -100,11 +100,12 @@ def segment_everything_stack(
     done = 0
     with runner_for(client, workers, None) as runner:
         if client is None and not workers:
-            manager = local_manager(model)
-            submit = lambda z: runner.submit(_slice_task, manager, z, prepared[z], options, watershed)
+            task, model_arg = _slice_task, local_manager(model)
         else:
-            config = dask_config(model, runner)
-            submit = lambda z: runner.submit(task_everything, config, z, prepared[z], options, watershed)
+            task, model_arg = task_everything, dask_config(model, runner)
+
+        def submit(z: int) -> None:
+            runner.submit(task, model_arg, z, prepared[z], options, watershed)
         z = 0
         while z < total or runner.pending:
             check_cancel(cancel)
