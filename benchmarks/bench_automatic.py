@@ -72,7 +72,9 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=32)
     parser.add_argument("--iou", type=float, default=0.88)
     parser.add_argument("--stability", type=float, default=0.95)
-    parser.add_argument("--microsam-python", default="/root/.cache/microsam-venv/bin/python")
+    parser.add_argument("--microsam-python", default=os.environ.get(
+        "MICROSAM_PYTHON", str(Path.home() / ".cache/microsam-venv/bin/python")),
+                        help="python of an environment with micro-sam (default: $MICROSAM_PYTHON)")
     args = parser.parse_args()
     from segment_anything import SamAutomaticMaskGenerator
     from segment_anything.modeling import Sam

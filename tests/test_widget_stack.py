@@ -15,7 +15,8 @@ from _widget_support import annotator  # noqa: E402
 from napari_focsam.engine.image import to_model_rgb  # noqa: E402
 from napari_focsam.engine.manager import ModelManager  # noqa: E402
 from napari_focsam.plugin import stack_panel as stack_panel_module  # noqa: E402
-from napari_focsam.plugin.stack_panel import BATCH_LAYER, store_path  # noqa: E402
+from napari_focsam.plugin.stack_panel import BATCH_LAYER  # noqa: E402
+from napari_focsam.plugin.stack_work import store_path  # noqa: E402
 from napari_focsam.stack import segment_from_prompts  # noqa: E402
 
 pytestmark = pytest.mark.gui
