@@ -50,3 +50,19 @@ def test_a_model_load_shows_a_still_bar_with_its_name(make_napari_viewer) -> Non
     widget.controller.wait()
     assert reports[0] == ("Loading fallback", 0, 0) and reports[-1] == ("", 0, 0)
     assert not widget.progress_bar.isVisibleTo(widget)
+
+
+def test_loading_a_model_hands_the_bar_to_the_embedding_it_starts(make_napari_viewer) -> None:
+    viewer = make_napari_viewer()
+    viewer.add_image(disc_image(), name="image")
+    widget = FocsamWidget(viewer)
+    widget.use_layers()
+    reports: list[tuple[str, int, int]] = []
+    widget.controller.progress.connect(lambda *r: reports.append(r))
+    widget.controller.load_model("sam_tiny", device="cpu", allow_random_weights=True)
+    widget.controller.wait()
+    names = [what for what, _, _ in reports]
+    first_embedding = names.index("Embedding image")
+    # the load's end does not hide the bar while the embedding it started runs: the only "" is the last report
+    assert "" not in names[first_embedding:-1] and reports[-1] == ("", 0, 0)
+    assert names[0] == "Loading sam_tiny" and "" not in names[:first_embedding]

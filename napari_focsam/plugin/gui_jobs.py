@@ -67,21 +67,24 @@ class GuiJobs:
         ``steps``. napari's own progress bars are not used for these jobs: while one is open napari animates a busy
         indicator, every frame of which repaints the window; with software OpenGL that made an embedding 50-70 %
         slower with the window shown (``benchmarks/bench_widget.py``)."""
+        serial = None
         if progress is not None:
+            self._progress_serial = serial = getattr(self, "_progress_serial", 0) + 1  # the bar shows the latest job
             total = steps or 0
             self.progress.emit(progress, 0, total)
-            if steps:
+            if steps and token is None:
                 count = [0]
 
                 def step() -> None:
                     count[0] = min(count[0] + 1, total - 1)  # the last step is the job's end
-                    self.progress.emit(progress, count[0], total)
+                    if serial == self._progress_serial:
+                        self.progress.emit(progress, count[0], total)
 
                 token = _CountingToken(lambda: self._dispatcher.call.emit(step))
 
         def finished() -> None:
-            if progress is not None:
-                self.progress.emit("", 0, 0)  # done: the bar goes away
+            if serial is not None and serial == self._progress_serial:
+                self.progress.emit("", 0, 0)  # done (and no later job took the bar over): the bar goes away
             if on_finished is not None:
                 on_finished()
 
