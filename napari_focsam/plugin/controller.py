@@ -66,8 +66,8 @@ class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, G
         self.last_embed_seconds: float | None = None
         self._bases: dict[tuple[tuple[int, ...], int], np.ndarray] = {}
         self._keys: dict[tuple[int, ...], str] = {}  # slice -> embedding key of the current model
-        # (slice, rgb, contrast limits) -> embedding key, while the image data is unchanged: clicks skip converting
-        # and hashing the slice again (cleared when the image layer's data is replaced)
+        # (manager, slice, rgb, contrast limits) -> embedding key, while the image data is unchanged: clicks skip
+        # converting and hashing the slice again (cleared when the image layer's data is replaced)
         self._known: dict[tuple[Any, ...], str] = {}
         self._committing: set[int] = set()  # committed objects whose jobs still run
         self._init_jobs()
@@ -168,7 +168,7 @@ class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, G
         if (index, object_id) not in self._bases:
             self._bases[(index, object_id)] = L.slice_copy(self.labels, index)
         contrast = tuple(self.image.contrast_limits)
-        known = (index, self.image.rgb, contrast)
+        known = (self.manager, index, self.image.rgb, contrast)  # a key is only ever reused with its own model
         args = (self.manager, self.image.data, index, self.image.rgb, contrast, object_id, prompts)
 
         def work(token: CancelToken) -> ClickResult:
