@@ -119,3 +119,19 @@ def test_an_embedding_computed_inside_a_click_job_uses_the_bulk_count(policy) ->
 
     assert in_new_thread(click_job) == (1, 1)  # back to the interactive count afterwards
     assert predictor.embed_threads == [2]
+
+
+def test_an_embedding_elsewhere_keeps_the_callers_count(policy) -> None:
+    """A Dask worker's (or a user's) deliberate count is left alone: only interactive work switches to bulk."""
+    predictor = _CountingFallback()
+    predictor.embed_threads = []
+    manager = ModelManager(predictor)
+
+    def worker_task() -> int:
+        torch.get_num_threads()
+        torch.set_num_threads(1)  # as stack/worker.py does for a Dask task thread
+        manager.embed(np.zeros((40, 50), np.uint8))
+        return torch.get_num_threads()
+
+    assert in_new_thread(worker_task) == 1
+    assert predictor.embed_threads == [1]

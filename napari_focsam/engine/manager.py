@@ -35,7 +35,7 @@ from .predictor import Predictor
 from .session import DEFAULT_MAX_HISTORY, ObjectSession
 from .signature import data_signature, embedding_key
 from .stability import Jitter, as_jitter
-from .threads import threads_for
+from .threads import bulk_work
 from .types import CancelToken, ImageEmbedding, Prompts
 
 FALLBACK_NAME = "fallback"
@@ -239,7 +239,7 @@ class ModelManager:
 
         def compute() -> tuple[torch.Tensor, object]:
             start = time.perf_counter()
-            with threads_for("bulk"):  # also when a click job computes it: an embedding uses every core
+            with bulk_work():  # when a click job computes it: an embedding uses every core
                 result = self.predictor.embed(prepared, cancel=cancel)
             computed.append(time.perf_counter() - start)
             return result

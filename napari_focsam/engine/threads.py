@@ -16,7 +16,8 @@ measured here). Users change them with :func:`set_thread_policy` or the environm
 
 Torch keeps its thread count per OS thread: :func:`use_threads` sets it for the calling thread and leaves it so
 (for the job runner's own threads); :func:`threads_for` sets it for a block and restores the caller's count (for
-code that may run on a user's thread). ``torch.set_num_threads`` also changes the count that threads started later
+code that may run on a user's thread); :func:`bulk_work` is an embedding's: the bulk count inside interactive work,
+the caller's count anywhere else. ``torch.set_num_threads`` also changes the count that threads started later
 begin with; that default is put back to ``bulk`` after each change, so other libraries' threads are not slowed down.
 """
 
@@ -122,22 +123,39 @@ def use_threads(kind: str) -> int:
     so. For threads this package owns. Returns the count."""
     n = _policy.for_kind(kind)
     _set_this_thread(n)
+    _local.kind = kind
     return n
+
+
+@contextlib.contextmanager
+def bulk_work() -> Iterator[None]:
+    """Bulk work (an embedding) from any thread: in a thread set for interactive work (a click job that has to embed
+    its slice first) the block runs with the bulk count; anywhere else the caller's own count is left as it is (a
+    Dask worker's, a user's)."""
+    if getattr(_local, "kind", None) != "interactive":
+        yield
+        return
+    with threads_for("bulk"):
+        yield
 
 
 @contextlib.contextmanager
 def threads_for(kind: str) -> Iterator[int]:
     """Run a block with the thread count for ``kind`` of work; the caller's count is restored afterwards."""
     n = _policy.for_kind(kind)
-    before = torch.get_num_threads()
-    if before == n:
-        yield n
-        return
-    _set_this_thread(n)
+    before, before_kind = torch.get_num_threads(), getattr(_local, "kind", None)
+    _local.kind = kind
     try:
-        yield n
+        if before == n:
+            yield n
+            return
+        _set_this_thread(n)
+        try:
+            yield n
+        finally:
+            _set_this_thread(before)
     finally:
-        _set_this_thread(before)
+        _local.kind = before_kind
 
 
 def current_policy() -> str:
