@@ -16,13 +16,19 @@ from napari_focsam.plugin.widget import FocsamWidget
 pytestmark = pytest.mark.gui
 
 
-def test_an_embedding_counts_its_blocks_in_the_widgets_bar(make_napari_viewer) -> None:
+def _widget_on_an_image(make_napari_viewer) -> tuple[FocsamWidget, list[tuple[str, int, int]]]:
+    """A widget on the disc image and the progress reports its controller emits from now on."""
     viewer = make_napari_viewer()
     viewer.add_image(disc_image(), name="image")
     widget = FocsamWidget(viewer)
     widget.use_layers()
     reports: list[tuple[str, int, int]] = []
     widget.controller.progress.connect(lambda *r: reports.append(r))
+    return widget, reports
+
+
+def test_an_embedding_counts_its_blocks_in_the_widgets_bar(make_napari_viewer) -> None:
+    widget, reports = _widget_on_an_image(make_napari_viewer)
     shown: list[bool] = []
     widget.controller.progress.connect(lambda *r: shown.append(widget.progress_bar.isVisibleTo(widget)))
     manager = ModelManager.load("sam_tiny", device="cpu", allow_random_weights=True)
@@ -53,12 +59,7 @@ def test_a_model_load_shows_a_still_bar_with_its_name(make_napari_viewer) -> Non
 
 
 def test_loading_a_model_hands_the_bar_to_the_embedding_it_starts(make_napari_viewer) -> None:
-    viewer = make_napari_viewer()
-    viewer.add_image(disc_image(), name="image")
-    widget = FocsamWidget(viewer)
-    widget.use_layers()
-    reports: list[tuple[str, int, int]] = []
-    widget.controller.progress.connect(lambda *r: reports.append(r))
+    widget, reports = _widget_on_an_image(make_napari_viewer)
     widget.controller.load_model("sam_tiny", device="cpu", allow_random_weights=True)
     widget.controller.wait()
     names = [what for what, _, _ in reports]
