@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .image import DEFAULT_PERCENTILES
+from .image import DEFAULT_PERCENTILES, robust_range
 
 GRAY = (1.0, 1.0, 1.0)
 RED, GREEN, BLUE = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)
@@ -109,12 +109,7 @@ def _unit(plane: np.ndarray, limits: tuple[float, float] | None, percentiles: tu
     finite = np.isfinite(plane)
     if not finite.any():
         return np.zeros(plane.shape, np.float32)
-    if limits is None:
-        sample = plane[finite] if not finite.all() else plane.reshape(-1)
-        if sample.size > 1_000_000:
-            sample = sample[:: sample.size // 1_000_000]
-        limits = tuple(float(v) for v in np.percentile(sample, percentiles))
-    low, high = limits
+    low, high = robust_range(plane, finite, percentiles) if limits is None else limits
     if high <= low:
         return np.zeros(plane.shape, np.float32)
     out = (plane - low) / (high - low)

@@ -58,3 +58,24 @@ class Predictor(Protocol):
     ) -> Prediction:
         """One interactive step: the prompts so far plus the previous step's state give the next mask and state."""
         ...
+
+
+class _Weights(Protocol):
+    @property
+    def source(self) -> str: ...
+
+
+class LoadedWeightsPredictor:
+    """The properties shared by the predictors of loaded weights (the SAM family, SegNext): the device the model is
+    on (``_device``) and where its weights came from (``_loaded.source``: a file, or random weights)."""
+
+    _device: torch.device
+    _loaded: _Weights
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def source(self) -> str:
+        return self._loaded.source

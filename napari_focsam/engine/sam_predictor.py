@@ -39,6 +39,7 @@ from ..models.fast_decoder import FastDecoder, default_decoder_dtype
 from ..models.fast_encoder import ATTENTION_MODES, FAST_ENCODER_VERSION, FastImageEncoder, default_encoder_dtype
 from ..models.transforms import make_transform
 from ..weights.loader import LoadedModel
+from .predictor import LoadedWeightsPredictor
 from .prompt_shapes import bounding_box, deepest_point, mask_to_low_res, sample_stroke
 from .types import CancelToken, ImageEmbedding, ImageGeometry, ObjectState, Prediction, Prompts, check_cancel
 
@@ -94,7 +95,7 @@ def _as_dtype(value: torch.dtype | str | None) -> torch.dtype | None:
     return dtype
 
 
-class SamFamilyPredictor:
+class SamFamilyPredictor(LoadedWeightsPredictor):
     """A SAM or FocSAM model on one device, in one dtype; stateless between calls and safe to share by threads.
 
     The image encoder runs one of two ways (the rest of the pipeline is the same):
@@ -203,14 +204,6 @@ class SamFamilyPredictor:
         if dtype is not None and self.decoder != "fast":
             raise ValueError(f"{option} applies to decoder='fast'")
         return dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    @property
-    def source(self) -> str:
-        return self._loaded.source
 
     @property
     def encoder_numerics(self) -> str:

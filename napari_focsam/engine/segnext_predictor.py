@@ -32,6 +32,7 @@ from ..models.geometry import ImageGeometry
 from ..models.segnext import prompt_map as pm
 from ..models.segnext.fast import FastPromptPath
 from ..weights.segnext import LoadedSegNext
+from .predictor import LoadedWeightsPredictor
 from .threads import threads_for
 from .types import CancelToken, ImageEmbedding, ObjectState, Prediction, Prompts, check_cancel
 
@@ -62,7 +63,7 @@ def _lowp(value: torch.dtype | str | None, device: torch.device, dtype: torch.dt
     return value
 
 
-class SegNextPredictor:
+class SegNextPredictor(LoadedWeightsPredictor):
     """A SegNext model on one device, in one dtype; stateless between calls and safe to share by threads."""
 
     is_fallback = False
@@ -90,14 +91,6 @@ class SegNextPredictor:
         self.threshold = float(threshold)
         self.folded_head = bool(folded_head)
         self._fast = FastPromptPath(self.model, self.lowp) if self.lowp is not None else None
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    @property
-    def source(self) -> str:
-        return self._loaded.source
 
     @property
     def fingerprint(self) -> str:
