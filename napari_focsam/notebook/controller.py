@@ -24,6 +24,7 @@ import numpy as np
 
 from ..engine.jobs import JobRunner
 from ..engine.manager import ModelManager
+from ..engine.object_commits import ObjectCommits
 from ..engine.session import ObjectSession
 from ..engine.types import Prompts
 from ..engine.work import ClickResult, compute_object
@@ -34,7 +35,7 @@ from .source import ImageSource
 Emit = Callable[[dict, list], None]
 
 
-class NotebookController(SliceAndModel):
+class NotebookController(SliceAndModel, ObjectCommits):
     """One image, its labels and a model; every public method is one user action (see :class:`Annotator`)."""
 
     def __init__(self, source: ImageSource, emit: Emit, labels: np.ndarray,
@@ -167,8 +168,7 @@ class NotebookController(SliceAndModel):
         self._running[object_id] -= 1
         if self._running[object_id] <= 0:
             del self._running[object_id]
-            if object_id in self._committing:
-                self._finish_commit(object_id)
+        super()._job_finished(object_id)
 
     def _jobs_of(self, object_id: int) -> bool:
         """Whether click jobs of the object are still to finish (the runner's own count includes the job whose
@@ -198,23 +198,14 @@ class NotebookController(SliceAndModel):
     def commit(self) -> int:
         """Keep the current object and start the next one (id = max + 1). Returns the committed id."""
         with self._lock:
-            committed = self.object_id
-            self._prompts = {k: v for k, v in self._prompts.items() if k[1] != committed}
-            self._committing.add(committed)
-            self._start_new_object()
-            if not self._jobs_of(committed):
-                self._finish_commit(committed)
+            self._prompts = {k: v for k, v in self._prompts.items() if k[1] != self.object_id}
+            committed = self._commit_current()
             self._set_status(f"committed object {committed}; now object {self.object_id}", "info", send=False)
             self._update(prompts=True)
             return committed
 
     def _finish_commit(self, object_id: int) -> None:
-        self._committing.discard(object_id)
-        self._bases = {k: v for k, v in self._bases.items() if k[1] != object_id}
-        if self.manager is not None:
-            for session in self.manager.objects():
-                if session.object_id == object_id:
-                    self.manager.commit_object(session)
+        super()._finish_commit(object_id)
         if self.on_committed is not None:
             try:
                 self.on_committed(object_id)
@@ -223,9 +214,7 @@ class NotebookController(SliceAndModel):
 
     def _start_new_object(self) -> None:
         busy = [oid for oid, n in self._running.items() if n > 0]
-        top = int(self.labels.max()) if self.labels.size else 0
-        self.object_id = max([top, *busy]) + 1
-        self._close_sessions(self.object_id)
+        self._begin_object(int(self.labels.max()) if self.labels.size else 0, busy)
 
     def cancel(self) -> None:
         """Drop the current object: its jobs are discarded, its pixels go back to what they were."""
@@ -276,12 +265,6 @@ class NotebookController(SliceAndModel):
             self._set_status(f"object {label} deleted", "info", send=False)
             self._send_patch((0, 0, self.source.height, self.source.width))
             self._update()
-
-    def _close_sessions(self, label: int) -> None:
-        if self.manager is not None:
-            for session in self.manager.objects():
-                if session.object_id == label:
-                    self.manager.close_object(session)
 
     # ------------------------------------------------------------------ messages
     def _deliver(self, callback: Callable[[], None]) -> None:
