@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from napari_focsam import ModelManager
-from napari_focsam.engine.tile_grid import TileGrid, check_tiling, default_tiling
+from napari_focsam.engine.tile_grid import TileGrid, check_tiling, default_tiling, should_tile
 from napari_focsam.engine.tiles import TiledImage, level_zero
 from napari_focsam.engine.types import Prompts
 from napari_focsam.engine.views import View, view_around
@@ -58,6 +58,8 @@ def test_grid_cores_partition_the_image_and_views_keep_the_input_side():
     small = TileGrid((500, 700), 768, 128)
     assert small.shape == (1, 1) and small.view((0, 0)).region == (0, 0, 500, 700)
     assert default_tiling(1024) == (768, 128, 2048) and default_tiling(512) == (384, 64, 1024)
+    assert should_tile((2049, 10), 1024) and not should_tile((2048, 2048), 1024)
+    assert should_tile((600, 600), 1024, threshold=512)
 
 
 def test_the_tile_whose_core_holds_the_prompts_centre_answers():
@@ -218,6 +220,8 @@ def test_bad_tilings_and_prompts_are_refused(sam_tiny):
         TiledImage(sam_tiny, np.zeros((3, 100, 100), np.uint8), index=(5,))
     with pytest.raises(ValueError, match="click on the object first"):
         TiledImage(sam_tiny, np.zeros((100, 100), np.uint8)).new_object().sync(Prompts())
+    with pytest.raises(ValueError, match="threshold must be at least 1 pixel"):
+        should_tile((100, 100), 1024, threshold=0)
     with pytest.raises(ValueError, match="at least one level"):
         level_zero([])
     assert isinstance(TileGrid((100, 100), 64, 8).view((1, 1)), View)

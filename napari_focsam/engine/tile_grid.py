@@ -38,6 +38,15 @@ def default_tiling(input_side: int) -> tuple[int, int, int]:
     return input_side - 2 * halo, halo, int(round(input_side * THRESHOLD_FACTOR))
 
 
+def should_tile(shape: tuple[int, ...], input_side: int, threshold: int | None = None) -> bool:
+    """Whether an image of ``shape`` (its first two axes are spatial) is annotated in tiles by default: its longest
+    side exceeds ``threshold`` (default: :data:`THRESHOLD_FACTOR` x the model's ``input_side``)."""
+    limit = default_tiling(input_side)[2] if threshold is None else int(threshold)
+    if limit < 1:
+        raise ValueError(f"the tiling threshold must be at least 1 pixel, got {threshold}")
+    return max(int(shape[0]), int(shape[1])) > limit
+
+
 def check_tiling(tile: object, halo: object) -> tuple[int, int]:
     """``(tile, halo)`` as ints, or ValueError saying what is wrong."""
     for name, value in (("tile size", tile), ("halo", halo)):
