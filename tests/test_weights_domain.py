@@ -274,3 +274,19 @@ def test_hash_helpers_agree_with_the_libraries(tmp_path):
     assert hash_file(path) == hashlib.sha256(data).hexdigest()
     with pytest.raises(ValueError, match="unsupported hash algorithm 'md5'"):
         hash_file(path, "md5")
+
+
+def test_widget_lists_them_with_a_one_line_summary(make_napari_viewer):
+    pytest.importorskip("napari")
+    from qtpy.QtCore import Qt
+
+    from napari_focsam.plugin.widget import FocsamWidget
+
+    combo = FocsamWidget(make_napari_viewer()).model_combo
+    items = {combo.itemData(i): (combo.itemText(i), combo.itemData(i, Qt.ItemDataRole.ToolTipRole))
+             for i in range(combo.count())}
+    for name in (*MICROSAM, "medsam_vit_b"):
+        entry = get_entry(name)
+        text, tooltip = items[name]
+        assert text == f"{entry.display_name}: {entry.summary}" and "\n" not in text and tooltip == entry.description
+    assert combo.itemData(combo.count() - 1) == "fallback"
