@@ -24,8 +24,8 @@ from scipy import ndimage as ndi
 from .prompt_shapes import deepest_point, stroke_pixels
 from .types import Prompts
 
-_OBJECT = 1
-_BACKGROUND = 2
+OBJECT = 1
+BACKGROUND = 2
 
 
 def working_region(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -62,12 +62,12 @@ def draw_dense_markers(markers: np.ndarray, prompts: Prompts, original: tuple[in
         inner = ndi.binary_erosion(region, iterations=b, border_value=1)
         near = ndi.binary_dilation(region, iterations=b)
         ring = ndi.binary_dilation(near, iterations=b) & ~near
-        markers[ring] = _BACKGROUND
+        markers[ring] = BACKGROUND
         y, x = deepest_point(region)
         if inner.any():
-            markers[inner] = _OBJECT
+            markers[inner] = OBJECT
         else:
-            markers[int(y), int(x)] = _OBJECT
+            markers[int(y), int(x)] = OBJECT
         seeds.append((int(y), int(x)))
     radius = max(1.0, scribble_radius)
     for scribble in prompts.scribbles:
@@ -77,6 +77,6 @@ def draw_dense_markers(markers: np.ndarray, prompts: Prompts, original: tuple[in
         if radius >= 1.5:
             disk = np.hypot(*np.mgrid[-int(radius):int(radius) + 1, -int(radius):int(radius) + 1]) <= radius
             line = ndi.binary_dilation(line, structure=disk)
-        markers[line] = _OBJECT if scribble.positive else _BACKGROUND
+        markers[line] = OBJECT if scribble.positive else BACKGROUND
         seeds.extend(zip(ys.tolist()[:: max(1, len(ys) // 8)], xs.tolist()[:: max(1, len(xs) // 8)]))
     return seeds

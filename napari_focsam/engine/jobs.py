@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._cancel import Cancelled, CancelToken
-from .threads import use_threads
+from .threads import use_threads, work_done
 
 #: the ``nice`` increment of the background thread (Linux; lower priority than the clicks)
 BACKGROUND_NICE = 10
@@ -265,3 +265,6 @@ def _call(job: Job) -> tuple[Any, BaseException | None]:
         return job.func(job.token), None
     except BaseException as exc:  # noqa: BLE001 - every failure goes to the front-end as a message
         return None, exc
+    finally:
+        if job.threads is not None:
+            work_done()  # the adaptive interactive count judges the load from here on

@@ -234,7 +234,11 @@ class ModelManager:
     ) -> ImageEmbedding:
         """The embedding of one 2D image (gray, RGB/RGBA, any dtype), from the cache or computed."""
         prepared = to_model_rgb(image, rgb=rgb, contrast_limits=contrast_limits)
-        key = self.key_for(prepared)
+        return self.embed_prepared(prepared, self.key_for(prepared), cancel=cancel)
+
+    def embed_prepared(self, prepared: np.ndarray, key: str, *, cancel: CancelToken | None = None) -> ImageEmbedding:
+        """The embedding of an (H, W, 3) uint8 image the model takes as it is, cached under ``key`` (a view of a
+        large image has its own key: :func:`~napari_focsam.engine.views.view_key`)."""
         computed: list[float] = []
 
         def compute() -> tuple[torch.Tensor, object]:
