@@ -102,6 +102,7 @@ def mix_channels(data: np.ndarray, mix: ChannelMix | None = None, *, channel_axi
         scaled = _unit(plane, limits, percentiles)
         layer = scaled[..., None] * np.asarray(colour, np.float32)
         total = layer if total is None else total + layer
+    assert total is not None  # mix.check: at least one channel
     return np.ascontiguousarray(np.clip(np.rint(total * 255.0), 0, 255).astype(np.uint8))
 
 
@@ -140,4 +141,4 @@ def _limits(value: Sequence[float] | None) -> tuple[float, float] | None:
     pair = tuple(float(v) for v in value)
     if len(pair) != 2 or not all(np.isfinite(pair)):
         raise ValueError(f"contrast limits are two finite numbers (low, high), got {value!r}")
-    return pair  # type: ignore[return-value]
+    return pair

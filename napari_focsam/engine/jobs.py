@@ -195,6 +195,7 @@ class JobRunner:
         while True:
             with self._lock:
                 job = self._slots[key].running
+            assert job is not None  # a key's thread runs while it has a running job
             result, error = _call(job)
             with self._lock:
                 slot = self._slots[key]

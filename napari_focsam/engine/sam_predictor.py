@@ -95,7 +95,7 @@ def _as_dtype(value: torch.dtype | str | None) -> torch.dtype | None:
     return dtype
 
 
-class SamFamilyPredictor(LoadedWeightsPredictor):
+class SamFamilyPredictor(LoadedWeightsPredictor[LoadedModel]):
     """A SAM or FocSAM model on one device, in one dtype; stateless between calls and safe to share by threads.
 
     The image encoder runs one of two ways (the rest of the pipeline is the same):

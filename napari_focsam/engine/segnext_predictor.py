@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.fast_encoder import default_encoder_dtype
-from ..models.geometry import ImageGeometry
+from ..models.geometry import ImageGeometry, as_size
 from ..models.segnext import prompt_map as pm
 from ..models.segnext.fast import FastPromptPath
 from ..weights.segnext import LoadedSegNext
@@ -63,7 +63,7 @@ def _lowp(value: torch.dtype | str | None, device: torch.device, dtype: torch.dt
     return value
 
 
-class SegNextPredictor(LoadedWeightsPredictor):
+class SegNextPredictor(LoadedWeightsPredictor[LoadedSegNext]):
     """A SegNext model on one device, in one dtype; stateless between calls and safe to share by threads."""
 
     is_fallback = False
@@ -154,7 +154,7 @@ class SegNextPredictor(LoadedWeightsPredictor):
     def predict(self, embedding: ImageEmbedding, prompts: Prompts, state: ObjectState | None, *,
                 cancel: CancelToken | None = None) -> Prediction:
         state = state or ObjectState()
-        shape = tuple(embedding.geometry.original_size)
+        shape = as_size(embedding.geometry.original_size)
         if prompts.is_empty:
             return Prediction(np.zeros(shape, dtype=bool), state)
         if prompts.mask is not None and tuple(prompts.mask.shape) != shape:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .image import DEFAULT_PERCENTILES
+from .image import DEFAULT_PERCENTILES, robust_range
 from .threads import bulk_work
 from .tile_grid import Tile, TileGrid, check_tiling, default_tiling, prompts_extent
 from .types import Cancelled, CancelToken, ImageEmbedding, Prompts
@@ -158,7 +158,7 @@ class TiledImage:
 
     def embed_tile(self, tile: Tile, *, cancel: CancelToken | None = None) -> ImageEmbedding:
         """Tile ``tile``'s embedding (its view's region read, embedded and cached on first use)."""
-        return self.embed_view(self.grid.view(tile), cancel=cancel, name=tuple(tile))
+        return self.embed_view(self.grid.view(tile), cancel=cancel, name=(tile[0], tile[1]))
 
     def prefetch(self, tile: Tile, rings: int | None = None) -> threading.Thread | None:
         """Embed the tiles around ``tile`` in a background thread, nearest first, skipping cached ones; a new call
@@ -199,9 +199,9 @@ class TiledImage:
         """The view that answers ``prompts`` by rule 1 (see the module) and its tile (None for a free view)."""
         tile = self.grid.tile_for(prompts)
         view = self.grid.view(tile)
-        if _fits(view, prompts):
-            return view, tile
         box = prompts_extent(prompts)
+        if box is None or _fits(view, box):
+            return view, tile
         free = view_around(box, self.shape, self.grid.view_side, margin=self.grid.halo)
         return free, None
 
@@ -210,20 +210,17 @@ class TiledImage:
         return TiledObject(self, object_id)
 
 
-def _fits(view: View, prompts: Prompts) -> bool:
-    box = prompts_extent(prompts)
+def _fits(view: View, box: np.ndarray | None) -> bool:
+    """Whether ``box`` (see :func:`~.tile_grid.prompts_extent`; None: no prompts) lies inside ``view``."""
     return box is None or (view.contains(box[0], box[1]) and view.contains(box[2], box[3]))
 
 
 def _percentiles(array: Any) -> tuple[float, float]:
     values = np.asarray(array.compute() if hasattr(array, "compute") else array, dtype=np.float32)
-    values = values[np.isfinite(values)]
-    if values.size > 1_000_000:
-        values = values[:: values.size // 1_000_000]
-    if not values.size:
+    finite = np.isfinite(values)
+    if not finite.any():
         return 0.0, 1.0
-    low, high = np.percentile(values, DEFAULT_PERCENTILES)
-    return float(low), float(high)
+    return robust_range(values, finite, DEFAULT_PERCENTILES)
 
 
 class TiledObject:
@@ -264,7 +261,7 @@ class TiledObject:
             if prompts.is_empty:
                 raise ValueError("no prompts: click on the object first")
             current = self.current
-            if current is None or not _fits(current.view, prompts):
+            if current is None or not _fits(current.view, prompts_extent(prompts)):
                 view, tile = self.tiled.view_for(prompts)
                 embedding = (self.tiled.embed_tile(tile, cancel=cancel) if tile is not None
                              else self.tiled.embed_view(view, cancel=cancel))

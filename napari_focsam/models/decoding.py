@@ -106,6 +106,8 @@ def encode_prompts(
         batch = 1
     parts = [weight.new_empty((batch, 0, weight.shape[1]))]
     if coords is not None:
+        if labels is None:
+            raise ValueError("point coordinates need their labels")
         parts.append(encode_points(prompt_encoder, coords, labels, pad=boxes is None))
     if boxes is not None:
         parts.append(encode_boxes(prompt_encoder, boxes))

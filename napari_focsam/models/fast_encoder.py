@@ -36,6 +36,7 @@ import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -105,6 +106,7 @@ class _Linear:
             if gelu:
                 return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "gelu", [], "none")
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        assert self.weight is not None  # kept when not packed
         y = F.linear(x, self.weight, self.bias)
         return F.gelu(y) if gelu else y
 
@@ -371,16 +373,27 @@ class FastImageEncoder:
         biased variance), so no NCHW round trip is needed until the end.
         """
         neck = self.encoder.neck
+        assert isinstance(neck, nn.Module)
         parts = list(neck) if isinstance(neck, nn.Sequential) else []
         if not _is_sam_neck(parts):
             return neck(x.to(next(neck.parameters()).dtype).permute(0, 3, 1, 2))
-        conv1, norm1, conv2, norm2 = parts
+        conv1, conv2 = parts[0], parts[2]
+        assert isinstance(conv1, nn.Conv2d) and isinstance(conv2, nn.Conv2d)
+        norm1, norm2 = cast(_ChannelNorm, parts[1]), cast(_ChannelNorm, parts[3])  # LayerNorm2d: checked above
         stat = self.stat_dtype
         y = F.linear(x, conv1.weight.to(stat).flatten(1))
         y = F.layer_norm(y, y.shape[-1:], norm1.weight.to(stat), norm1.bias.to(stat), norm1.eps)
         y = F.conv2d(y.permute(0, 3, 1, 2), conv2.weight.to(stat), None, conv2.stride, conv2.padding)
         y = F.layer_norm(y.permute(0, 2, 3, 1), y.shape[1:2], norm2.weight.to(stat), norm2.bias.to(stat), norm2.eps)
         return y.permute(0, 3, 1, 2).contiguous()
+
+
+class _ChannelNorm(Protocol):
+    """segment-anything's (or segment-anything-hq's) ``LayerNorm2d``: a LayerNorm over the channel axis."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    eps: float
 
 
 def _is_sam_neck(parts: list[nn.Module]) -> bool:

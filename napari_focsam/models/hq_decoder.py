@@ -91,6 +91,8 @@ def hq_image_features(decoder: HQMaskDecoder, image_embeddings: torch.Tensor, ea
 def _maskfeature_in(module: nn.Sequential, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``embedding_maskfeature(x)`` with both convolutions in ``dtype`` (the LayerNorm's statistics in x's dtype)."""
     conv1, norm, act, conv2 = module
+    assert isinstance(conv1, nn.Conv2d) and isinstance(conv2, nn.Conv2d)
+    assert conv1.bias is not None and conv2.bias is not None
     y = F.conv2d(x.to(dtype), conv1.weight.to(dtype), conv1.bias.to(dtype), padding=1).to(x.dtype)
     y = act(norm(y))
     return F.conv2d(y.to(dtype), conv2.weight.to(dtype), conv2.bias.to(dtype), padding=1).to(x.dtype)
