@@ -184,15 +184,15 @@ class SamFamilyPredictor(LoadedWeightsPredictor[LoadedModel]):
         self.decoder = decoder
         self.decoder_autocast = decoder_autocast
         upscale = self._decoder_dtype("decoder_upscale_dtype", decoder_upscale_dtype)
-        attention = self._decoder_dtype("decoder_attention_dtype", decoder_attention_dtype)
+        attend = self._decoder_dtype("decoder_attention_dtype", decoder_attention_dtype)
         self.decoder_upscale_dtype = upscale or self.dtype
-        self.decoder_attention_dtype = attention or self.dtype
+        self.decoder_attention_dtype = attend or self.dtype
         #: HQ-SAM / PA-SAM run their own decoder (:mod:`..models.hq_decoder`, :mod:`..models.pa_decoder`)
         self.head = spec.decoder
         #: HQ-SAM: the HQ token's mask alone (True) or summed with SAM's token-0 mask (False, the official default)
         self.hq_token_only = bool(hq_token_only)
         self._fast_decoder = (
-            FastDecoder(self.model.mask_decoder, self._image_pe, upscale_dtype=upscale, attention_dtype=attention)
+            FastDecoder(self.model.mask_decoder, self._image_pe, upscale_dtype=upscale, attention_dtype=attend)
             if decoder == "fast" and self.head in ("sam", "hq") else None
         )
 
@@ -239,7 +239,7 @@ class SamFamilyPredictor(LoadedWeightsPredictor[LoadedModel]):
             x = self.transform.image_to_input(image, self.device, self.dtype)
             if self.fast_encoder is not None:
                 result = self.fast_encoder(x, cancel_check=lambda: check_cancel(cancel), early=early_wanted)
-                features, early = result if early_wanted else (result, None)
+                features, early = result if isinstance(result, tuple) else (result, None)  # a pair when early_wanted
             elif self.encoder_autocast is not None:
                 with torch.autocast(self.device.type, dtype=self.encoder_autocast):
                     features, early = self._encode(x, cancel)
@@ -250,6 +250,7 @@ class SamFamilyPredictor(LoadedWeightsPredictor[LoadedModel]):
                 from ..models.hq_decoder import hq_image_features
 
                 check_cancel(cancel)
+                assert early is not None  # wanted for HQ-SAM
                 extras = {"hq_features": hq_image_features(self.model.mask_decoder, features, early).to(self.dtype)}
                 return features, geometry, extras
             if self.head == "pa":
@@ -303,6 +304,7 @@ class SamFamilyPredictor(LoadedWeightsPredictor[LoadedModel]):
                 check_cancel(cancel)
                 start = time.perf_counter()
                 size = self.model.input_size
+                assert self.model.refiner is not None  # refine_now: a FocSAM model
                 features = self.model.refiner(
                     embedding.features, coarse.logits, coarse.token, input_size=(size, size), cancel=cancel
                 )
@@ -349,7 +351,7 @@ class SamFamilyPredictor(LoadedWeightsPredictor[LoadedModel]):
                 coords = torch.as_tensor(xy, dtype=torch.float32, device=self.device)
                 labels = torch.as_tensor(np.stack([i[1] for i in inputs]), device=self.device)
             if inputs[0][2] is not None:
-                corners = np.stack([self.transform.box_to_input(i[2], geometry) for i in inputs])
+                corners = np.stack([self.transform.box_to_input(i[2], geometry) for i in inputs if i[2] is not None])
                 boxes = torch.as_tensor(corners, dtype=torch.float32, device=self.device)
             sparse, dense = encode_prompts(self.model.prompt_encoder, coords, labels, boxes, inputs[0][3])
             features = embedding.features if state.features is None else state.features
@@ -431,9 +433,9 @@ class SamFamilyPredictor(LoadedWeightsPredictor[LoadedModel]):
             upscale = self.decoder_upscale_dtype if self.decoder_upscale_dtype != self.dtype else None
             if upscale is not None and self.device.type == "cpu" and not torch.backends.mkldnn.enabled:
                 upscale = None  # torch's generic bfloat16 convolution is far slower than float32
-            out = decode_hq(self.model.mask_decoder, features, extras[needed], self._image_pe, sparse, dense,
-                            hq_token_only=self.hq_token_only, upscale_dtype=upscale, fast=self._fast_decoder)
-            return DecoderOutput(logits=out.logits, iou=out.iou, token=out.token)
+            hq = decode_hq(self.model.mask_decoder, features, extras[needed], self._image_pe, sparse, dense,
+                           hq_token_only=self.hq_token_only, upscale_dtype=upscale, fast=self._fast_decoder)
+            return DecoderOutput(logits=hq.logits, iou=hq.iou, token=hq.token)
         from ..models.pa_decoder import decode_pa
 
         out = decode_pa(self.model.mask_decoder, self.model.prompt_encoder, features, extras[needed],
