@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -48,7 +48,8 @@ class NotebookController(SliceAndModel, ObjectCommits):
         self.model_name: str | None = None
         self.labels = labels
         self.z = 0
-        self.contrast = tuple(float(v) for v in (contrast or source.default_contrast()))
+        low, high = (float(v) for v in (contrast or source.default_contrast()))
+        self.contrast = (low, high)
         self.overwrite = False
         self.selected = 0
         self.last_click_ms: float | None = None
@@ -99,9 +100,9 @@ class NotebookController(SliceAndModel, ObjectCommits):
     def box(self, y0: float, x0: float, y1: float, x1: float, seq: int | None = None) -> None:
         """Make (y0, x0)-(y1, x1) the current object's box on the shown slice (models that take boxes)."""
         with self._lock:
-            self._need_model()
+            manager = self._need_model()
             if not self.takes_boxes:
-                raise ValueError(f"{self.manager.display_name} takes clicks only: the box is ignored "
+                raise ValueError(f"{manager.display_name} takes clicks only: the box is ignored "
                                  "(load a SAM model to use boxes)")
             top, bottom = sorted((float(y0), float(y1)))
             left, right = sorted((float(x0), float(x1)))
@@ -113,15 +114,17 @@ class NotebookController(SliceAndModel, ObjectCommits):
             self._prompts[key] = self.prompts().with_box(np.array([top, left, bottom, right]))
             self._submit(seq)
 
-    def _need_model(self) -> None:
+    def _need_model(self) -> ModelManager:
         if self.manager is None:
             raise ValueError("no model loaded yet: wait until it is loaded (see the progress line) or load one")
+        return self.manager
 
     def _submit(self, seq: int | None) -> None:
         index, object_id = self.index, self.object_id
         key = (index, object_id)
         self._bases.setdefault(key, self._view(index).copy())
-        args = (self.manager, self.source.data, index, self.source.rgb, self.contrast, object_id, self._prompts[key])
+        manager = self._need_model()
+        args = (manager, self.source.data, index, self.source.rgb, self.contrast, object_id, self._prompts[key])
         known = self._known.get((self.manager, index, self.contrast))  # the slice is not converted and hashed again
         self._running[object_id] += 1
         self.jobs.submit((CLICK, index, object_id), lambda token: compute_object(*args, token, known_key=known),
@@ -307,7 +310,7 @@ class NotebookController(SliceAndModel, ObjectCommits):
             message["prompts"] = self.prompt_state()
         self._emit(message, [])
 
-    def wait(self, timeout: float = 60.0, match: Callable[[Hashable], bool] | None = None) -> None:
+    def wait(self, timeout: float = 60.0, match: Callable[[Any], bool] | None = None) -> None:
         """Block until no job runs (or none of the keys ``match`` selects), results delivered."""
         deadline = time.monotonic() + timeout
         while self.jobs.busy if match is None else self.jobs.active(match):

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..fast_encoder import _Linear, _onednn_packing
+from ..fast_linear import PackedLinear, onednn_packing
 from .network import Block, ConvRelu, SegNextNet
 
 M = TypeVar("M", bound=nn.Module)
@@ -74,8 +74,8 @@ class FastPromptPath:
             out.append((p.data_ptr(), version, p.dtype))
         return tuple(out)
 
-    def _lin(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int | None) -> _Linear:
-        return _Linear(_as_linear(weight.float(), None if bias is None else bias.float()), self.dtype,
+    def _lin(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int | None) -> PackedLinear:
+        return PackedLinear(_as_linear(weight.float(), None if bias is None else bias.float()), self.dtype,
                        rows if self._pack else None)
 
     def _prepare(self) -> dict[str, Any]:
@@ -87,7 +87,7 @@ class FastPromptPath:
                 return self._parts
             net = self.net
             device = next(net.parameters()).device
-            self._pack = _onednn_packing(device, self.dtype)
+            self._pack = onednn_packing(device, self.dtype)
             g = net.cfg.grid
             n = g * g
             parts: dict[str, Any] = {}
