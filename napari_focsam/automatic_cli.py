@@ -48,6 +48,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--nms-thresh", type=float, default=0.7)
     parser.add_argument("--min-area", type=int, default=0, help="drop masks smaller than this (pixels)")
     parser.add_argument("--workers", type=int, default=0, help="with --stack: a local Dask cluster of N workers")
+    parser.add_argument("--tiles", choices=("auto", "on", "off"), default="auto",
+                        help="segment a 2D image tile by tile (auto: images larger than twice the model's input "
+                             "side; the fallback: over 4096² pixels)")
+    parser.add_argument("--tile", type=int, default=None, help="tile side in pixels (default: the model's)")
+    parser.add_argument("--halo", type=int, default=None, help="halo around each tile in pixels (default: the "
+                                                               "model's)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.set_defaults(func=automatic_command)
 
@@ -88,7 +94,9 @@ def automatic_command(args: argparse.Namespace) -> int:
                                  f"{image.shape} (a stack? add --stack)")
             from .stack.common import local_manager
 
-            labels = segment_everything(local_manager(config), image, options=options)
+            tiled = {"auto": None, "on": True, "off": False}[args.tiles]
+            labels = segment_everything(local_manager(config), image, options=options, tiled=tiled, tile=args.tile,
+                                        halo=args.halo)
         import tifffile
 
         partial = out.with_name(out.name + ".partial")
