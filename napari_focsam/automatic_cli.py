@@ -60,7 +60,8 @@ def register(subparsers: Any) -> None:
 
 def automatic_command(args: argparse.Namespace) -> int:
     from .engine.automatic import AutomaticOptions
-    from .engine.everything import segment_everything, segment_everything_stack
+    from .engine.everything import segment_everything
+    from .stack.everything import segment_everything_stack
 
     try:
         out = args.out.expanduser()
@@ -81,12 +82,7 @@ def automatic_command(args: argparse.Namespace) -> int:
         config = ModelConfig(args.model, None if args.checkpoint is None else str(args.checkpoint), args.device,
                              args.allow_random_weights)
         if args.stack:
-            from .stack.reader import open_stack
-
-            reader = open_stack(args.image)
-            data = np.stack([np.asarray(reader.read(i)) for i in range(reader.shape[0])])
-            labels = segment_everything_stack(config, data, options=options, rgb=reader.rgb,
-                                              workers=args.workers or None)
+            labels = segment_everything_stack(config, args.image, options=options, workers=args.workers or None)
         else:
             image = _read_image(args.image)
             if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (3, 4)):
