@@ -129,6 +129,10 @@ class TiledImage:
                     self.contrast_limits = _percentiles(crop)
         return to_model_rgb(crop, rgb=self.rgb, contrast_limits=self.contrast_limits)
 
+    def prepare(self, view: View) -> np.ndarray:
+        """The (h, w, 3) uint8 pixels the model sees of ``view`` (only its region read; this image's contrast)."""
+        return self._prepare(self.image, view)
+
     def embed_view(self, view: View, *, cancel: CancelToken | None = None, name: Tile | View | None = None
                    ) -> ImageEmbedding:
         """The embedding of any view of this image, cached like any embedding under :func:`~.views.view_key`.
