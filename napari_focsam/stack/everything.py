@@ -88,6 +88,8 @@ def segment_everything_stack(
         limits = stack_limits(reader)
     total = reader.n_slices
     done = 0
+    task: Callable[..., tuple[int, np.ndarray]]
+    model_arg: Any  # the manager (serial) or the config the Dask workers load
     with runner_for(client, workers, None) as runner:
         if client is None and not workers:
             task, model_arg = _slice_task, local_manager(model)
