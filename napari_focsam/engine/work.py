@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .channels import ChannelStack
 from .image import take_slice
 from .manager import ModelManager
 from .types import CancelToken, Prompts
@@ -30,12 +31,20 @@ class ClickResult:
     finished_at: float = 0.0  # time.perf_counter() when the worker was done
 
 
+def model_slice(data: Any, index: tuple[int, ...], rgb: bool) -> tuple[np.ndarray, bool]:
+    """Slice ``index`` of ``data`` (an image array, or a :class:`~napari_focsam.engine.channels.ChannelStack`, whose
+    slice is the mixed RGB image) and whether it is RGB."""
+    if isinstance(data, ChannelStack):
+        return data.take(index), True
+    return take_slice(data, index, rgb=rgb), rgb
+
+
 def embed_slice(manager: ModelManager, data: Any, index: tuple[int, ...], rgb: bool,
                 contrast: tuple[float, float], cancel: CancelToken | None = None,
                 ) -> tuple[ModelManager, tuple[int, ...], str, float | None]:
     """Embed one slice (from the cache if it is there). Returns the manager, the slice, the key and the seconds
     spent computing (None: it came from the cache). ``cancel`` is polled between the encoder's blocks."""
-    image = take_slice(data, index, rgb=rgb)
+    image, rgb = model_slice(data, index, rgb)
     embedding = manager.embed(image, rgb=rgb, contrast_limits=None if rgb else contrast, cancel=cancel)
     info = manager.last_embed
     seconds = info.seconds if info is not None and info.key == embedding.key and not info.from_cache else None
@@ -56,7 +65,7 @@ def compute_object(manager: ModelManager, data: Any, index: tuple[int, ...], rgb
     embedded = None
     session = _known_session(manager, known_key, object_id)
     if session is None:
-        image = take_slice(data, index, rgb=rgb)
+        image, rgb = model_slice(data, index, rgb)
         embedding = manager.embed(image, rgb=rgb, contrast_limits=None if rgb else contrast)
         info = manager.last_embed
         embedded = info.seconds if info is not None and info.key == embedding.key and not info.from_cache else None
