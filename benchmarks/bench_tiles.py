@@ -98,8 +98,9 @@ def worker_microsam(checkpoint: str, image_path: str, clicks: list[list[int]]) -
     mask = np.zeros(image.shape, bool)  # the tiles under the click only (see the module docstring)
     y, x = clicks[0]
     mask[y, x] = True
+    n_tiles = (-(-side // TILE)) ** 2  # one batch: micro-sam 1.8.14 splits a mask's tiles into n_tiles batches
     embeddings = precompute_image_embeddings(predictor, image, tile_shape=(TILE, TILE), halo=(HALO, HALO),
-                                             verbose=False, mask=mask)
+                                             verbose=False, mask=mask, batch_size=n_tiles)
     embed_seconds = time.perf_counter() - start
     points, labels = [], []
     for y, x in clicks:
@@ -108,7 +109,6 @@ def worker_microsam(checkpoint: str, image_path: str, clicks: list[list[int]]) -
         segment_from_points(predictor, np.asarray(points, float), np.asarray(labels), image_embeddings=embeddings)
         times.append(time.perf_counter() - start)
         start = time.perf_counter()
-    n_tiles = (-(-side // TILE)) ** 2
     computed = sum(1 for _ in embeddings["features"].keys()) if hasattr(embeddings["features"], "keys") else 1
     return {"first": times[0], "next": times[1:], "peak_mb": rss_mb(), "loaded_mb": loaded, "version":
             micro_sam.__version__, "embed_seconds": embed_seconds, "tiles_embedded": computed, "tiles": n_tiles}
@@ -149,6 +149,7 @@ def main() -> None:
         for variant in ("tiled", "resized"):
             results[f"ours, {variant}"] = run_worker(sys.executable, [variant, args.model, image_path,
                                                                       json.dumps(clicks)])
+            print(f"ours, {variant}: {json.dumps(results[f'ours, {variant}'])}", flush=True)
         if use_microsam:
             from napari_focsam import ModelManager
 
