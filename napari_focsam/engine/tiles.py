@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .image import DEFAULT_PERCENTILES
+from .image import DEFAULT_PERCENTILES, robust_range
 from .threads import bulk_work
 from .tile_grid import Tile, TileGrid, check_tiling, default_tiling, prompts_extent
 from .types import Cancelled, CancelToken, ImageEmbedding, Prompts
@@ -133,6 +133,10 @@ class TiledImage:
                     self.contrast_limits = _percentiles(crop)
         return to_model_rgb(crop, rgb=self.rgb, contrast_limits=self.contrast_limits)
 
+    def prepare(self, view: View) -> np.ndarray:
+        """The (h, w, 3) uint8 pixels the model sees of ``view`` (only its region read; this image's contrast)."""
+        return self._prepare(self.image, view)
+
     def embed_view(self, view: View, *, cancel: CancelToken | None = None, name: Tile | View | None = None
                    ) -> ImageEmbedding:
         """The embedding of any view of this image, cached like any embedding under :func:`~.views.view_key`.
@@ -162,7 +166,7 @@ class TiledImage:
 
     def embed_tile(self, tile: Tile, *, cancel: CancelToken | None = None) -> ImageEmbedding:
         """Tile ``tile``'s embedding (its view's region read, embedded and cached on first use)."""
-        return self.embed_view(self.grid.view(tile), cancel=cancel, name=tuple(tile))
+        return self.embed_view(self.grid.view(tile), cancel=cancel, name=(tile[0], tile[1]))
 
     def prefetch(self, tile: Tile, rings: int | None = None) -> threading.Thread | None:
         """Embed the tiles around ``tile`` in a background thread, nearest first, skipping cached ones; a new call
@@ -203,9 +207,9 @@ class TiledImage:
         """The view that answers ``prompts`` by rule 1 (see the module) and its tile (None for a free view)."""
         tile = self.grid.tile_for(prompts)
         view = self.grid.view(tile)
-        if _fits(view, prompts):
-            return view, tile
         box = prompts_extent(prompts)
+        if box is None or _fits(view, box):
+            return view, tile
         free = view_around(box, self.shape, self.grid.view_side, margin=self.grid.halo)
         return free, None
 
@@ -243,20 +247,17 @@ def tiled_image_for(manager: ModelManager, data: Any, index: tuple[int, ...], rg
         return tiled
 
 
-def _fits(view: View, prompts: Prompts) -> bool:
-    box = prompts_extent(prompts)
+def _fits(view: View, box: np.ndarray | None) -> bool:
+    """Whether ``box`` (see :func:`~.tile_grid.prompts_extent`; None: no prompts) lies inside ``view``."""
     return box is None or (view.contains(box[0], box[1]) and view.contains(box[2], box[3]))
 
 
 def _percentiles(array: Any) -> tuple[float, float]:
     values = np.asarray(array.compute() if hasattr(array, "compute") else array, dtype=np.float32)
-    values = values[np.isfinite(values)]
-    if values.size > 1_000_000:
-        values = values[:: values.size // 1_000_000]
-    if not values.size:
+    finite = np.isfinite(values)
+    if not finite.any():
         return 0.0, 1.0
-    low, high = np.percentile(values, DEFAULT_PERCENTILES)
-    return float(low), float(high)
+    return robust_range(values, finite, DEFAULT_PERCENTILES)
 
 
 class TiledObject:
@@ -301,7 +302,7 @@ class TiledObject:
             if prompts.is_empty:
                 raise ValueError("no prompts: click on the object first")
             current = self.current
-            moved = current is None or not _fits(current.view, prompts)
+            moved = current is None or not _fits(current.view, prompts_extent(prompts))
             if moved:
                 view, tile = self.tiled.view_for(prompts)
                 embedding = (self.tiled.embed_tile(tile, cancel=cancel) if tile is not None

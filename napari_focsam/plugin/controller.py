@@ -29,6 +29,7 @@ from psygnal import Signal
 
 from ..engine.jobs import Job
 from ..engine.manager import ModelManager
+from ..engine.object_commits import ObjectCommits
 from ..engine.session import ObjectSession
 from ..engine.types import CancelToken, Prompts
 from . import layers as L
@@ -44,7 +45,7 @@ from .work import ClickResult, TileSettings, compute_object, embed_slice
 CLICK = "click"  # job keys: (CLICK, slice, object id)
 
 
-class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, GuiJobs):
+class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, GuiJobs, ObjectCommits):
     """Drives one image / clicks / labels triple with a :class:`ModelManager` (layers read and written on the GUI
     thread, model work in the job runner's threads)."""
 
@@ -207,10 +208,6 @@ class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, G
         self.status.emit(", ".join(parts))
         self.changed.emit()
 
-    def _job_finished(self, object_id: int) -> None:
-        if object_id in self._committing and not self._jobs_of(object_id):
-            self._finish_commit(object_id)
-
     def _jobs_of(self, object_id: int) -> list[Hashable]:
         return self.jobs.active(lambda key: key[0] == CLICK and key[2] == object_id)
 
@@ -251,32 +248,17 @@ class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, G
         still running finish and write their masks; then its sessions keep only what re-opening needs."""
         if self.labels is None:
             return
-        committed = self.object_id
         self._clear_prompts()
-        self._committing.add(committed)
-        self._start_new_object()
-        if not self._jobs_of(committed):
-            self._finish_commit(committed)
+        self._commit_current()
         self.status.emit(f"committed; now object {self.object_id}")
         self.changed.emit()
-
-    def _finish_commit(self, object_id: int) -> None:
-        """The committed object's jobs are done: drop its undo bases and release its sessions' history."""
-        self._committing.discard(object_id)
-        self._bases = {k: v for k, v in self._bases.items() if k[1] != object_id}
-        if self.manager is not None:
-            for session in self.manager.objects():
-                if session.object_id == object_id:
-                    self.manager.commit_object(session)
 
     def _start_new_object(self) -> None:
         """The next object gets an id above every id in the Labels layer and every id still computing, and starts
         from nothing (no stale session of an earlier object)."""
         busy = [key[2] for key in self.jobs.active(lambda key: key[0] == CLICK)]
-        top = int(np.max(self.labels.data)) if self.labels.data.size else 0
-        self.object_id = max([top, *busy]) + 1
+        self._begin_object(int(np.max(self.labels.data)) if self.labels.data.size else 0, busy)
         self.labels.selected_label = self.object_id
-        self._close_sessions(self.object_id)
 
     def cancel(self) -> None:
         """Drop the current object: its jobs are discarded, its pixels go back to what they were, its clicks are
@@ -346,12 +328,6 @@ class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, G
         if label == self.object_id:
             self.cancel()
         self.changed.emit()
-
-    def _close_sessions(self, label: int) -> None:
-        if self.manager is not None:
-            for session in self.manager.objects():
-                if session.object_id == label:
-                    self.manager.close_object(session)
 
     # ------------------------------------------------------------------ embeddings
     def embed_current(self) -> None:

@@ -43,6 +43,12 @@ MODELS = (*MODELS[:-1],
           ("SegNext ViT-B SA×2 (dense prompts; slow per click on a CPU)", "segnext_vitb_sa2"),
           ("SegNext ViT-B SA×1 (dense prompts; slow per click on a CPU)", "segnext_vitb_sa1"),
           MODELS[-1])
+# ---- microscopy and medicine (docs/models.md): the name and the registry's one-line summary ----
+MODELS = (*MODELS[:-1],
+          *((f"{REGISTRY[n].display_name}: {REGISTRY[n].summary}", n)
+            for n in ("microsam_vit_b_lm", "microsam_vit_l_lm", "microsam_vit_b_em_organelles",
+                      "microsam_vit_l_em_organelles", "medsam_vit_b")),
+          MODELS[-1])
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: (shown, ``ModelManager.load(precision=...)``)
 PRECISION_CHOICES = (
