@@ -2,13 +2,15 @@
 engine's own click next to micro-sam's in the same run.
 
     xvfb-run -a python benchmarks/bench_widget.py [--clicks 30] [--size 1024] [--loads idle,busy,torch2]
-        [--backends fallback,sam_tiny,sam_vit_b] [--hidden] [--micro-sam PYTHON] [--threads-sweep]
+        [--backends fallback,sam_tiny,sam_vit_b] [--hidden] [--micro-sam PYTHON] [--gui-cpu]
 
 Each backend gets a real viewer (``napari.Viewer(show=True)``; under Xvfb + Mesa it renders for real) with the
 annotator attached. A click is added through the Points layer exactly as a mouse click adds it; the time runs until
 the canvas has drawn the first frame after the mask was written into the Labels layer (``--hidden``: until the
 write, since a hidden canvas never draws). The split shows where the time goes: the model's click in the worker,
-the hand-off to the GUI thread, the Labels write, the redraw.
+the hand-off to the GUI thread, the Labels write, the redraw. ``--gui-cpu`` adds, per backend, the CPU time a click
+costs the GUI thread by part (napari's point, the frames, the layer list, the plugin's own work) and Mesa's
+rasterizer threads (``_gui_cpu.py``): CPU time hardly depends on the machine's other load.
 
 Background loads (started by this script, stopped after each condition):
 
@@ -41,6 +43,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _gui_cpu import GuiCpu
 
 from napari_focsam.engine.threads import threads_for, work_done
 
@@ -204,14 +207,16 @@ class WidgetRig:
                 "handoff": entered - result.finished_at,
                 "write": written - entered, "draw": end - written}
 
-    def session_clicks(self, n: int, rng: np.random.Generator) -> list[dict[str, float]]:
+    def session_clicks(self, n: int, rng: np.random.Generator, cpu: GuiCpu | None = None) -> list[dict[str, float]]:
+        """``n`` clicks, a new object every 5; ``cpu`` (optional) accounts the GUI thread's CPU time of each."""
         out = []
         size = self.viewer.layers["image"].data.shape
         for i in range(n):
             if i % 5 == 0:
                 self.controller.commit()  # a new object every 5 clicks (FocSAM's refiner step included)
             y, x = rng.uniform(0.05, 0.95) * size[0], rng.uniform(0.05, 0.95) * size[1]
-            out.append(self.click(y, x, positive=i % 5 != 3))
+            with cpu if cpu is not None else contextlib.nullcontext():
+                out.append(self.click(y, x, positive=i % 5 != 3))
             time.sleep(0.05)  # a user's clicks are never back to back
         return out
 
@@ -323,6 +328,8 @@ def main() -> None:
                                                              str(Path.home() / ".cache/microsam-venv/bin/python")))
     parser.add_argument("--no-embedding", action="store_true", help="skip the shown-vs-hidden embedding timing")
     parser.add_argument("--engine-model", default="sam_vit_b", help="the SAM model of the engine-only comparison")
+    parser.add_argument("--gui-cpu", action="store_true",
+                        help="also print the GUI thread's and the rasterizer's CPU time per click, by part (idle)")
     args = parser.parse_args()
 
     from napari_focsam.engine.manager import ModelManager
@@ -343,6 +350,7 @@ def main() -> None:
     engine = ModelManager.load(args.engine_model, device="cpu", allow_random_weights=True)
     embedding = engine.embed(image)
     summary = []
+    cpu_lines: list[str] = []
     print(f"\n{'load':<7} {'backend':<10} {'p50 ms':>7} {'p95 ms':>7}   median split (prep / model / hand-off / "
           "write / draw, ms)")
     for backend in backends:  # one window at a time, as a user has it
@@ -356,7 +364,13 @@ def main() -> None:
                                for k in ("prep", "model", "handoff", "write", "draw"))
             print(f"{load:<7} {backend:<10} {p50:7.0f} {p95:7.0f}   {split}", flush=True)
             summary.append((load, backend, p50, p95))
+        if args.gui_cpu and not args.hidden:
+            cpu = GuiCpu()
+            rig.session_clicks(args.clicks, np.random.default_rng(3), cpu)
+            cpu_lines.append(f"{backend:<10} {cpu.summary()}")
         rig.close()
+    for line in cpu_lines:
+        print(line)
     idle = {b: p50 for load, b, p50, _ in summary if load == "idle"}
     for load, backend, _, p95 in summary:
         if load != "idle" and backend in idle:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .image import DEFAULT_PERCENTILES
+from .image import DEFAULT_PERCENTILES, robust_range
 
 GRAY = (1.0, 1.0, 1.0)
 RED, GREEN, BLUE = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)
@@ -102,6 +102,7 @@ def mix_channels(data: np.ndarray, mix: ChannelMix | None = None, *, channel_axi
         scaled = _unit(plane, limits, percentiles)
         layer = scaled[..., None] * np.asarray(colour, np.float32)
         total = layer if total is None else total + layer
+    assert total is not None  # mix.check: at least one channel
     return np.ascontiguousarray(np.clip(np.rint(total * 255.0), 0, 255).astype(np.uint8))
 
 
@@ -109,12 +110,7 @@ def _unit(plane: np.ndarray, limits: tuple[float, float] | None, percentiles: tu
     finite = np.isfinite(plane)
     if not finite.any():
         return np.zeros(plane.shape, np.float32)
-    if limits is None:
-        sample = plane[finite] if not finite.all() else plane.reshape(-1)
-        if sample.size > 1_000_000:
-            sample = sample[:: sample.size // 1_000_000]
-        limits = tuple(float(v) for v in np.percentile(sample, percentiles))
-    low, high = limits
+    low, high = robust_range(plane, finite, percentiles) if limits is None else limits
     if high <= low:
         return np.zeros(plane.shape, np.float32)
     out = (plane - low) / (high - low)
@@ -145,4 +141,4 @@ def _limits(value: Sequence[float] | None) -> tuple[float, float] | None:
     pair = tuple(float(v) for v in value)
     if len(pair) != 2 or not all(np.isfinite(pair)):
         raise ValueError(f"contrast limits are two finite numbers (low, high), got {value!r}")
-    return pair  # type: ignore[return-value]
+    return pair

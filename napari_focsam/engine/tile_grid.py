@@ -47,12 +47,15 @@ def should_tile(shape: tuple[int, ...], input_side: int, threshold: int | None =
     return max(int(shape[0]), int(shape[1])) > limit
 
 
+def _pixels(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"the {name} must be a whole number of pixels, got {value!r}")
+    return int(value)
+
+
 def check_tiling(tile: object, halo: object) -> tuple[int, int]:
     """``(tile, halo)`` as ints, or ValueError saying what is wrong."""
-    for name, value in (("tile size", tile), ("halo", halo)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise ValueError(f"the {name} must be a whole number of pixels, got {value!r}")
-    tile, halo = int(tile), int(halo)  # type: ignore[call-overload]
+    tile, halo = _pixels("tile size", tile), _pixels("halo", halo)
     if tile < 1:
         raise ValueError(f"the tile size must be at least 1 pixel, got {tile}")
     if halo < 0:

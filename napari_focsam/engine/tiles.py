@@ -15,7 +15,8 @@ background (:meth:`TiledImage.prefetch`, ``prefetch`` rings of tiles; superseded
 2. later steps stay on that view while every prompt lies inside it (the object keeps its state: FocSAM's refined
    embedding, the previous logits);
 3. a prompt outside it moves the object to the view that rule 1 picks for all its prompts, where they are replayed
-   (the mask is then what giving them all on that view gives).
+   (the mask is then what giving them all on that view gives); undoing that step goes back to the view it left, in
+   the exact state it had there.
 
 Every answer is a :class:`~.views.ViewMask`: the mask of the view's region, written back there only
 (:meth:`TiledObject.write` also clears the object from a region it left). The mask of an object equals that of the
@@ -29,12 +30,13 @@ percentiles of the smallest level of a multi-scale image, or of the first tile r
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .image import DEFAULT_PERCENTILES
+from .image import DEFAULT_PERCENTILES, robust_range
 from .threads import bulk_work
 from .tile_grid import Tile, TileGrid, check_tiling, default_tiling, prompts_extent
 from .types import Cancelled, CancelToken, ImageEmbedding, Prompts
@@ -93,6 +95,8 @@ class TiledImage:
             if not 0 <= int(i) < n:
                 raise IndexError(f"slice index {i} is outside axis {axis} of length {n}")
         self.manager = manager
+        self.data = image
+        self._objects: dict[int, TiledObject] = {}
         self.image = _Plane(data, tuple(int(i) for i in index)) if index else data
         self.rgb = bool(rgb)
         side = input_side(manager.predictor)
@@ -129,6 +133,10 @@ class TiledImage:
                     self.contrast_limits = _percentiles(crop)
         return to_model_rgb(crop, rgb=self.rgb, contrast_limits=self.contrast_limits)
 
+    def prepare(self, view: View) -> np.ndarray:
+        """The (h, w, 3) uint8 pixels the model sees of ``view`` (only its region read; this image's contrast)."""
+        return self._prepare(self.image, view)
+
     def embed_view(self, view: View, *, cancel: CancelToken | None = None, name: Tile | View | None = None
                    ) -> ImageEmbedding:
         """The embedding of any view of this image, cached like any embedding under :func:`~.views.view_key`.
@@ -158,7 +166,7 @@ class TiledImage:
 
     def embed_tile(self, tile: Tile, *, cancel: CancelToken | None = None) -> ImageEmbedding:
         """Tile ``tile``'s embedding (its view's region read, embedded and cached on first use)."""
-        return self.embed_view(self.grid.view(tile), cancel=cancel, name=tuple(tile))
+        return self.embed_view(self.grid.view(tile), cancel=cancel, name=(tile[0], tile[1]))
 
     def prefetch(self, tile: Tile, rings: int | None = None) -> threading.Thread | None:
         """Embed the tiles around ``tile`` in a background thread, nearest first, skipping cached ones; a new call
@@ -199,9 +207,9 @@ class TiledImage:
         """The view that answers ``prompts`` by rule 1 (see the module) and its tile (None for a free view)."""
         tile = self.grid.tile_for(prompts)
         view = self.grid.view(tile)
-        if _fits(view, prompts):
-            return view, tile
         box = prompts_extent(prompts)
+        if box is None or _fits(view, box):
+            return view, tile
         free = view_around(box, self.shape, self.grid.view_side, margin=self.grid.halo)
         return free, None
 
@@ -209,21 +217,47 @@ class TiledImage:
     def new_object(self, object_id: int | None = None) -> TiledObject:
         return TiledObject(self, object_id)
 
+    def object(self, object_id: int, *, create: bool = True) -> TiledObject | None:
+        """The object ``object_id`` of this image (opened on first use when ``create``); a front-end's objects."""
+        with self._lock:
+            obj = self._objects.get(int(object_id))
+            if obj is None and create:
+                obj = self._objects[int(object_id)] = TiledObject(self, int(object_id))
+            return obj
 
-def _fits(view: View, prompts: Prompts) -> bool:
-    box = prompts_extent(prompts)
+
+_REGISTRY: weakref.WeakKeyDictionary[Any, dict[tuple, TiledImage]] = weakref.WeakKeyDictionary()
+_REGISTRY_LOCK = threading.Lock()
+
+
+def tiled_image_for(manager: ModelManager, data: Any, index: tuple[int, ...], rgb: bool,
+                    contrast_limits: Sequence[float] | None, tile: int | None = None, halo: int | None = None
+                    ) -> TiledImage:
+    """The :class:`TiledImage` a front-end uses for one slice of ``data`` with ``manager`` (made once, then kept
+    with the manager while the same data array, slice, colour mode, contrast limits and tiling are asked for)."""
+    limits = None if contrast_limits is None else tuple(float(v) for v in contrast_limits)
+    key = (id(data), tuple(index), bool(rgb), limits, tile, halo)
+    with _REGISTRY_LOCK:
+        images = _REGISTRY.setdefault(manager, {})
+        tiled = images.get(key)
+        if tiled is not None and tiled.data is data:
+            return tiled
+        tiled = TiledImage(manager, data, tile=tile, halo=halo, rgb=rgb, contrast_limits=limits, index=index)
+        images[key] = tiled
+        return tiled
+
+
+def _fits(view: View, box: np.ndarray | None) -> bool:
+    """Whether ``box`` (see :func:`~.tile_grid.prompts_extent`; None: no prompts) lies inside ``view``."""
     return box is None or (view.contains(box[0], box[1]) and view.contains(box[2], box[3]))
 
 
 def _percentiles(array: Any) -> tuple[float, float]:
     values = np.asarray(array.compute() if hasattr(array, "compute") else array, dtype=np.float32)
-    values = values[np.isfinite(values)]
-    if values.size > 1_000_000:
-        values = values[:: values.size // 1_000_000]
-    if not values.size:
+    finite = np.isfinite(values)
+    if not finite.any():
         return 0.0, 1.0
-    low, high = np.percentile(values, DEFAULT_PERCENTILES)
-    return float(low), float(high)
+    return robust_range(values, finite, DEFAULT_PERCENTILES)
 
 
 class TiledObject:
@@ -235,6 +269,10 @@ class TiledObject:
         self.current: ViewObject | None = None
         self.tile: Tile | None = None
         self._regions: list[tuple[int, int, int, int]] = []
+        #: (view object, tile, its step count when the object moved there): views left / moved back from by undo
+        self._left: list[tuple[ViewObject, Tile | None, int]] = []
+        self._undone: list[tuple[ViewObject, Tile | None, int]] = []
+        self._entered_at = 0
         self._lock = threading.RLock()
 
     @property
@@ -264,15 +302,20 @@ class TiledObject:
             if prompts.is_empty:
                 raise ValueError("no prompts: click on the object first")
             current = self.current
-            if current is None or not _fits(current.view, prompts):
+            moved = current is None or not _fits(current.view, prompts_extent(prompts))
+            if moved:
                 view, tile = self.tiled.view_for(prompts)
                 embedding = (self.tiled.embed_tile(tile, cancel=cancel) if tile is not None
                              else self.tiled.embed_view(view, cancel=cancel))
                 current = ViewObject(view, self.tiled.manager.new_object(embedding, self.object_id))
-                self.current, self.tile = current, tile
                 if tile is not None:
                     self.tiled.prefetch(tile)
             result = current.sync(prompts, cancel=cancel)
+            if moved:
+                if self.current is not None:
+                    self._left.append((self.current, self.tile, self._entered_at))
+                self.current, self.tile, self._entered_at = current, tile, current.session.n_steps
+            self._undone.clear()
             if result.region not in self._regions:
                 self._regions.append(result.region)
             return result
@@ -290,10 +333,26 @@ class TiledObject:
         return self.sync(self._full_region(self.prompts).with_mask(mask), cancel=cancel)
 
     def undo(self) -> ViewMask | None:
-        return None if self.current is None else self.current.undo()
+        """One step back; the step that moved the object to another view goes back to the view it left, in the
+        exact state it had there."""
+        with self._lock:
+            if self.current is None:
+                return None
+            if self._left and self.current.session.n_steps <= self._entered_at:
+                self._undone.append((self.current, self.tile, self._entered_at))
+                self.current, self.tile, self._entered_at = self._left.pop()
+                return self.current.mask
+            return self.current.undo()
 
     def redo(self) -> ViewMask | None:
-        return None if self.current is None else self.current.redo()
+        with self._lock:
+            if self.current is None:
+                return None
+            if self._undone and not self.current.session.can_redo:
+                self._left.append((self.current, self.tile, self._entered_at))
+                self.current, self.tile, self._entered_at = self._undone.pop()
+                return self.current.mask
+            return self.current.redo()
 
     def write(self, labels: Any, value: int) -> None:
         """Write the current mask into ``labels`` (full-size; numpy, zarr) as ``value``, touching only the regions

@@ -247,7 +247,10 @@ class MedsamTransform(StretchTransform):
         return torch.logit(probabilities, eps=1e-6)
 
 
-TRANSFORMS = {"sam": SamTransform, "focsam": FocsamTransform, "stretch": StretchTransform, "medsam": MedsamTransform}
+_Frame = SamTransform | FocsamTransform | StretchTransform | MedsamTransform
+TRANSFORMS: dict[str, type[_Frame]] = {
+    "sam": SamTransform, "focsam": FocsamTransform, "stretch": StretchTransform, "medsam": MedsamTransform,
+}
 
 
 def make_transform(preprocessing: str, input_size: int = 1024

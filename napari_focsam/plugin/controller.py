@@ -29,6 +29,7 @@ from psygnal import Signal
 
 from ..engine.jobs import Job
 from ..engine.manager import ModelManager
+from ..engine.object_commits import ObjectCommits
 from ..engine.session import ObjectSession
 from ..engine.types import CancelToken, Prompts
 from . import layers as L
@@ -38,12 +39,13 @@ from .label_edits import LabelEdits
 from .prompt_input import PromptInput
 from .shape_input import ShapeInput
 from .stability_view import StabilityView
-from .work import ClickResult, compute_object, embed_slice
+from .tiles_view import step_tiled
+from .work import ClickResult, TileSettings, compute_object, embed_slice
 
 CLICK = "click"  # job keys: (CLICK, slice, object id)
 
 
-class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, GuiJobs):
+class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, GuiJobs, ObjectCommits):
     """Drives one image / clicks / labels triple with a :class:`ModelManager` (layers read and written on the GUI
     thread, model work in the job runner's threads)."""
 
@@ -61,6 +63,7 @@ class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, G
         self.object_id = 1
         self.overwrite = False
         self.prefetch = False
+        self.tiles = TileSettings()  #: large slices in tiles (engine/tiles.py): when, tile size, halo
         self.next_positive = True
         self.last_click_seconds: float | None = None
         self.last_embed_seconds: float | None = None
@@ -172,7 +175,7 @@ class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, G
         args = (self.manager, self.image.data, index, self.image.rgb, contrast, object_id, prompts)
 
         def work(token: CancelToken) -> ClickResult:
-            return compute_object(*args, token, known_key=self._known.get(known))
+            return compute_object(*args, token, known_key=self._known.get(known), tiles=self.tiles)
 
         def done(result: ClickResult) -> None:
             if result.manager is self.manager and self.image is not None and args[1] is self.image.data:
@@ -205,10 +208,6 @@ class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, G
         self.status.emit(", ".join(parts))
         self.changed.emit()
 
-    def _job_finished(self, object_id: int) -> None:
-        if object_id in self._committing and not self._jobs_of(object_id):
-            self._finish_commit(object_id)
-
     def _jobs_of(self, object_id: int) -> list[Hashable]:
         return self.jobs.active(lambda key: key[0] == CLICK and key[2] == object_id)
 
@@ -228,6 +227,7 @@ class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, G
     def _step(self, which: str) -> None:
         session = self.session()
         if session is None:
+            step_tiled(self, which)
             return
         index = self.index
         self.cancel_stability()
@@ -248,32 +248,17 @@ class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, G
         still running finish and write their masks; then its sessions keep only what re-opening needs."""
         if self.labels is None:
             return
-        committed = self.object_id
         self._clear_prompts()
-        self._committing.add(committed)
-        self._start_new_object()
-        if not self._jobs_of(committed):
-            self._finish_commit(committed)
+        self._commit_current()
         self.status.emit(f"committed; now object {self.object_id}")
         self.changed.emit()
-
-    def _finish_commit(self, object_id: int) -> None:
-        """The committed object's jobs are done: drop its undo bases and release its sessions' history."""
-        self._committing.discard(object_id)
-        self._bases = {k: v for k, v in self._bases.items() if k[1] != object_id}
-        if self.manager is not None:
-            for session in self.manager.objects():
-                if session.object_id == object_id:
-                    self.manager.commit_object(session)
 
     def _start_new_object(self) -> None:
         """The next object gets an id above every id in the Labels layer and every id still computing, and starts
         from nothing (no stale session of an earlier object)."""
         busy = [key[2] for key in self.jobs.active(lambda key: key[0] == CLICK)]
-        top = int(np.max(self.labels.data)) if self.labels.data.size else 0
-        self.object_id = max([top, *busy]) + 1
+        self._begin_object(int(np.max(self.labels.data)) if self.labels.data.size else 0, busy)
         self.labels.selected_label = self.object_id
-        self._close_sessions(self.object_id)
 
     def cancel(self) -> None:
         """Drop the current object: its jobs are discarded, its pixels go back to what they were, its clicks are
@@ -344,12 +329,6 @@ class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, G
             self.cancel()
         self.changed.emit()
 
-    def _close_sessions(self, label: int) -> None:
-        if self.manager is not None:
-            for session in self.manager.objects():
-                if session.object_id == label:
-                    self.manager.close_object(session)
-
     # ------------------------------------------------------------------ embeddings
     def embed_current(self) -> None:
         """Embed the shown slice in the background (with a progress bar) so the first click is fast. While one
@@ -373,11 +352,13 @@ class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, G
     def _embed(self, index: tuple[int, ...], prefetch: bool = False) -> None:
         args = (self.manager, self.image.data, index, self.image.rgb, tuple(self.image.contrast_limits))
         if prefetch:  # the low-priority background thread: clicks never wait behind it
-            self.jobs.background(("prefetch", index), lambda token: embed_slice(*args), self._on_embedded,
+            self.jobs.background(("prefetch", index), lambda token: embed_slice(*args, tiles=self.tiles),
+                                 self._on_embedded,
                                  self._on_error)
             return
         label = f"Embedding slice {index}" if index else "Embedding image"
-        self.run_job(lambda token: embed_slice(*args, cancel=token), self._on_embedded, key=("embed",),
+        self.run_job(lambda token: embed_slice(*args, cancel=token, tiles=self.tiles), self._on_embedded,
+                     key=("embed",),
                      progress=label, steps=_embedding_steps(self.manager), supersede=False)
 
     def _on_embedded(self, result: tuple[ModelManager, tuple[int, ...], str, float | None]) -> None:

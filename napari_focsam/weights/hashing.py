@@ -7,6 +7,7 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from .checkpoint import CheckpointError
 
@@ -18,9 +19,16 @@ _CHUNK = 1 << 20
 HASH_ALGORITHMS = ("sha256", "xxh128")
 
 
+class _Digest(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
 def hash_file(path: str | os.PathLike, algorithm: str = "sha256", progress: ProgressCallback | None = None) -> str:
     """The lower-case hex digest (``"sha256"`` or ``"xxh128"``) of a file, read in 1 MiB chunks
     (``progress(done, total)`` after each)."""
+    digest: _Digest
     if algorithm == "sha256":
         digest = hashlib.sha256()
     elif algorithm == "xxh128":

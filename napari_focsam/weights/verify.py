@@ -214,7 +214,7 @@ class VerifyReport:
             if self.entry is not None and compared == algorithm and self.hash_ok is not None:
                 what = f"{self.entry.display_name} {'download' if self.entry.archive else 'file'}"
                 verdict = (f": the official {what} ({self.path.name})" if self.hash_ok
-                           else f": NOT the official {what} (expected {self.expected_hash.partition(':')[2]})")
+                           else f": NOT the official {what} (expected {(self.expected_hash or '').partition(':')[2]})")
             elif self.entry is not None and self.path.suffix == ".safetensors":
                 verdict = " (a lean copy made from the checkpoint: checked by structure)"
             elif self.entry is not None and not compared:
@@ -256,8 +256,8 @@ def _match_entry(path: Path, report: VerifyReport, state: Mapping[str, torch.Ten
     for entry in candidates:
         if path.name in (entry.file_name, entry.lean_name, entry.archive_name):
             return entry
-    match = best_matching_spec(state) if state else None
-    return next((e for e in candidates if match is not None and e.spec_name == match.name), None)
+    spec = best_matching_spec(state) if state else None
+    return next((e for e in candidates if spec is not None and e.spec_name == spec.name), None)
 
 
 def verify_file(path: str | os.PathLike, name: str | None = None, *, full_hash: bool = True) -> VerifyReport:
@@ -326,14 +326,17 @@ def _verify_archive(report: VerifyReport) -> VerifyReport:
         report.entry = next((e for e in REGISTRY.values() if e.archive and e.sha256 == report.sha256), None)
     entries = [report.entry] if report.entry else [e for e in REGISTRY.values() if e.archive]
     for entry in entries:
-        member = archive_member(report.path, entry.file_name) if entry and entry.file_name else None
+        file_name = entry.file_name if entry else None
+        if file_name is None:
+            continue
+        member = archive_member(report.path, file_name)
         if member is None:
             continue
         staging = models_dir() / ".partial"
         staging.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=staging, prefix="verify-") as tmp:
             try:
-                extracted = extract_member(report.path, member, Path(tmp) / entry.file_name)
+                extracted = extract_member(report.path, member, Path(tmp) / file_name)
             except CheckpointError as exc:
                 report.entry = entry
                 report.problems.append(str(exc))
