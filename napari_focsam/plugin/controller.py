@@ -40,7 +40,8 @@ from .label_edits import LabelEdits
 from .prompt_input import PromptInput
 from .shape_input import ShapeInput
 from .stability_view import StabilityView
-from .work import ClickResult, compute_object
+from .tiles_view import step_tiled
+from .work import ClickResult, TileSettings, compute_object
 
 CLICK = "click"  # job keys: (CLICK, slice, object id)
 
@@ -64,6 +65,7 @@ class AnnotationController(ImageSource, PromptInput, ShapeInput, StabilityView, 
         self.object_id = 1
         self.overwrite = False
         self.prefetch = False
+        self.tiles = TileSettings()  #: large slices in tiles (engine/tiles.py): when, tile size, halo
         self.next_positive = True
         self.last_click_seconds: float | None = None
         self.last_embed_seconds: float | None = None
@@ -181,7 +183,7 @@ class AnnotationController(ImageSource, PromptInput, ShapeInput, StabilityView, 
         args = (self.manager, data, index, rgb, contrast, object_id, prompts)
 
         def work(token: CancelToken) -> ClickResult:
-            return compute_object(*args, token, known_key=self._known.get(known))
+            return compute_object(*args, token, known_key=self._known.get(known), tiles=self.tiles)
 
         def done(result: ClickResult) -> None:
             if result.manager is self.manager and self.image is not None and signature == self.model_source()[3]:
@@ -233,6 +235,7 @@ class AnnotationController(ImageSource, PromptInput, ShapeInput, StabilityView, 
     def _step(self, which: str) -> None:
         session = self.session()
         if session is None:
+            step_tiled(self, which)
             return
         index = self.index
         self.cancel_stability()

@@ -128,11 +128,12 @@ class ImageSource:
         data, rgb, contrast, _ = self.model_source()
         args = (self.manager, data, index, rgb, contrast)
         if prefetch:  # the low-priority background thread: clicks never wait behind it
-            self.jobs.background(("prefetch", index), lambda token: embed_slice(*args), self._on_embedded,
-                                 self._on_error)
+            self.jobs.background(("prefetch", index), lambda token: embed_slice(*args, tiles=self.tiles),
+                                 self._on_embedded, self._on_error)
             return
         label = f"Embedding slice {index}" if index else "Embedding image"
-        self.run_job(lambda token: embed_slice(*args, cancel=token), self._on_embedded, key=("embed",),
+        self.run_job(lambda token: embed_slice(*args, cancel=token, tiles=self.tiles), self._on_embedded,
+                     key=("embed",),
                      progress=label, steps=_embedding_steps(self.manager), supersede=False)
 
     def _on_embedded(self, result: tuple[ModelManager, tuple[int, ...], str, float | None]) -> None:
