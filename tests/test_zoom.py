@@ -50,8 +50,9 @@ def test_a_small_object_is_segmented_on_its_zoom_and_pasted_back(manager):
     outside[zoomed.zoom.slices] = False
     assert np.array_equal(mask[outside], coarse[outside])  # written only inside the zoom
     more = Prompts(np.array([[1000.0, 1200.0], [1000.0, 1230.0]]), np.array([1, 0]))
+    assert not zoomed.can_undo  # the opening step is the zoom's first
     zoomed.sync(more)
-    assert zoomed.session.can_undo
+    assert zoomed.can_undo
     assert np.array_equal(zoomed.undo(), mask)  # the step before, exactly
 
 

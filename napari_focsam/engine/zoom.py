@@ -111,6 +111,11 @@ class Zoom:
         limit = np.array(self.zoomed_shape, np.float64) - 1
         return np.clip((pts - offset + 0.5) * self.factor - 0.5, 0, limit)
 
+    def from_zoom(self, points: np.ndarray) -> np.ndarray:
+        """Zoomed pixels → (y, x) image pixels (the inverse of :meth:`to_zoom`)."""
+        pts = np.asarray(points, np.float64).reshape(-1, 2)
+        return (pts + 0.5) / self.factor - 0.5 + np.array(self.region[:2], np.float64)
+
     def prepare(self, image: Any, *, rgb: bool = False, contrast_limits: Sequence[float] | None = None) -> np.ndarray:
         """The zoomed (h, w, 3) uint8 image: the region read, converted as the whole image is, resized bilinearly."""
         crop = np.asarray(image[self.slices])
@@ -144,6 +149,7 @@ class ZoomedObject:
     def __init__(self, zoom: Zoom, session: ObjectSession, coarse: np.ndarray, mask_input: bool = True) -> None:
         self.zoom, self.session, self.coarse = zoom, session, np.asarray(coarse, bool)
         self.mask_input = mask_input
+        self.opened_at = 0  # the session's steps when the zoom was opened: undoing past them leaves the zoom
 
     @classmethod
     def open(cls, manager: ModelManager, image: Any, coarse: np.ndarray, prompts: Prompts, *, rgb: bool = False,
@@ -167,6 +173,7 @@ class ZoomedObject:
         embedding = manager.embed_prepared(prepared, key, cancel=cancel)
         obj = cls(zoom, manager.new_object(embedding, object_id), coarse, mask_input)
         obj.sync(prompts, cancel=cancel)
+        obj.opened_at = obj.session.n_steps
         return obj
 
     def local(self, prompts: Prompts) -> Prompts:
@@ -182,6 +189,22 @@ class ZoomedObject:
     @property
     def mask(self) -> np.ndarray:
         return self.zoom.paste(self.session.mask, self.coarse)
+
+    @property
+    def prompts(self) -> Prompts:
+        """The clicks of the current step, in image pixels."""
+        local = self.session.prompts
+        return Prompts(self.zoom.from_zoom(local.points), np.asarray(local.labels))
+
+    def accepts(self, prompts: Prompts) -> bool:
+        """Whether ``prompts`` can be decoded on this zoom: clicks only, all inside its rectangle."""
+        return (prompts.box is None and prompts.mask is None and not prompts.scribbles and len(prompts.points) > 0
+                and self.zoom.contains(prompts.points))
+
+    @property
+    def can_undo(self) -> bool:
+        """Whether a step made on the zoom after it was opened can be undone."""
+        return self.session.can_undo and self.session.n_steps > self.opened_at
 
     def undo(self) -> np.ndarray:
         self.session.undo()

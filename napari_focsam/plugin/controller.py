@@ -42,11 +42,13 @@ from .shape_input import ShapeInput
 from .stability_view import StabilityView
 from .tiles_view import step_tiled
 from .work import ClickResult, TileSettings, compute_object
+from .zoom_view import ZoomView
 
 CLICK = "click"  # job keys: (CLICK, slice, object id)
 
 
-class AnnotationController(ImageSource, PromptInput, ShapeInput, StabilityView, LabelEdits, GuiJobs, ObjectCommits):
+class AnnotationController(ImageSource, ZoomView, PromptInput, ShapeInput, StabilityView, LabelEdits, GuiJobs,
+                           ObjectCommits):
     """Drives one image / clicks / labels triple with a :class:`ModelManager` (layers read and written on the GUI
     thread, model work in the job runner's threads)."""
 
@@ -65,6 +67,8 @@ class AnnotationController(ImageSource, PromptInput, ShapeInput, StabilityView, 
         self.object_id = 1
         self.overwrite = False
         self.prefetch = False
+        self.zooms = {}  # (slice, object) -> ZoomedObject: the object decoded on its zoom (plugin/zoom_view.py)
+        self.auto_zoom = True  # zoom in on small objects after their first click
         self.tiles = TileSettings()  #: large slices in tiles (engine/tiles.py): when, tile size, halo
         self.next_positive = True
         self.last_click_seconds: float | None = None
@@ -94,6 +98,7 @@ class AnnotationController(ImageSource, PromptInput, ShapeInput, StabilityView, 
         self._boxes_warned = False
         self._keys.clear()
         self._known.clear()
+        self.zooms.clear()
         self.status.emit(f"{manager.display_name} on {manager.device}")
         self.changed.emit()
         self.embed_current()
@@ -154,6 +159,7 @@ class AnnotationController(ImageSource, PromptInput, ShapeInput, StabilityView, 
         self._bases.clear()
         self._keys.clear()
         self._known.clear()
+        self.zooms.clear()
         self._committing.clear()
         self._init_shapes()
 
@@ -178,6 +184,10 @@ class AnnotationController(ImageSource, PromptInput, ShapeInput, StabilityView, 
         prompts = self._prompts(index)
         if (index, object_id) not in self._bases:
             self._bases[(index, object_id)] = L.slice_copy(self.labels, index)
+        zoom_work = self._zoom_work(index, object_id, prompts)
+        if zoom_work is not None:
+            self._submit_click(index, object_id, zoom_work)
+            return
         data, rgb, contrast, signature = self.model_source()
         known = (self.manager, index, signature)  # a key is only ever reused with its own model and input
         args = (self.manager, data, index, rgb, contrast, object_id, prompts)
@@ -193,6 +203,11 @@ class AnnotationController(ImageSource, PromptInput, ShapeInput, StabilityView, 
 
         self.jobs.submit((CLICK, index, object_id), work, done, self._on_error,
                          on_finished=lambda: self._job_finished(object_id), threads="interactive")
+
+    def _submit_click(self, index: tuple[int, ...], object_id: int, work: Callable[[CancelToken], Any]) -> None:
+        """A click job decoded on the object's zoom (its stability is not computed)."""
+        self.jobs.submit((CLICK, index, object_id), work, lambda result: self._on_result(self._zoom_done(result)),
+                         self._on_error, on_finished=lambda: self._job_finished(object_id), threads="interactive")
 
     def _on_result(self, result: ClickResult) -> None:
         if self.labels is None:
@@ -233,6 +248,11 @@ class AnnotationController(ImageSource, PromptInput, ShapeInput, StabilityView, 
         self._step("redo")
 
     def _step(self, which: str) -> None:
+        if (self.index, self.object_id) in self.zooms:
+            self.cancel_stability()
+            self.jobs.cancel((CLICK, self.index, self.object_id))
+            self._step_zoom(which)
+            return
         session = self.session()
         if session is None:
             step_tiled(self, which)
@@ -257,6 +277,7 @@ class AnnotationController(ImageSource, PromptInput, ShapeInput, StabilityView, 
         if self.labels is None:
             return
         self._clear_prompts()
+        self._forget_zooms(self.object_id)
         self._commit_current()
         self.status.emit(f"committed; now object {self.object_id}")
         self.changed.emit()
@@ -282,6 +303,7 @@ class AnnotationController(ImageSource, PromptInput, ShapeInput, StabilityView, 
                 L.write_object(self.labels, index, base == object_id, object_id, base, overwrite=True)
                 del self._bases[(index, object_id)]
         self._close_sessions(self.object_id)
+        self._forget_zooms(self.object_id)
         self._forget_shapes(self.object_id)
         self._clear_prompts()
         self.changed.emit()
@@ -333,6 +355,7 @@ class AnnotationController(ImageSource, PromptInput, ShapeInput, StabilityView, 
         if where[0].size:
             self.labels.data_setitem(where, 0)
         self._close_sessions(label)
+        self._forget_zooms(label)
         if label == self.object_id:
             self.cancel()
         self.changed.emit()

@@ -85,6 +85,7 @@ class ImageSource:
                 layer.events.data.connect(self._on_image_data)
         self._known.clear()
         self._keys.clear()
+        self.zooms.clear()
         self.changed.emit()
         self.embed_current()
 

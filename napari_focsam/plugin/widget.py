@@ -69,6 +69,7 @@ SHORTCUTS = (
     ("toggle_sign", "t", "toggle the sign of the selected clicks (or of the next click)"),
     ("reopen", "r", "re-open the selected label and keep refining it"),
     ("refine_label", "Shift-R", "refine the selected label: it becomes the object's first prompt (a mask)"),
+    ("refine_detail", "Shift-D", "refine detail: embed the object's box again at full resolution, decode there"),
     ("delete_object", "Shift-Delete", "delete the selected label everywhere"),
 )
 HELP = (
@@ -188,7 +189,7 @@ class FocsamWidget(QWidget):
         self.buttons: dict[str, QPushButton] = {}
         rows = (("commit", "Commit / next", "undo", "Undo", "redo", "Redo"),
                 ("cancel", "Cancel object", "reopen", "Re-open label", "delete_object", "Delete label"),
-                ("refine_label", "Refine label", "", "", "", ""))
+                ("refine_label", "Refine label", "refine_detail", "Refine detail", "", ""))
         for row_spec in rows:
             row = QHBoxLayout()
             for action, text in zip(row_spec[::2], row_spec[1::2]):
@@ -220,7 +221,13 @@ class FocsamWidget(QWidget):
         self.prefetch_box = QCheckBox("prefetch neighbouring slices")
         self.prefetch_box.setToolTip("embed the slices above and below in the background")
         self.prefetch_box.toggled.connect(lambda on: setattr(self.controller, "prefetch", on))
+        self.zoom_box = QCheckBox("zoom in on small objects")
+        self.zoom_box.setChecked(self.controller.auto_zoom)
+        self.zoom_box.setToolTip("after an object's first click, decode later clicks on its box embedded again at the "
+                                 "model's full input resolution when it is small in the slice (docs/images.md)")
+        self.zoom_box.toggled.connect(lambda on: setattr(self.controller, "auto_zoom", on))
         layout.addWidget(self.overwrite_box)
+        layout.addWidget(self.zoom_box)
         layout.addWidget(self.prefetch_box)
         return box
 
