@@ -112,7 +112,8 @@ def main() -> None:
                 ious[v].append(run_object(manager, canvas, embedding, gt, args.clicks, v))
             first = manager.new_object(embedding)
             ys, xs = np.nonzero(gt)
-            auto.append(should_zoom(first.click(float(np.median(ys)), float(np.median(xs))), canvas.shape[:2]))
+            auto.append(should_zoom(first.click(float(np.median(ys)), float(np.median(xs))), canvas.shape[:2],
+                                    input_side=512))
         print(f"image {ident[:12]} {w}x{h}: {len(ious['full'])} nuclei so far", file=sys.stderr, flush=True)
     n = len(ious["full"])
     print(f"DSB2018 nuclei in a {args.canvas}² canvas, fallback, {n} nuclei from {len(chosen)} images "
@@ -122,7 +123,8 @@ def main() -> None:
         m = np.asarray(ious[v]).mean(axis=0)
         cells = " | ".join(f"{m[k - 1]:.3f}" if k <= len(m) else "-" for k in (1, 3, 5))
         print(f"| {v} | {cells} |")
-    print(f"automatic rule (box < {100 * 0.125:.1f} % of the view after click 1): zooms {np.mean(auto):.0%} of them")
+    print(f"automatic rule (view over 512 px, box < {100 * 0.125:.1f} % of it after click 1): zooms "
+          f"{np.mean(auto):.0%} of them")
 
 
 if __name__ == "__main__":

@@ -65,3 +65,6 @@ def test_the_zoom_with_the_coarse_mask_as_region_and_what_is_refused(manager):
     with pytest.raises(ValueError, match="nothing to zoom on"):
         ZoomedObject.open(manager, image, np.zeros((512, 512), bool), Prompts())
     assert not should_zoom(np.ones((100, 100), bool)) and not should_zoom(np.zeros((9, 9), bool))
+    small = np.zeros((2048, 2048), bool)
+    small[1000:1012, 1000:1012] = True
+    assert should_zoom(small, input_side=512) and not should_zoom(small[:512, 1000 - 256:1000 + 256], input_side=512)

@@ -13,8 +13,9 @@ What FocSAM's refiner sees: the zoomed session is a new object on the zoomed emb
 zoomed image (once, at the session's second prompt step), its focus box taken from the zoomed coarse mask; the
 whole-image refined embedding is not reused.
 
-When to zoom (:func:`should_zoom`): when the object's box is small relative to the view it was segmented in (its
-longest side under ``AUTO_FRACTION`` of the view's); the benchmark ``benchmarks/bench_zoom.py`` measures it.
+When to zoom (:func:`should_zoom`): when the view the object was segmented in was shrunk to reach the model and the
+object's box is small in it (its longest side under ``AUTO_FRACTION`` of the view's); ``benchmarks/bench_zoom.py``
+measures both conditions (docs/images.md has the figures).
 """
 
 from __future__ import annotations
@@ -45,13 +46,17 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(rows[0]), int(cols[0]), int(rows[-1]), int(cols[-1])
 
 
-def should_zoom(mask: np.ndarray, view_shape: Sequence[int] | None = None, fraction: float = AUTO_FRACTION) -> bool:
-    """Whether an object is small enough in its view (``view_shape``, default the mask's) to gain from a zoom."""
+def should_zoom(mask: np.ndarray, view_shape: Sequence[int] | None = None, fraction: float = AUTO_FRACTION, *,
+                input_side: int | None = None) -> bool:
+    """Whether an object is small enough in its view (``view_shape``, default the mask's) to gain from a zoom: its
+    box is under ``fraction`` of the view's longest side and, with ``input_side`` (the model's), the view was
+    shrunk to reach the model (a view seen at full resolution gained nothing in the benchmark)."""
     box = mask_box(mask)
-    if box is None:
+    view = max(view_shape if view_shape is not None else mask.shape)
+    if box is None or (input_side is not None and view <= input_side):
         return False
     side = max(box[2] - box[0] + 1, box[3] - box[1] + 1)
-    return side < fraction * max(view_shape if view_shape is not None else mask.shape)
+    return side < fraction * view
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Zoom-in refinement in the annotator (:mod:`napari_focsam.engine.zoom`): "refine detail" zooms on the current
-object now; with ``auto_zoom``, a click on an object that is small in its slice (:func:`~napari_focsam.engine.zoom.
-should_zoom`) is decoded on the zoom of the object's mask so far. Later clicks inside the zoom stay on it; a click
-outside it, a box or a shape goes back to the whole slice. Undo walks back the zoom's steps, then leaves the zoom
-(the whole slice's mask before it). Part of :class:`~napari_focsam.plugin.controller.AnnotationController`.
+object now; with ``auto_zoom``, a click on an object that is small in a slice larger than the model's input
+(:func:`~napari_focsam.engine.zoom.should_zoom`) is decoded on the zoom of the object's mask so far. Later clicks
+inside the zoom stay on it; a click outside it, a box or a shape goes back to the whole slice. Undo walks back the
+zoom's steps, then leaves the zoom (the whole slice's mask before it). Tiled slices are not zoomed (their views
+already reach the model at full resolution). Part of :class:`~napari_focsam.plugin.controller.AnnotationController`.
 
 The coarse mask places the zoom; it is the zoom's region prompt (the decoder's mask input) for SAM-family models and
 not for the fallback, whose region prompt is a hard seed (``benchmarks/bench_zoom.py`` measures both).
@@ -15,6 +16,7 @@ from typing import Any
 
 from ..engine.fallback import FallbackPredictor
 from ..engine.types import CancelToken, Prompts
+from ..engine.views import input_side
 from ..engine.work import ClickResult, model_slice
 from ..engine.zoom import ZoomedObject, should_zoom
 from . import layers as L
@@ -47,7 +49,7 @@ class ZoomView:
         session = self.session()
         if (not self.auto_zoom or session is None or session.current is None or not len(prompts.points)
                 or prompts.box is not None or prompts.mask is not None or prompts.scribbles
-                or not should_zoom(session.mask)):
+                or not should_zoom(session.mask, input_side=input_side(self.manager.predictor))):
             return None
         return self._zoom_job(index, object_id, prompts, None, session.mask)
 
