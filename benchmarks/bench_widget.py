@@ -2,13 +2,15 @@
 engine's own click next to micro-sam's in the same run.
 
     xvfb-run -a python benchmarks/bench_widget.py [--clicks 30] [--size 1024] [--loads idle,busy,torch2]
-        [--backends fallback,sam_tiny,sam_vit_b] [--hidden] [--micro-sam PYTHON] [--threads-sweep]
+        [--backends fallback,sam_tiny,sam_vit_b] [--hidden] [--micro-sam PYTHON] [--gui-cpu]
 
 Each backend gets a real viewer (``napari.Viewer(show=True)``; under Xvfb + Mesa it renders for real) with the
 annotator attached. A click is added through the Points layer exactly as a mouse click adds it; the time runs until
 the canvas has drawn the first frame after the mask was written into the Labels layer (``--hidden``: until the
 write, since a hidden canvas never draws). The split shows where the time goes: the model's click in the worker,
-the hand-off to the GUI thread, the Labels write, the redraw.
+the hand-off to the GUI thread, the Labels write, the redraw. ``--gui-cpu`` adds, per backend, the CPU time a click
+costs the GUI thread by part (napari's point, the frames, the layer list, the plugin's own work) and Mesa's
+rasterizer threads (``_gui_cpu.py``): CPU time hardly depends on the machine's other load.
 
 Background loads (started by this script, stopped after each condition):
 
@@ -41,10 +43,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _gui_cpu import GuiCpu
 
-from napari_focsam.engine.threads import threads_for
+from napari_focsam.engine.threads import threads_for, work_done
 
 HERE = Path(__file__).resolve().parent
+#: seconds between two engines' clicks in the engine-only comparison
+PAUSE = 0.2
 LOADS = {
     "idle": None,
     "mouse": None,  # not a process: see MouseMoves
@@ -202,14 +207,16 @@ class WidgetRig:
                 "handoff": entered - result.finished_at,
                 "write": written - entered, "draw": end - written}
 
-    def session_clicks(self, n: int, rng: np.random.Generator) -> list[dict[str, float]]:
+    def session_clicks(self, n: int, rng: np.random.Generator, cpu: GuiCpu | None = None) -> list[dict[str, float]]:
+        """``n`` clicks, a new object every 5; ``cpu`` (optional) accounts the GUI thread's CPU time of each."""
         out = []
         size = self.viewer.layers["image"].data.shape
         for i in range(n):
             if i % 5 == 0:
                 self.controller.commit()  # a new object every 5 clicks (FocSAM's refiner step included)
             y, x = rng.uniform(0.05, 0.95) * size[0], rng.uniform(0.05, 0.95) * size[1]
-            out.append(self.click(y, x, positive=i % 5 != 3))
+            with cpu if cpu is not None else contextlib.nullcontext():
+                out.append(self.click(y, x, positive=i % 5 != 3))
             time.sleep(0.05)  # a user's clicks are never back to back
         return out
 
@@ -267,8 +274,10 @@ def engine_vs_microsam(manager, embedding, microsam: MicroSam | None, n: int,
                        rng: np.random.Generator) -> dict[str, list[float]]:
     """``n`` clicks, 5 per object, interleaved one by one (same points): ours as the Python API runs them (the
     caller's thread, torch's thread count), ours as the widget runs them (a worker thread with the interactive
-    thread count), and micro-sam's."""
-    times: dict[str, list[float]] = {"api": [], "widget": [], "micro-sam": []}
+    thread count, adaptive by default), and micro-sam's. Each click starts :data:`PAUSE` seconds after the previous
+    one, as a user's clicks do: back to back, one engine's OpenMP threads, still spinning after its click, would
+    slow the next engine's click down."""
+    times: dict[str, list[float]] = {"api": [], "widget": [], "micro-sam": [], "widget threads": []}
     h, w = embedding.geometry.original_size
     sessions: dict[str, object] = {}
     points: list[tuple[float, float]] = []
@@ -280,8 +289,9 @@ def engine_vs_microsam(manager, embedding, microsam: MicroSam | None, n: int,
         return time.perf_counter() - start
 
     def widget_click(session, y: float, x: float, positive: bool, out: list) -> None:
-        with threads_for("interactive"):
+        with threads_for("interactive") as threads:
             out.append(timed(session, y, x, positive))
+        times["widget threads"].append(threads)
 
     for i in range(n):
         if i % 5 == 0:
@@ -291,12 +301,18 @@ def engine_vs_microsam(manager, embedding, microsam: MicroSam | None, n: int,
         positive = i % 5 != 3
         points.append((y, x))
         labels.append(int(positive))
+        time.sleep(PAUSE)
         times["api"].append(timed(sessions["api"], y, x, positive))
+        if microsam is not None:
+            time.sleep(PAUSE)
+            times["micro-sam"].append(microsam.click(points, labels))
+        # the adaptive interactive count judges the load since our previous click; here the other engines' clicks
+        # came in between, which a user's session never has: the window starts after them
+        work_done()
+        time.sleep(PAUSE)
         worker = threading.Thread(target=widget_click, args=(sessions["widget"], y, x, positive, times["widget"]))
         worker.start()
         worker.join()
-        if microsam is not None:
-            times["micro-sam"].append(microsam.click(points, labels))
     return times
 
 
@@ -312,6 +328,8 @@ def main() -> None:
                                                              str(Path.home() / ".cache/microsam-venv/bin/python")))
     parser.add_argument("--no-embedding", action="store_true", help="skip the shown-vs-hidden embedding timing")
     parser.add_argument("--engine-model", default="sam_vit_b", help="the SAM model of the engine-only comparison")
+    parser.add_argument("--gui-cpu", action="store_true",
+                        help="also print the GUI thread's and the rasterizer's CPU time per click, by part (idle)")
     args = parser.parse_args()
 
     from napari_focsam.engine.manager import ModelManager
@@ -332,6 +350,7 @@ def main() -> None:
     engine = ModelManager.load(args.engine_model, device="cpu", allow_random_weights=True)
     embedding = engine.embed(image)
     summary = []
+    cpu_lines: list[str] = []
     print(f"\n{'load':<7} {'backend':<10} {'p50 ms':>7} {'p95 ms':>7}   median split (prep / model / hand-off / "
           "write / draw, ms)")
     for backend in backends:  # one window at a time, as a user has it
@@ -345,7 +364,13 @@ def main() -> None:
                                for k in ("prep", "model", "handoff", "write", "draw"))
             print(f"{load:<7} {backend:<10} {p50:7.0f} {p95:7.0f}   {split}", flush=True)
             summary.append((load, backend, p50, p95))
+        if args.gui_cpu and not args.hidden:
+            cpu = GuiCpu()
+            rig.session_clicks(args.clicks, np.random.default_rng(3), cpu)
+            cpu_lines.append(f"{backend:<10} {cpu.summary()}")
         rig.close()
+    for line in cpu_lines:
+        print(line)
     idle = {b: p50 for load, b, p50, _ in summary if load == "idle"}
     for load, backend, _, p95 in summary:
         if load != "idle" and backend in idle:
@@ -373,6 +398,8 @@ def main() -> None:
                 if times[name]:
                     p50, p95 = percentiles(times[name])
                     cells.append(f"{name} {p50:.0f} / {p95:.0f}")
+            threads = times["widget threads"]
+            cells.append("widget threads " + ", ".join(f"{n}: {threads.count(n)}" for n in sorted(set(threads))))
             if times["micro-sam"]:
                 theirs = percentiles(times["micro-sam"])[0]
                 cells.append("ratio api {:.2f}, widget {:.2f}".format(percentiles(times["api"])[0] / theirs,

@@ -48,13 +48,20 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--nms-thresh", type=float, default=0.7)
     parser.add_argument("--min-area", type=int, default=0, help="drop masks smaller than this (pixels)")
     parser.add_argument("--workers", type=int, default=0, help="with --stack: a local Dask cluster of N workers")
+    parser.add_argument("--tiles", choices=("auto", "on", "off"), default="auto",
+                        help="segment a 2D image tile by tile (auto: images larger than twice the model's input "
+                             "side; the fallback: over 4096² pixels)")
+    parser.add_argument("--tile", type=int, default=None, help="tile side in pixels (default: the model's)")
+    parser.add_argument("--halo", type=int, default=None, help="halo around each tile in pixels (default: the "
+                                                               "model's)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.set_defaults(func=automatic_command)
 
 
 def automatic_command(args: argparse.Namespace) -> int:
     from .engine.automatic import AutomaticOptions
-    from .engine.everything import segment_everything, segment_everything_stack
+    from .engine.everything import segment_everything
+    from .stack.everything import segment_everything_stack
 
     try:
         out = args.out.expanduser()
@@ -75,12 +82,7 @@ def automatic_command(args: argparse.Namespace) -> int:
         config = ModelConfig(args.model, None if args.checkpoint is None else str(args.checkpoint), args.device,
                              args.allow_random_weights)
         if args.stack:
-            from .stack.reader import open_stack
-
-            reader = open_stack(args.image)
-            data = np.stack([np.asarray(reader.read(i)) for i in range(reader.shape[0])])
-            labels = segment_everything_stack(config, data, options=options, rgb=reader.rgb,
-                                              workers=args.workers or None)
+            labels = segment_everything_stack(config, args.image, options=options, workers=args.workers or None)
         else:
             image = _read_image(args.image)
             if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (3, 4)):
@@ -88,7 +90,9 @@ def automatic_command(args: argparse.Namespace) -> int:
                                  f"{image.shape} (a stack? add --stack)")
             from .stack.common import local_manager
 
-            labels = segment_everything(local_manager(config), image, options=options)
+            tiled = {"auto": None, "on": True, "off": False}[args.tiles]
+            labels = segment_everything(local_manager(config), image, options=options, tiled=tiled, tile=args.tile,
+                                        halo=args.halo)
         import tifffile
 
         partial = out.with_name(out.name + ".partial")

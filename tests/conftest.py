@@ -19,6 +19,19 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fixed_interactive_threads():
+    """One interactive thread, never adapted to the load, in every test: tests that compare the widget's masks with
+    the engine's, computed under ``threads_for("interactive")``, need the same thread count (the same float
+    rounding) on both sides. The adaptive count itself is tested with a fake machine (tests/test_threads.py)."""
+    from napari_focsam.engine import threads
+
+    old = threads.thread_policy()
+    threads.set_thread_policy(interactive=1)
+    yield
+    threads.set_thread_policy(interactive=old.interactive, bulk=old.bulk, adaptive=old.adaptive)
+
+
 @pytest.fixture(scope="session")
 def golden_keys() -> dict[str, dict[str, tuple[int, ...]]]:
     """The official key names and shapes (prefix stripped) of the refiner, decoder and prompt encoder."""

@@ -8,8 +8,9 @@ import tifffile
 
 from napari_focsam.cli import main
 from napari_focsam.engine.automatic import AutomaticOptions
-from napari_focsam.engine.everything import segment_everything, segment_everything_stack
+from napari_focsam.engine.everything import segment_everything
 from napari_focsam.engine.manager import ModelManager
+from napari_focsam.stack.everything import segment_everything_stack
 
 
 def _discs(shape=(90, 120), centres=((30, 30), (60, 85))) -> np.ndarray:
@@ -95,3 +96,32 @@ def test_stack_on_dask_equals_serial():
     stack = np.stack([_discs(), _discs(centres=((45, 60),))])
     serial = segment_everything_stack("fallback", stack)
     np.testing.assert_array_equal(segment_everything_stack("fallback", stack, workers=1), serial)
+
+
+def test_stacks_are_read_slice_by_slice_from_zarr_and_written_to_zarr(tmp_path, monkeypatch):
+    zarr = pytest.importorskip("zarr")
+    from napari_focsam.stack import reader as reader_module
+    from napari_focsam.stack.everything import LIMIT_SAMPLES
+
+    stack = np.stack([_discs(centres=((30, 30 + 2 * z), (60, 85))) for z in range(20)])
+    source = zarr.open(str(tmp_path / "stack.zarr"), mode="w", shape=stack.shape, chunks=(1, 90, 120), dtype="u1")
+    source[:] = stack
+    reads = []
+    original = reader_module.StackReader.read
+    monkeypatch.setattr(reader_module.StackReader, "read", lambda self, flat: reads.append(flat) or
+                        original(self, flat))
+    out = zarr.open(str(tmp_path / "labels.zarr"), mode="w", shape=stack.shape, chunks=(1, 90, 120), dtype="u4")
+    manager = ModelManager.load("fallback")
+    assert segment_everything_stack(manager, source, out=out) is out
+    assert len(reads) == LIMIT_SAMPLES + len(stack)  # the contrast sample, then each slice once
+    np.testing.assert_array_equal(out[:], segment_everything_stack(manager, stack))
+    assert sorted(np.unique(out[:]))[-1] == 2 * len(stack)  # two objects per slice, ids unique in the stack
+    with pytest.raises(ValueError, match=r"out has shape \(3, 3\)"):
+        segment_everything_stack(manager, stack, out=np.zeros((3, 3), np.uint32))
+
+
+def test_a_stack_with_two_leading_axes_keeps_them():
+    stack = np.stack([np.stack([_discs(), _discs(centres=((45, 60),))])] * 2)  # (T, Z, Y, X)
+    labels = segment_everything_stack(ModelManager.load("fallback"), stack)
+    assert labels.shape == stack.shape and labels.max() == 6
+    assert sorted(np.unique(labels[1, 1])) == [0, 6]

@@ -55,7 +55,7 @@ def test_bench_widget_prints_click_to_visible_mask_per_load() -> None:
         assert len(parts) == 5 and parts[1] > 0 and sum(parts) <= p95 + 5
     assert "window shown" in out and "p95 / idle p50" in out
     engine = [line for line in out.splitlines() if line.startswith(("idle ", "busy ")) and "api" in line]
-    assert len(engine) == 2 and all("widget" in line for line in engine)
+    assert len(engine) == 2 and all("widget" in line and "widget threads" in line for line in engine)
 
 
 def test_bench_hq_prints_the_extra_cost_of_hq_and_pa() -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from numpy.typing import DTypeLike
 from torchvision.ops import nms
 
 from .._cancel import CancelToken, check_cancel
@@ -84,12 +85,12 @@ class AutomaticMasks:
     def __len__(self) -> int:
         return len(self.masks)
 
-    def labels(self, dtype: np.dtype = np.uint32) -> np.ndarray:
+    def labels(self, dtype: DTypeLike = np.uint32) -> np.ndarray:
         """The masks painted into one instance image (see :func:`masks_to_labels`)."""
         return masks_to_labels(self.masks, self.masks.shape[1:] if len(self.masks) else None, dtype=dtype)
 
 
-def masks_to_labels(masks: np.ndarray, shape: tuple[int, int] | None = None, *, dtype: np.dtype = np.uint32,
+def masks_to_labels(masks: np.ndarray, shape: tuple[int, int] | None = None, *, dtype: DTypeLike = np.uint32,
                     start: int = 1) -> np.ndarray:
     """Paint (N, H, W) masks into an (H, W) instance image: the largest first, so that a smaller mask on a larger
     one stays visible; ids ``start``, ``start + 1``, ... in that painting order; an id whose pixels are all covered

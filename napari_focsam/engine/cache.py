@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from .embedding_store import EmbeddingStore
-from .types import ImageEmbedding, ImageGeometry, unpack_embedding
+from .types import EmbedResult, ImageEmbedding, unpack_embedding
 
 __all__ = ["CacheStats", "CacheWarning", "EmbeddingCache", "EmbeddingSource"]
 
@@ -213,7 +213,7 @@ class EmbeddingCache:
     def get_or_compute(
         self,
         key: str,
-        compute: Callable[[], tuple[torch.Tensor, ImageGeometry]],
+        compute: Callable[[], EmbedResult],
         device: torch.device | str | None = None,
     ) -> ImageEmbedding:
         """The embedding of ``key``: from memory, from the store, or from ``compute()``, which is then cached.

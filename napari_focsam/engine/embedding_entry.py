@@ -91,7 +91,7 @@ def read_entry(path: Path, key: str) -> ImageEmbedding:
     if not (path / "zarr.json").is_file():
         raise CorruptEntry("no zarr group metadata")
     group = zarr.open_group(path, mode="r")
-    attrs = dict(group.attrs)
+    attrs: dict[str, Any] = dict(group.attrs)
     if "checksum" not in attrs:
         raise CorruptEntry("no checksum: its write was interrupted")
     if attrs.get("key") != key:

@@ -94,8 +94,8 @@ def watershed_markers(
     points: np.ndarray,
     labels: np.ndarray,
     box: Box | None,
-    prompts: Prompts | None,
-    original: tuple[int, int] | None,
+    prompts: Prompts,
+    original: tuple[int, int],
     *,
     click_radius: float,
     opposite_fraction: float,
@@ -108,7 +108,7 @@ def watershed_markers(
     refinement keeps."""
     markers = np.zeros(coarse.shape, np.int32)
     markers[background_prior(coarse, points, labels, box, box_margin=box_margin, frame_gate=frame_gate)] = BACKGROUND
-    dense = prompts is not None and (prompts.mask is not None or bool(prompts.scribbles))
+    dense = prompts.mask is not None or bool(prompts.scribbles)
     if box is not None and not dense:
         # a box: assume the object covers the box's centre (under the clicks, short of any negative click),
         # unless a positive click near the centre already marks the object there
@@ -124,7 +124,7 @@ def watershed_markers(
         if radius > 0:
             draw_disk(markers, cy, cx, radius, OBJECT)
     seeds: list[tuple[int, int]] = []
-    if prompts is not None and dense:
+    if dense:
         seeds = draw_dense_markers(markers, prompts, original, region_band, 0.5 * click_radius)
     for (y, x), label in zip(points, labels):
         radius = click_radius

@@ -77,10 +77,7 @@ def _to_uint8(
         if not (np.isfinite(low) and np.isfinite(high)):
             raise ValueError(f"contrast limits must be finite numbers, got {tuple(contrast_limits)}")
     elif finite.any():
-        sample = values[finite] if not finite.all() else values
-        if sample.size > 1_000_000:  # percentiles of a strided subsample are as good and much cheaper
-            sample = sample.reshape(-1)[:: sample.size // 1_000_000]
-        low, high = (float(v) for v in np.percentile(sample, percentiles))
+        low, high = robust_range(values, finite, percentiles)
     else:
         low, high = 0.0, 1.0
     if high <= low:  # a constant image (or inverted limits): map it to black rather than divide by zero
@@ -89,6 +86,18 @@ def _to_uint8(
     scaled = (values - low) * (255.0 / (high - low))
     scaled = np.where(finite, scaled, 0.0)
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def robust_range(values: np.ndarray, finite: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
+    """The (low, high) ``percentiles`` of the values where ``finite`` holds (at least one does).
+
+    Above a million values, the percentiles are those of a strided subsample: as good and much cheaper.
+    """
+    sample = values[finite] if not finite.all() else values.reshape(-1)
+    if sample.size > 1_000_000:
+        sample = sample[:: sample.size // 1_000_000]
+    low, high = (float(v) for v in np.percentile(sample, percentiles))
+    return low, high
 
 
 def take_slice(data: np.ndarray, index: Sequence[int], *, rgb: bool = False) -> np.ndarray:

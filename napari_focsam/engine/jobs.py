@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._cancel import Cancelled, CancelToken
-from .threads import use_threads
+from .threads import use_threads, work_done
 
 #: the ``nice`` increment of the background thread (Linux; lower priority than the clicks)
 BACKGROUND_NICE = 10
@@ -141,7 +141,7 @@ class JobRunner:
         for job in dropped:
             self._finish(job, None, None, deliver=False)
 
-    def cancel(self, match: Callable[[Hashable], bool] | Hashable) -> list[Hashable]:
+    def cancel(self, match: Callable[[Any], bool] | Hashable) -> list[Hashable]:
         """Cancel the running and drop the pending jobs of the keys ``match`` selects (a key, or a predicate on
         keys); no result of theirs submitted so far will be delivered. Returns the keys that had jobs."""
         select = match if callable(match) else (lambda key: key == match)
@@ -162,7 +162,7 @@ class JobRunner:
         return hit
 
     # ------------------------------------------------------------------ state
-    def active(self, match: Callable[[Hashable], bool] | Hashable | None = None) -> list[Hashable]:
+    def active(self, match: Callable[[Any], bool] | Hashable | None = None) -> list[Hashable]:
         """The keys with a job not finished yet, callbacks included (all keys, or those ``match`` selects)."""
         select = (lambda key: True) if match is None else match if callable(match) else (lambda key: key == match)
         with self._lock:
@@ -195,6 +195,7 @@ class JobRunner:
         while True:
             with self._lock:
                 job = self._slots[key].running
+            assert job is not None  # a key's thread runs while it has a running job
             result, error = _call(job)
             with self._lock:
                 slot = self._slots[key]
@@ -265,3 +266,6 @@ def _call(job: Job) -> tuple[Any, BaseException | None]:
         return job.func(job.token), None
     except BaseException as exc:  # noqa: BLE001 - every failure goes to the front-end as a message
         return None, exc
+    finally:
+        if job.threads is not None:
+            work_done()  # the adaptive interactive count judges the load from here on

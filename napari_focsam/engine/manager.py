@@ -24,6 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ from .session import DEFAULT_MAX_HISTORY, ObjectSession
 from .signature import data_signature, embedding_key
 from .stability import Jitter, as_jitter
 from .threads import bulk_work
-from .types import CancelToken, ImageEmbedding, Prompts
+from .types import CancelToken, EmbedResult, ImageEmbedding, Prompts
 
 FALLBACK_NAME = "fallback"
 #: ``ModelManager.load(precision=...)``: the device's fast dtypes (bf16 where it has them) or float32 throughout
@@ -54,20 +55,26 @@ class EmbedInfo:
     from_cache: bool
 
 
-def _base_resolver(model: str, **kwargs: object) -> Callable[[], object] | None:
+def _base_resolver(model: str, **kwargs: Any) -> Callable[[], str | os.PathLike | None] | None:
     """For a registry entry whose file is a decoder only (PA-SAM), a callable that finds its base model's file."""
     from ..weights.registry import REGISTRY
 
     entry = REGISTRY.get(model)
     if entry is None or entry.base_model is None:
         return None
+    base_model = entry.base_model
 
-    def resolve() -> object:
+    def resolve() -> str | os.PathLike | None:
         from ..weights.download import resolve_checkpoint
 
-        return resolve_checkpoint(entry.base_model, **kwargs)  # type: ignore[arg-type]
+        return resolve_checkpoint(base_model, **kwargs)
 
     return resolve
+
+
+def _session_key(session: ObjectSession) -> tuple[str, int] | None:
+    """The key a manager keeps ``session`` under; None for a session it never opened (no object id)."""
+    return None if session.object_id is None else (session.embedding.key, int(session.object_id))
 
 
 class ModelManager:
@@ -171,7 +178,7 @@ class ModelManager:
         if precision == "float32" or decoder != "fast" or decoder_autocast is not None:  # no bf16 decoder default
             decoder_upscale_dtype = None if decoder_upscale_dtype == "auto" else decoder_upscale_dtype
             decoder_attention_dtype = None if decoder_attention_dtype == "auto" else decoder_attention_dtype
-        base = base_checkpoint
+        base: str | os.PathLike | Callable[[], str | os.PathLike | None] | None = base_checkpoint
         if base is None:
             base = _base_resolver(model, download=download, progress=progress)
         loaded = load_model(model, checkpoint, device=resolve_device(device), dtype=dtype, base_checkpoint=base)
@@ -241,7 +248,7 @@ class ModelManager:
         large image has its own key: :func:`~napari_focsam.engine.views.view_key`)."""
         computed: list[float] = []
 
-        def compute() -> tuple[torch.Tensor, object]:
+        def compute() -> EmbedResult:
             start = time.perf_counter()
             with bulk_work():  # when a click job computes it: an embedding uses every core
                 result = self.predictor.embed(prepared, cancel=cancel)
@@ -292,9 +299,9 @@ class ModelManager:
 
     def close_object(self, session: ObjectSession) -> None:
         """Forget a session (and its refined embedding)."""
+        key = _session_key(session)
         with self._lock:
-            key = (session.embedding.key, session.object_id)
-            if self._sessions.get(key) is session:
+            if key is not None and self._sessions.get(key) is session:
                 del self._sessions[key]
                 self._committed.pop(key, None)
 
@@ -302,9 +309,9 @@ class ModelManager:
         """The object is done for now: release its undo history (:meth:`ObjectSession.compact`) and keep it for
         re-opening among the ``keep_committed`` most recent committed sessions (closing the oldest beyond)."""
         session.compact()
+        key = _session_key(session)
         with self._lock:
-            key = (session.embedding.key, session.object_id)
-            if self._sessions.get(key) is not session:
+            if key is None or self._sessions.get(key) is not session:
                 return
             self._committed.pop(key, None)
             self._committed[key] = None
@@ -314,8 +321,10 @@ class ModelManager:
 
     def reopen_object(self, session: ObjectSession) -> None:
         """The object is being refined again: it no longer counts among the committed sessions."""
+        key = _session_key(session)
         with self._lock:
-            self._committed.pop((session.embedding.key, session.object_id), None)
+            if key is not None:
+                self._committed.pop(key, None)
 
     def segment(
         self,
@@ -323,17 +332,17 @@ class ModelManager:
         points: Sequence[Sequence[float]] = (),
         labels: Sequence[int] | None = None,
         box: Sequence[float] | None = None,
-        **image_kwargs: object,
+        **image_kwargs: Any,
     ) -> np.ndarray:
         """One-shot: the mask that clicking ``points`` (y, x) in order gives (labels default to positive)."""
-        points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        labels = np.ones(len(points), np.int64) if labels is None else np.asarray(labels)
+        clicks = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        signs = np.ones(len(clicks), np.int64) if labels is None else np.asarray(labels)
         embedding = image if isinstance(image, ImageEmbedding) else self.embed(image, **image_kwargs)
         session = ObjectSession(self.predictor, embedding, robust=self.robust)
-        return session.sync(Prompts(points, labels, box))
+        return session.sync(Prompts(clicks, signs, None if box is None else np.asarray(box)))
 
     def segment_prompts(
-        self, image: np.ndarray | ImageEmbedding, prompts: Prompts, **image_kwargs: object
+        self, image: np.ndarray | ImageEmbedding, prompts: Prompts, **image_kwargs: Any
     ) -> np.ndarray:
         """One-shot: the mask that giving ``prompts`` (clicks, box, region, scribbles) in order gives, as
         :meth:`ObjectSession.sync <napari_focsam.engine.session.ObjectSession.sync>` replays them."""

@@ -10,12 +10,12 @@ state (the fallback): a session then computes the latest prompts in one step ins
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
 
-from .types import CancelToken, ImageEmbedding, ImageGeometry, ObjectState, Prediction, Prompts
+from .types import CancelToken, EmbedResult, ImageEmbedding, ObjectState, Prediction, Prompts
 
 
 @runtime_checkable
@@ -41,7 +41,7 @@ class Predictor(Protocol):
 
     def embed(
         self, image: np.ndarray, *, cancel: CancelToken | None = None
-    ) -> tuple[torch.Tensor, ImageGeometry] | tuple[torch.Tensor, ImageGeometry, dict[str, torch.Tensor]]:
+    ) -> EmbedResult:
         """Compute the image embedding of an (H, W, 3) uint8 RGB image: ``(features, geometry)``, or with a third
         item, the backend's further per-image tensors by name (:attr:`ImageEmbedding.extras
         <napari_focsam.engine.types.ImageEmbedding.extras>`; HQ-SAM and PA-SAM). Read it with
@@ -58,3 +58,27 @@ class Predictor(Protocol):
     ) -> Prediction:
         """One interactive step: the prompts so far plus the previous step's state give the next mask and state."""
         ...
+
+
+class _Weights(Protocol):
+    @property
+    def source(self) -> str: ...
+
+
+W = TypeVar("W", bound=_Weights)
+
+
+class LoadedWeightsPredictor(Generic[W]):
+    """The properties shared by the predictors of loaded weights (the SAM family, SegNext): the device the model is
+    on (``_device``) and where its weights came from (``_loaded.source``: a file, or random weights)."""
+
+    _device: torch.device
+    _loaded: W
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def source(self) -> str:
+        return self._loaded.source

@@ -39,6 +39,7 @@ from ..models.fast_decoder import FastDecoder, default_decoder_dtype
 from ..models.fast_encoder import ATTENTION_MODES, FAST_ENCODER_VERSION, FastImageEncoder, default_encoder_dtype
 from ..models.transforms import make_transform
 from ..weights.loader import LoadedModel
+from .predictor import LoadedWeightsPredictor
 from .prompt_shapes import bounding_box, deepest_point, mask_to_low_res, sample_stroke
 from .types import CancelToken, ImageEmbedding, ImageGeometry, ObjectState, Prediction, Prompts, check_cancel
 
@@ -94,7 +95,7 @@ def _as_dtype(value: torch.dtype | str | None) -> torch.dtype | None:
     return dtype
 
 
-class SamFamilyPredictor:
+class SamFamilyPredictor(LoadedWeightsPredictor[LoadedModel]):
     """A SAM or FocSAM model on one device, in one dtype; stateless between calls and safe to share by threads.
 
     The image encoder runs one of two ways (the rest of the pipeline is the same):
@@ -183,15 +184,15 @@ class SamFamilyPredictor:
         self.decoder = decoder
         self.decoder_autocast = decoder_autocast
         upscale = self._decoder_dtype("decoder_upscale_dtype", decoder_upscale_dtype)
-        attention = self._decoder_dtype("decoder_attention_dtype", decoder_attention_dtype)
+        attend = self._decoder_dtype("decoder_attention_dtype", decoder_attention_dtype)
         self.decoder_upscale_dtype = upscale or self.dtype
-        self.decoder_attention_dtype = attention or self.dtype
+        self.decoder_attention_dtype = attend or self.dtype
         #: HQ-SAM / PA-SAM run their own decoder (:mod:`..models.hq_decoder`, :mod:`..models.pa_decoder`)
         self.head = spec.decoder
         #: HQ-SAM: the HQ token's mask alone (True) or summed with SAM's token-0 mask (False, the official default)
         self.hq_token_only = bool(hq_token_only)
         self._fast_decoder = (
-            FastDecoder(self.model.mask_decoder, self._image_pe, upscale_dtype=upscale, attention_dtype=attention)
+            FastDecoder(self.model.mask_decoder, self._image_pe, upscale_dtype=upscale, attention_dtype=attend)
             if decoder == "fast" and self.head in ("sam", "hq") else None
         )
 
@@ -203,14 +204,6 @@ class SamFamilyPredictor:
         if dtype is not None and self.decoder != "fast":
             raise ValueError(f"{option} applies to decoder='fast'")
         return dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    @property
-    def source(self) -> str:
-        return self._loaded.source
 
     @property
     def encoder_numerics(self) -> str:
@@ -246,7 +239,7 @@ class SamFamilyPredictor:
             x = self.transform.image_to_input(image, self.device, self.dtype)
             if self.fast_encoder is not None:
                 result = self.fast_encoder(x, cancel_check=lambda: check_cancel(cancel), early=early_wanted)
-                features, early = result if early_wanted else (result, None)
+                features, early = result if isinstance(result, tuple) else (result, None)  # a pair when early_wanted
             elif self.encoder_autocast is not None:
                 with torch.autocast(self.device.type, dtype=self.encoder_autocast):
                     features, early = self._encode(x, cancel)
@@ -257,6 +250,7 @@ class SamFamilyPredictor:
                 from ..models.hq_decoder import hq_image_features
 
                 check_cancel(cancel)
+                assert early is not None  # wanted for HQ-SAM
                 extras = {"hq_features": hq_image_features(self.model.mask_decoder, features, early).to(self.dtype)}
                 return features, geometry, extras
             if self.head == "pa":
@@ -310,6 +304,7 @@ class SamFamilyPredictor:
                 check_cancel(cancel)
                 start = time.perf_counter()
                 size = self.model.input_size
+                assert self.model.refiner is not None  # refine_now: a FocSAM model
                 features = self.model.refiner(
                     embedding.features, coarse.logits, coarse.token, input_size=(size, size), cancel=cancel
                 )
@@ -356,7 +351,7 @@ class SamFamilyPredictor:
                 coords = torch.as_tensor(xy, dtype=torch.float32, device=self.device)
                 labels = torch.as_tensor(np.stack([i[1] for i in inputs]), device=self.device)
             if inputs[0][2] is not None:
-                corners = np.stack([self.transform.box_to_input(i[2], geometry) for i in inputs])
+                corners = np.stack([self.transform.box_to_input(i[2], geometry) for i in inputs if i[2] is not None])
                 boxes = torch.as_tensor(corners, dtype=torch.float32, device=self.device)
             sparse, dense = encode_prompts(self.model.prompt_encoder, coords, labels, boxes, inputs[0][3])
             features = embedding.features if state.features is None else state.features
@@ -438,9 +433,9 @@ class SamFamilyPredictor:
             upscale = self.decoder_upscale_dtype if self.decoder_upscale_dtype != self.dtype else None
             if upscale is not None and self.device.type == "cpu" and not torch.backends.mkldnn.enabled:
                 upscale = None  # torch's generic bfloat16 convolution is far slower than float32
-            out = decode_hq(self.model.mask_decoder, features, extras[needed], self._image_pe, sparse, dense,
-                            hq_token_only=self.hq_token_only, upscale_dtype=upscale, fast=self._fast_decoder)
-            return DecoderOutput(logits=out.logits, iou=out.iou, token=out.token)
+            hq = decode_hq(self.model.mask_decoder, features, extras[needed], self._image_pe, sparse, dense,
+                           hq_token_only=self.hq_token_only, upscale_dtype=upscale, fast=self._fast_decoder)
+            return DecoderOutput(logits=hq.logits, iou=hq.iou, token=hq.token)
         from ..models.pa_decoder import decode_pa
 
         out = decode_pa(self.model.mask_decoder, self.model.prompt_encoder, features, extras[needed],

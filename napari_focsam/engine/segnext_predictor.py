@@ -28,10 +28,11 @@ import torch
 import torch.nn.functional as F
 
 from ..models.fast_encoder import default_encoder_dtype
-from ..models.geometry import ImageGeometry
+from ..models.geometry import ImageGeometry, as_size
 from ..models.segnext import prompt_map as pm
 from ..models.segnext.fast import FastPromptPath
 from ..weights.segnext import LoadedSegNext
+from .predictor import LoadedWeightsPredictor
 from .threads import threads_for
 from .types import CancelToken, ImageEmbedding, ObjectState, Prediction, Prompts, check_cancel
 
@@ -62,7 +63,7 @@ def _lowp(value: torch.dtype | str | None, device: torch.device, dtype: torch.dt
     return value
 
 
-class SegNextPredictor:
+class SegNextPredictor(LoadedWeightsPredictor[LoadedSegNext]):
     """A SegNext model on one device, in one dtype; stateless between calls and safe to share by threads."""
 
     is_fallback = False
@@ -90,14 +91,6 @@ class SegNextPredictor:
         self.threshold = float(threshold)
         self.folded_head = bool(folded_head)
         self._fast = FastPromptPath(self.model, self.lowp) if self.lowp is not None else None
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    @property
-    def source(self) -> str:
-        return self._loaded.source
 
     @property
     def fingerprint(self) -> str:
@@ -161,7 +154,7 @@ class SegNextPredictor:
     def predict(self, embedding: ImageEmbedding, prompts: Prompts, state: ObjectState | None, *,
                 cancel: CancelToken | None = None) -> Prediction:
         state = state or ObjectState()
-        shape = tuple(embedding.geometry.original_size)
+        shape = as_size(embedding.geometry.original_size)
         if prompts.is_empty:
             return Prediction(np.zeros(shape, dtype=bool), state)
         if prompts.mask is not None and tuple(prompts.mask.shape) != shape:

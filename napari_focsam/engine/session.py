@@ -68,6 +68,7 @@ class _CompactStep(Step):
     @property
     def mask(self) -> np.ndarray:
         h, w = self.shape
+        assert self.packed is not None  # a compacted step
         return np.unpackbits(self.packed, count=h * w).reshape(h, w).astype(bool)
 
 
@@ -160,11 +161,11 @@ class ObjectSession:
         """Set the object's box (y0, x0, y1, x1) as one step; only for models that take boxes (SAM)."""
         if not self.predictor.supports_boxes:
             raise ValueError(f"{self.predictor.display_name} takes clicks only, not boxes")
-        box = np.asarray(box, dtype=np.float64)
-        self._check_inside(box[0], box[1])
-        self._check_inside(box[2], box[3])
+        corners = np.asarray(box, dtype=np.float64)
+        self._check_inside(corners[0], corners[1])
+        self._check_inside(corners[2], corners[3])
         with self._lock:
-            return self._apply(self.prompts.with_box(box), cancel)
+            return self._apply(self.prompts.with_box(corners), cancel)
 
     def add_polygon(self, vertices: Any, *, cancel: CancelToken | None = None) -> np.ndarray:
         """Add a filled polygon (lasso) of (y, x) vertices to the object's region, as one step.
@@ -233,7 +234,8 @@ class ObjectSession:
                 done = done.with_scribble(scribble.points, scribble.positive)
                 steps.append(done)
             for i in range(len(done), len(target)):
-                done = done.with_point(*target.points[i], bool(target.labels[i]))
+                y, x = target.points[i]
+                done = done.with_point(y, x, bool(target.labels[i]))
                 steps.append(done)
             for n, prompts in enumerate(steps):
                 if n:

@@ -49,12 +49,12 @@ def data_signature(array: np.ndarray) -> str:
     header = repr((np.lib.format.dtype_to_descr(arr.dtype), tuple(int(n) for n in arr.shape)))
     _framed(h, header.encode("utf-8"))
     if arr.flags.c_contiguous:
-        h.update(arr.reshape(-1).view(np.uint8))
+        h.update(arr.reshape(-1).view(np.uint8).data)
     else:  # ndim >= 1 here: a 0-d array is always contiguous
         row_bytes = max(1, arr[0:1].nbytes) if arr.shape[0] else 1
         step = max(1, _SLAB_BYTES // row_bytes)
         for start in range(0, arr.shape[0], step):
-            h.update(np.ascontiguousarray(arr[start : start + step]).reshape(-1).view(np.uint8))
+            h.update(np.ascontiguousarray(arr[start : start + step]).reshape(-1).view(np.uint8).data)
     return h.hexdigest()
 
 

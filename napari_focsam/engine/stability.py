@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from ..models.geometry import as_size
 from .predictor import Predictor
 from .types import CancelToken, ImageEmbedding, ObjectState, Prediction, Prompts, check_cancel
 
@@ -174,7 +175,7 @@ def predict_variants(
         check_cancel(cancel)
         masks.append(predictor.predict(embedding, prompts, state, cancel=cancel).mask)
     logits = torch.from_numpy(np.stack(masks).astype(np.float32) * 2 - 1)[:, None]
-    return Variants(logits, tuple(embedding.geometry.original_size), lambda x: x)
+    return Variants(logits, as_size(embedding.geometry.original_size), lambda x: x)
 
 
 def st_score(masks: np.ndarray | torch.Tensor) -> float:
@@ -207,7 +208,7 @@ def stability(
 ) -> Stability:
     """ST of the mask that ``prompts`` gave from ``previous`` (the state before the step) to ``current``."""
     jitter = jitter or Jitter()
-    shape = tuple(embedding.geometry.original_size)
+    shape = as_size(embedding.geometry.original_size)
     copies = jitter_prompts(prompts, shape, float(np.count_nonzero(mask)), jitter)
     out = predict_variants(predictor, embedding, copies, _copy_state(previous, current), cancel=cancel)
     h, w = out.valid
@@ -231,7 +232,7 @@ def robust_predict(
     base = predictor.predict(embedding, prompts, state, cancel=cancel)
     if prompts.is_empty:
         return base
-    copies = jitter_prompts(prompts, tuple(embedding.geometry.original_size),
+    copies = jitter_prompts(prompts, as_size(embedding.geometry.original_size),
                             float(np.count_nonzero(base.mask)), jitter)
     out = predict_variants(predictor, embedding, copies, _copy_state(state, base.state), cancel=cancel)
     own = base.state.logits

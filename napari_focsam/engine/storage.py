@@ -46,7 +46,7 @@ def content_digest(arrays: Iterable[np.ndarray] = (), checked: dict[str, Any] | 
     """
     digest = hashlib.blake2b(digest_size=DIGEST_SIZE)
     for array in arrays:
-        digest.update(np.asarray(array, order="C").reshape(-1).view(np.uint8))
+        digest.update(np.asarray(array, order="C").reshape(-1).view(np.uint8).data)
     if checked is not None:
         digest.update(json.dumps(checked, sort_keys=True, separators=(",", ":")).encode())
     return digest

@@ -58,6 +58,10 @@ class ImageEmbedding:
         return ImageEmbedding(features=features, geometry=self.geometry, key=self.key, extras=extras)
 
 
+#: what a predictor's ``embed()`` returns: ``(features, geometry)``, or with the backend's per-image extras
+EmbedResult = tuple[torch.Tensor, ImageGeometry] | tuple[torch.Tensor, ImageGeometry, dict[str, torch.Tensor]]
+
+
 def unpack_embedding(result: Any) -> tuple[torch.Tensor, ImageGeometry, dict[str, torch.Tensor]]:
     """A predictor's ``embed()`` result, ``(features, geometry)`` or ``(features, geometry, extras)``, as a triple."""
     if not (isinstance(result, tuple) and len(result) in (2, 3)):
@@ -150,7 +154,7 @@ class Prompts:
                 or any(s.positive for s in self.scribbles))
 
     def _replace(self, **changes: Any) -> Prompts:
-        fields = {"points": self.points, "labels": self.labels, "box": self.box, "mask": self.mask,
+        fields: dict[str, Any] = {"points": self.points, "labels": self.labels, "box": self.box, "mask": self.mask,
                   "scribbles": self.scribbles}
         fields.update(changes)
         return Prompts(**fields)

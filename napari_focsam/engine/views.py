@@ -55,7 +55,7 @@ def _region(value: Sequence[int], name: str) -> Region:
     values = tuple(int(v) for v in value)
     if len(values) != 4 or any(v != w for v, w in zip(values, value)):
         raise ValueError(f"a view's {name} is four integers (y0, x0, y1, x1), got {tuple(value)!r}")
-    return values  # type: ignore[return-value]
+    return values
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ class View:
 
     def contains(self, y: float, x: float, *, core: bool = False) -> bool:
         """Whether the point (y, x) (full-image pixels, centres at integers) lies in the region (or the core)."""
-        y0, x0, y1, x1 = self.core if core else self.region
+        y0, x0, y1, x1 = self.core if core and self.core is not None else self.region
         return y0 - 0.5 <= y < y1 - 0.5 and x0 - 0.5 <= x < x1 - 0.5
 
     # ------------------------------------------------------------------ reading
@@ -208,7 +208,8 @@ class ViewMask:
         target[self.slices] = block
 
 
-def view_around(box: Sequence[float], image_shape: tuple[int, int], size: int, *, margin: float = 0.0) -> View:
+def view_around(box: Sequence[float] | np.ndarray, image_shape: tuple[int, int], size: int, *,
+                margin: float = 0.0) -> View:
     """A square view of side ``size`` (clipped to the image) centred on ``box`` (y0, x0, y1, x1; inclusive pixels)
     and shifted to lie inside the image; when the box plus ``margin`` pixels on each side is larger than ``size``,
     the view covers it instead (and is then shrunk to the model's input: no longer at full resolution)."""

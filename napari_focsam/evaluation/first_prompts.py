@@ -92,7 +92,7 @@ def _simplified(contour: np.ndarray, tolerance: float) -> np.ndarray:
 def _farthest(skeleton: np.ndarray, start: tuple[int, int]) -> tuple[tuple[int, int], dict]:
     """Breadth-first search over the 8-connected skeleton: the last pixel reached and the parents."""
     h, w = skeleton.shape
-    parents = {start: None}
+    parents: dict[tuple[int, int], tuple[int, int] | None] = {start: None}
     queue = deque([start])
     last = start
     while queue:

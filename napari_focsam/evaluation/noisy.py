@@ -136,6 +136,7 @@ def evaluate_object_noisy(
                 if mode == "plain":
                     masks.append(predictor.predict(embedding, p, None).mask)
                 else:
+                    assert protocol.robust is not None  # the robust mode runs with a jitter only
                     masks.append(robust_predict(predictor, embedding, p, None, protocol.robust).mask)
             rows.append({
                 "key": key, "type": kind, "mode": mode,
@@ -168,7 +169,7 @@ def noisy_table(summary: dict[str, dict[str, dict[str, float]]], title: str = ""
              "| prompt | objects | mIoU | mBIoU | mST | mIoU robust | mBIoU robust | mST robust |",
              "|---|---|---|---|---|---|---|---|"]
     for kind, modes in summary.items():
-        plain, robust = modes.get("plain"), modes.get("robust")
+        plain, robust = modes["plain"], modes.get("robust")
         cells = [kind.replace("_", " "), str(int(plain["n"]))]
         cells += [f"{plain[k]:.1f}" for k in ("miou", "mbiou", "mst")]
         cells += [f"{robust[k]:.1f}" if robust else "-" for k in ("miou", "mbiou", "mst")]
@@ -227,7 +228,7 @@ def evaluate_noisy(
     with open(folder / NOISY_JSONL, "w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
-    summary = {"backend": label, "dataset": dataset.name, "protocol": protocol.to_dict(),
+    summary: dict[str, Any] = {"backend": label, "dataset": dataset.name, "protocol": protocol.to_dict(),
                "results": summarize_noisy(rows), "failed": [list(x) for x in failed]}
     (folder / NOISY_JSON).write_text(json.dumps(summary, indent=2) + "\n")
     title = f"{getattr(predictor, 'display_name', label)} on {dataset.name}"

@@ -62,11 +62,7 @@ def plot_miou_curves(rows: Sequence[dict[str, Any]], path: Path, title: str = ""
     ax.set_ylim(0, 101)
     ax.grid(alpha=0.3)
     ax.set_title(title or "mean IoU vs clicks")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path)
 
 
 def plot_noc_bars(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
@@ -82,11 +78,7 @@ def plot_noc_bars(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -
     ax.set_xticks(x, [f"NoC@{t}" for t in thresholds])
     ax.set_ylabel(f"clicks (max {rows[0]['n_clicks']})")
     ax.set_title(title or "number of clicks (lower is better)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path)
 
 
 def plot_delta_iou(
@@ -109,6 +101,11 @@ def plot_delta_iou(
     ax.set_xlabel("ΔIoU between consecutive clicks (%), drops of at least 1 %")
     ax.set_ylabel("count")
     ax.set_title(title or "stability: IoU drops after a click (fewer is better)")
+    return _save(plt, fig, ax, path)
+
+
+def _save(plt: Any, fig: Any, ax: Any, path: Path) -> Path:
+    """Add the legend, write the figure to ``path`` and close it."""
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)

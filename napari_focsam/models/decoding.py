@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from segment_anything.modeling import MaskDecoder, PromptEncoder
+from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,8 @@ def encode_prompts(
         batch = 1
     parts = [weight.new_empty((batch, 0, weight.shape[1]))]
     if coords is not None:
+        if labels is None:
+            raise ValueError("point coordinates need their labels")
         parts.append(encode_points(prompt_encoder, coords, labels, pad=boxes is None))
     if boxes is not None:
         parts.append(encode_boxes(prompt_encoder, boxes))
@@ -114,6 +118,42 @@ def encode_prompts(
         h, w = prompt_encoder.image_embedding_size
         dense = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, h, w)
     return sparse, dense
+
+
+def sam_decoder_arguments(transformer_dim: int) -> dict[str, Any]:
+    """The arguments of segment-anything's ``MaskDecoder`` as every SAM checkpoint has it (HQ-SAM's and PA-SAM's
+    decoders extend that one): a two-layer two-way transformer, three multimask tokens, a 3-layer IoU head."""
+    return {
+        "transformer_dim": transformer_dim,
+        "transformer": TwoWayTransformer(depth=2, embedding_dim=transformer_dim, mlp_dim=2048, num_heads=8),
+        "num_multimask_outputs": 3,
+        "iou_head_depth": 3,
+        "iou_head_hidden_dim": 256,
+    }
+
+
+def run_transformer(
+    transformer: nn.Module,
+    output_tokens: torch.Tensor,
+    image_embeddings: torch.Tensor,
+    image_pe: torch.Tensor,
+    sparse: torch.Tensor,
+    dense: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM's two-way transformer on the tokens ``[output_tokens, sparse]`` and the image ``embeddings + dense``.
+
+    ``output_tokens`` is (T, C) (shared by the batch), ``sparse`` (B, N, C), ``image_embeddings`` (1 or B, C, h, w).
+    Returns the tokens after the final attention (B, T + N, C) and the image keys (B, C, h, w).
+    """
+    batch = sparse.shape[0]
+    tokens = torch.cat([output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse], dim=1)
+    if image_embeddings.shape[0] != batch:
+        image_embeddings = image_embeddings.expand(batch, -1, -1, -1)
+    src = image_embeddings + dense
+    pos_src = image_pe.expand(batch, -1, -1, -1)
+    b, c, h, w = src.shape
+    hs, keys = transformer(src, pos_src, tokens)
+    return hs, keys.transpose(1, 2).reshape(b, c, h, w)
 
 
 def decode(
@@ -127,20 +167,12 @@ def decode(
 
     ``image_embeddings`` is (1, C, h, w) (shared by every prompt set in the batch) or (B, C, h, w).
     """
-    batch = sparse.shape[0]
     output_tokens = torch.cat([mask_decoder.iou_token.weight, mask_decoder.mask_tokens.weight], dim=0)
-    tokens = torch.cat([output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse], dim=1)
-    if image_embeddings.shape[0] != batch:
-        image_embeddings = image_embeddings.expand(batch, -1, -1, -1)
-    src = image_embeddings + dense
-    pos_src = image_pe.expand(batch, -1, -1, -1)
-    b, c, h, w = src.shape
-
-    hs, src = mask_decoder.transformer(src, pos_src, tokens)
+    hs, keys = run_transformer(mask_decoder.transformer, output_tokens, image_embeddings, image_pe, sparse, dense)
     iou_token_out = hs[:, 0, :]
     mask_token = hs[:, 1:2, :]
 
-    upscaled = mask_decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+    upscaled = mask_decoder.output_upscaling(keys)
     hyper_in = mask_decoder.output_hypernetworks_mlps[0](mask_token[:, 0, :]).unsqueeze(1)
     b, c, h, w = upscaled.shape
     logits = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, 1, h, w)

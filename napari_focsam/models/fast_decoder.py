@@ -311,23 +311,31 @@ class FastDecoder:
         """``heads * tokens`` up to which the folded path is taken (see the module docstring)."""
         if self.fold_limit is not None:
             return self.fold_limit
-        return 512 if self._workspace.attention_dtype.itemsize < dtype.itemsize else 192
+        return 512 if self._attention_dtype.itemsize < dtype.itemsize else 192
+
+    @property
+    def _upscaling_now(self) -> _Upscaling:
+        """The output upscaling of the call under way (chosen by :meth:`_run`)."""
+        upscaling = self._workspace.upscaling
+        assert upscaling is not None
+        return upscaling
 
     @property
     def _upscale_dtype(self) -> torch.dtype:
-        return self._workspace.upscaling.dtype
+        return self._upscaling_now.dtype
 
     @property
     def _attention_dtype(self) -> torch.dtype:
-        return self._workspace.attention_dtype
+        dtype = self._workspace.attention_dtype
+        assert dtype is not None  # chosen by _run
+        return dtype
 
     def _converted(self, tokens: torch.Tensor, dtype: torch.dtype, name: str) -> torch.Tensor:
         """``tokens`` in ``dtype``, in the same layout: a scratch buffer when converted, ``tokens`` itself when
         already in ``dtype`` or under autocast (whose GEMMs cast their inputs themselves)."""
         ws = self._workspace
-        if tokens.dtype == dtype or not ws.active:
-            return tokens
-        return ws.get(name, tokens.shape, tokens, dtype).copy_(tokens)
+        buffer = None if tokens.dtype == dtype else ws.get(name, tokens.shape, tokens, dtype)
+        return tokens if buffer is None else buffer.copy_(tokens)
 
     def _in_upscale_dtype(self, tokens: torch.Tensor) -> torch.Tensor:
         """``tokens`` in the upscaling's dtype, in the same layout (a scratch buffer when converted)."""
@@ -341,20 +349,21 @@ class FastDecoder:
         dot product with ``hyper_in`` all act per output pixel, so nothing is rearranged until the (h, w, 2, 2, 2, 2)
         logits, whose pixel (i, j, a1, b1, a2, b2) lands at row ``4i + 2a1 + a2`` and column ``4j + 2b1 + b2``.
         """
-        dtype, ws = hyper_in.dtype, self._workspace
-        matrix, bias, out = ws.upscaling.first
+        dtype, ws, upscaling = hyper_in.dtype, self._workspace, self._upscaling_now
+        matrix, bias, out = upscaling.first
         x = torch.addmm(bias, rows, matrix, out=ws.get("up1", (rows.shape[0], 4 * out), matrix))
         x = x.view(-1, out)  # rows (b, i, j, a1, b1)
         if ws.active and x.device.type == "cpu":  # (CUDA keeps float32 statistics for bfloat16)
-            weight, norm_bias, eps = ws.upscaling.norm
+            weight, norm_bias, eps = upscaling.norm
             normed = ws.get("up1_norm", x.shape, x)
             stats = ws.get("up1_stats", (2, x.shape[0], 1), x)  # mean and 1/std, in x's dtype on the CPU
+            assert normed is not None and stats is not None  # the workspace is active
             torch.ops.aten.native_layer_norm.out(x, [out], weight, norm_bias, eps, out0=normed, out1=stats[0],
                                                  out2=stats[1])
         else:
-            normed = F.layer_norm(x, (out,), *ws.upscaling.norm)
+            normed = F.layer_norm(x, (out,), *upscaling.norm)
         x = torch.ops.aten.gelu_(normed)
-        matrix, bias, out = ws.upscaling.second
+        matrix, bias, out = upscaling.second
         x = torch.addmm(bias, x, matrix, out=ws.get("up2", (x.shape[0], matrix.shape[1]), x))
         x = torch.ops.aten.gelu_(x)  # rows (b, i, j, a1, b1), columns (a2, b2, channel)
         logits = torch.bmm(x.view(batch, -1, out), hyper_in.to(x.dtype).view(batch, out, 1)).to(dtype)

@@ -36,11 +36,14 @@ import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling.image_encoder import ImageEncoderViT, get_rel_pos
 from torch import nn
+
+from .fast_linear import PackedLinear, cpu_has_fast_bf16, onednn_packing
 
 #: the attention implementations of :class:`~napari_focsam.engine.sam_predictor.SamFamilyPredictor`
 ATTENTION_MODES = ("fast", "reference")
@@ -51,19 +54,6 @@ MASK_BUDGET = 1 << 24
 _REDUCED = (torch.bfloat16, torch.float16)
 #: part of the embedding-cache key of the fast path: bump whenever its numerics change
 FAST_ENCODER_VERSION = 1
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU has native bfloat16 matmul instructions (AVX512-BF16 or AMX) that oneDNN uses."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    for probe in probes:
-        fn = getattr(torch.cpu, probe, None)
-        try:
-            if fn is not None and fn():
-                return True
-        except Exception:  # pragma: no cover - a torch build without the probe
-            pass
-    return False
 
 
 def default_encoder_dtype(device: torch.device | str, model_dtype: torch.dtype = torch.float32) -> torch.dtype:
@@ -89,52 +79,20 @@ def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in _REDUCED else dtype
 
 
-class _Linear:
-    """One ``nn.Linear`` in the compute dtype: a derived weight copy, pre-packed for oneDNN where that is possible."""
-
-    __slots__ = ("bias", "packed", "weight")
-
-    def __init__(self, linear: nn.Linear, dtype: torch.dtype, pack_rows: int | None) -> None:
-        weight = linear.weight.detach().to(dtype)
-        self.bias = None if linear.bias is None else linear.bias.detach().to(dtype)
-        self.packed = None if pack_rows is None else torch.ops.mkldnn._reorder_linear_weight(weight, pack_rows)
-        self.weight = weight if self.packed is None else None  # one derived copy, not two
-
-    def __call__(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
-        if self.packed is not None:
-            if gelu:
-                return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "gelu", [], "none")
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-        y = F.linear(x, self.weight, self.bias)
-        return F.gelu(y) if gelu else y
-
-
 @dataclass
 class _Block:
     """The derived parameters of one ViT block."""
 
     norm1: tuple[torch.Tensor, torch.Tensor, float]
     norm2: tuple[torch.Tensor, torch.Tensor, float]
-    qkv: _Linear
-    proj: _Linear
-    fc1: _Linear
-    fc2: _Linear
+    qkv: PackedLinear
+    proj: PackedLinear
+    fc1: PackedLinear
+    fc2: PackedLinear
     rel_pos_h: torch.Tensor | None
     rel_pos_w: torch.Tensor | None
     num_heads: int
     window_size: int
-
-
-def _onednn_packing(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether linears run as pre-packed oneDNN matmuls: bfloat16 on a CPU with native bf16 instructions.
-
-    This ignores ``torch.backends.mkldnn.enabled`` on purpose: with oneDNN switched off a bfloat16 linear falls back
-    to a generic kernel about 10x slower than float32. The stack pipeline switches oneDNN off to keep *convolutions*
-    independent of the thread count; oneDNN's matmul partitions the output, never the reduction, so its results do
-    not depend on the thread count (checked by the tests). float32 stays on torch's own GEMM.
-    """
-    return (device.type == "cpu" and dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
-            and cpu_has_fast_bf16() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
 class FastImageEncoder:
@@ -184,7 +142,7 @@ class FastImageEncoder:
             blocks = []
             device = self.encoder.pos_embed.device if self.encoder.pos_embed is not None else next(
                 self.encoder.parameters()).device
-            pack = _onednn_packing(device, self.dtype)
+            pack = onednn_packing(device, self.dtype)
             grid = self.encoder.patch_embed.proj.stride
             tokens = (self.encoder.img_size // grid[0]) * (self.encoder.img_size // grid[1])
             with torch.no_grad():
@@ -197,10 +155,10 @@ class FastImageEncoder:
                                blk.norm1.bias.detach().to(self.stat_dtype), blk.norm1.eps),
                         norm2=(blk.norm2.weight.detach().to(self.stat_dtype),
                                blk.norm2.bias.detach().to(self.stat_dtype), blk.norm2.eps),
-                        qkv=_Linear(attn.qkv, self.dtype, rows),
-                        proj=_Linear(attn.proj, self.dtype, rows),
-                        fc1=_Linear(blk.mlp.lin1, self.dtype, rows),
-                        fc2=_Linear(blk.mlp.lin2, self.dtype, rows),
+                        qkv=PackedLinear(attn.qkv, self.dtype, rows),
+                        proj=PackedLinear(attn.proj, self.dtype, rows),
+                        fc1=PackedLinear(blk.mlp.lin1, self.dtype, rows),
+                        fc2=PackedLinear(blk.mlp.lin2, self.dtype, rows),
                         rel_pos_h=attn.rel_pos_h.detach().to(self.stat_dtype) if use_rel else None,
                         rel_pos_w=attn.rel_pos_w.detach().to(self.stat_dtype) if use_rel else None,
                         num_heads=attn.num_heads,
@@ -371,16 +329,27 @@ class FastImageEncoder:
         biased variance), so no NCHW round trip is needed until the end.
         """
         neck = self.encoder.neck
+        assert isinstance(neck, nn.Module)
         parts = list(neck) if isinstance(neck, nn.Sequential) else []
         if not _is_sam_neck(parts):
             return neck(x.to(next(neck.parameters()).dtype).permute(0, 3, 1, 2))
-        conv1, norm1, conv2, norm2 = parts
+        conv1, conv2 = parts[0], parts[2]
+        assert isinstance(conv1, nn.Conv2d) and isinstance(conv2, nn.Conv2d)
+        norm1, norm2 = cast(_ChannelNorm, parts[1]), cast(_ChannelNorm, parts[3])  # LayerNorm2d: checked above
         stat = self.stat_dtype
         y = F.linear(x, conv1.weight.to(stat).flatten(1))
         y = F.layer_norm(y, y.shape[-1:], norm1.weight.to(stat), norm1.bias.to(stat), norm1.eps)
         y = F.conv2d(y.permute(0, 3, 1, 2), conv2.weight.to(stat), None, conv2.stride, conv2.padding)
         y = F.layer_norm(y.permute(0, 2, 3, 1), y.shape[1:2], norm2.weight.to(stat), norm2.bias.to(stat), norm2.eps)
         return y.permute(0, 3, 1, 2).contiguous()
+
+
+class _ChannelNorm(Protocol):
+    """segment-anything's (or segment-anything-hq's) ``LayerNorm2d``: a LayerNorm over the channel axis."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    eps: float
 
 
 def _is_sam_neck(parts: list[nn.Module]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +32,14 @@ class ImageGeometry:
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any]) -> ImageGeometry:
         return cls(
-            original_size=tuple(int(v) for v in attrs["original_size"]),
-            padded_size=tuple(int(v) for v in attrs["padded_size"]),
-            resized_size=tuple(int(v) for v in attrs["resized_size"]),
+            original_size=as_size(attrs["original_size"]),
+            padded_size=as_size(attrs["padded_size"]),
+            resized_size=as_size(attrs["resized_size"]),
             input_size=int(attrs["input_size"]),
         )
+
+
+def as_size(values: Iterable[Any]) -> tuple[int, int]:
+    """A (height, width) pair of ints from any two numbers (a list, a tuple, a ``torch.Size``); ValueError otherwise."""
+    height, width = (int(v) for v in values)
+    return height, width

@@ -31,11 +31,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from segment_anything.modeling import MaskDecoder, TwoWayTransformer
+from segment_anything.modeling import MaskDecoder
 from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.mask_decoder import MLP
 from torch import nn
 
+from .decoding import run_transformer, sam_decoder_arguments
 from .fast_decoder import FastDecoder
 
 __all__ = ["HQDecoderOutput", "HQMaskDecoder", "decode_hq", "hq_image_features"]
@@ -55,13 +56,7 @@ class HQMaskDecoder(MaskDecoder):
     """SAM's mask decoder plus HQ-SAM's output token and feature fusion (the official state-dict keys)."""
 
     def __init__(self, *, vit_dim: int, transformer_dim: int = 256) -> None:
-        super().__init__(
-            transformer_dim=transformer_dim,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=transformer_dim, mlp_dim=2048, num_heads=8),
-            num_multimask_outputs=3,
-            iou_head_depth=3,
-            iou_head_hidden_dim=256,
-        )
+        super().__init__(**sam_decoder_arguments(transformer_dim))
         self.hf_token = nn.Embedding(1, transformer_dim)
         self.hf_mlp = MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)
         self.compress_vit_feat = _upsampler(vit_dim, transformer_dim, transformer_dim // 8)
@@ -96,6 +91,8 @@ def hq_image_features(decoder: HQMaskDecoder, image_embeddings: torch.Tensor, ea
 def _maskfeature_in(module: nn.Sequential, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``embedding_maskfeature(x)`` with both convolutions in ``dtype`` (the LayerNorm's statistics in x's dtype)."""
     conv1, norm, act, conv2 = module
+    assert isinstance(conv1, nn.Conv2d) and isinstance(conv2, nn.Conv2d)
+    assert conv1.bias is not None and conv2.bias is not None
     y = F.conv2d(x.to(dtype), conv1.weight.to(dtype), conv1.bias.to(dtype), padding=1).to(x.dtype)
     y = act(norm(y))
     return F.conv2d(y.to(dtype), conv2.weight.to(dtype), conv2.bias.to(dtype), padding=1).to(x.dtype)
@@ -130,14 +127,7 @@ def decode_hq(
         hs = hs_kept.new_zeros((batch, n_sam + 2, hs_kept.shape[2]))
         hs[:, kept] = hs_kept
     else:
-        tokens = torch.cat([output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse], dim=1)
-        if image_embeddings.shape[0] != batch:
-            image_embeddings = image_embeddings.expand(batch, -1, -1, -1)
-        src = image_embeddings + dense
-        pos_src = image_pe.expand(batch, -1, -1, -1)
-        b, c, h, w = src.shape
-        hs, src = decoder.transformer(src, pos_src, tokens)
-        keys = src.transpose(1, 2).reshape(b, c, h, w)
+        hs, keys = run_transformer(decoder.transformer, output_tokens, image_embeddings, image_pe, sparse, dense)
     iou_all = decoder.iou_prediction_head(hs[:, 0, :])  # (B, 4)
     if multimask_output:
         iou, best = torch.max(iou_all[:, 1:n_sam], dim=1)

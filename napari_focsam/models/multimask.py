@@ -60,7 +60,7 @@ def decode_multimask_fast(
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
     _, c, h, w = image_embeddings.shape
     hs, keys, keys_low, folded = fast._run(image_embeddings, sparse, dense, output_tokens, _KEPT)
-    upscaling = fast._workspace.upscaling
+    upscaling = fast._upscaling_now
     dtype = upscaling.dtype
     if folded:
         keys = keys_low if keys_low is not None and keys_low.dtype == dtype else keys

@@ -30,11 +30,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+from segment_anything.modeling import MaskDecoder, PromptEncoder
 from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.mask_decoder import MLP
 from segment_anything.modeling.transformer import Attention
 from torch import nn
+
+from .decoding import sam_decoder_arguments
 
 __all__ = ["PADecoderOutput", "PAMaskDecoder", "canny_edges", "decode_pa", "guiding_features"]
 
@@ -58,13 +60,7 @@ class PAMaskDecoder(MaskDecoder):
     """SAM's mask decoder plus PA-SAM's guiding branch and prompt adapter (the official state-dict keys)."""
 
     def __init__(self, *, transformer_dim: int = 256) -> None:
-        super().__init__(
-            transformer_dim=transformer_dim,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=transformer_dim, mlp_dim=2048, num_heads=8),
-            num_multimask_outputs=3,
-            iou_head_depth=3,
-            iou_head_hidden_dim=256,
-        )
+        super().__init__(**sam_decoder_arguments(transformer_dim))
         self.guiding_conv = nn.Sequential(
             nn.Conv2d(4, 64, kernel_size=2, stride=2),
             LayerNorm2d(64),

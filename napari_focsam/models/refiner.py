@@ -36,6 +36,7 @@ from torch import nn
 from napari_focsam._cancel import CancelToken, check_cancel
 from napari_focsam.models.deform_conv import DcnBackend, DeformableConvLayer, ModulatedDeformConv3x3
 from napari_focsam.models.focus import FocusPlan, WindowSelection, focus_bbox, plan_focus
+from napari_focsam.models.geometry import as_size
 
 __all__ = [
     "FocusBlock",
@@ -343,7 +344,7 @@ class FocusRefiner(nn.Module):
         """
         if image_embeds.ndim != 4:
             raise ValueError(f"image_embeds must be (B, C, h, w), got shape {tuple(image_embeds.shape)}")
-        plan = self.plan(coarse_logits, tuple(image_embeds.shape[-2:]), input_size)
+        plan = self.plan(coarse_logits, as_size(image_embeds.shape[-2:]), input_size)
         return self.refine(image_embeds, mask_token, plan, cancel=cancel)
 
     def refine(

@@ -11,9 +11,10 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder
 from torch import nn
 
+from .decoding import sam_decoder_arguments
 from .refiner import FocusRefiner
 from .specs import ModelSpec
 
@@ -71,13 +72,7 @@ def _mask_decoder(spec: ModelSpec) -> MaskDecoder:
         return PAMaskDecoder(transformer_dim=PROMPT_EMBED_DIM)
     if spec.decoder != "sam":
         raise ValueError(f"unknown decoder {spec.decoder!r} in spec {spec.name!r}")
-    return MaskDecoder(
-        num_multimask_outputs=3,
-        transformer=TwoWayTransformer(depth=2, embedding_dim=PROMPT_EMBED_DIM, mlp_dim=2048, num_heads=8),
-        transformer_dim=PROMPT_EMBED_DIM,
-        iou_head_depth=3,
-        iou_head_hidden_dim=256,
-    )
+    return MaskDecoder(**sam_decoder_arguments(PROMPT_EMBED_DIM))
 
 
 def build_model(spec: ModelSpec, *, seed: int | None = None) -> InteractiveModel:

@@ -38,7 +38,8 @@ class ModelSpec:
     name: str
     display_name: str
     encoder: EncoderConfig
-    #: "sam": segment-anything's ``SamPredictor`` conventions; "focsam": the official FocSAM pipeline (BGR, /32 pad)
+    #: "sam": segment-anything's ``SamPredictor`` conventions; "focsam": the official FocSAM pipeline (BGR, /32 pad);
+    #: "medsam": MedSAM's (see :class:`~napari_focsam.models.transforms.MedsamTransform`)
     preprocessing: str
     refiner: bool = False
     #: number of refiner blocks (12 in FocSAM; the tiny test spec uses 2: one plain and one shifted block)
@@ -92,6 +93,22 @@ SPECS.update({
         ModelSpec("pa_sam_vit_l", "PA-SAM ViT-L", VIT_L, "sam", decoder="pa", checkpoint_name="epoch_20.pth"),
         ModelSpec("sam_hq_tiny", "HQ-SAM tiny (random weights, for tests)", VIT_TINY_HQ, "sam", decoder="hq"),
         ModelSpec("pa_sam_tiny", "PA-SAM tiny (random weights, for tests)", VIT_TINY, "sam", decoder="pa"),
+    )
+})
+
+# ---- fine-tuned SAMs for microscopy and medicine (see docs/models.md): SAM's architecture, other weights ----
+SPECS.update({
+    spec.name: spec
+    for spec in (
+        ModelSpec("microsam_vit_b_lm", "micro-sam ViT-B LM", VIT_B, "sam", checkpoint_name="vit_b.pt"),
+        ModelSpec("microsam_vit_l_lm", "micro-sam ViT-L LM", VIT_L, "sam", checkpoint_name="vit_l.pt"),
+        ModelSpec("microsam_vit_b_em_organelles", "micro-sam ViT-B EM organelles", VIT_B, "sam",
+                  checkpoint_name="vit_b.pt"),
+        ModelSpec("microsam_vit_l_em_organelles", "micro-sam ViT-L EM organelles", VIT_L, "sam",
+                  checkpoint_name="vit_l.pt"),
+        #: MedSAM's own frame: the image stretched to 1024² (bicubic), min-max scaled to [0, 1], no mean/std
+        ModelSpec("medsam_vit_b", "MedSAM ViT-B", VIT_B, "medsam", checkpoint_name="medsam_vit_b.pth"),
+        ModelSpec("medsam_tiny", "MedSAM tiny (random weights, for tests)", VIT_TINY, "medsam"),
     )
 })
 

@@ -12,6 +12,9 @@ Two conventions exist and each model uses the one its weights were trained with:
     side of the padded image is 1024; zero-pad to 1024². Coordinates scale by resized/padded size in float32, as the
     official code does. Masks: logits → bilinear to 1024² → crop → bilinear to the padded size → crop to the image.
 
+``StretchTransform`` (PA-SAM's and HQ-SAM's evaluation) and ``MedsamTransform`` (MedSAM) stretch the image to S²
+instead (see their docstrings).
+
 This module is also the single place where the package's (y, x) order becomes the models' (x, y) order.
 """
 
@@ -208,10 +211,50 @@ class StretchTransform(_Transform):
         return resized(logits, geometry.original_size)
 
 
-TRANSFORMS = {"sam": SamTransform, "focsam": FocsamTransform, "stretch": StretchTransform}
+class MedsamTransform(StretchTransform):
+    """MedSAM's conventions (``MedSAM_Inference.py`` and ``gui.py`` of bowang-lab/MedSAM).
+
+    The RGB image is stretched to S² with scikit-image's ``resize(order=3, preserve_range=True,
+    anti_aliasing=True)`` and truncated to uint8, then min-max scaled over the whole image to [0, 1]
+    (``(x - min) / max(max - min, 1e-8)``, in float64, then float32); SAM's mean and std are **not** applied (MedSAM
+    calls the image encoder directly). Coordinates: ``x / W * S`` and ``y / H * S``. Masks: MedSAM interpolates the
+    *probabilities* ``sigmoid(low-res logits)`` bilinearly to the original size and keeps ``> 0.5``; the logits
+    returned here are ``logit`` of those probabilities (clamped to 1e-6 … 1 - 1e-6), so ``> 0`` is exactly MedSAM's
+    mask (interpolating logits instead would differ near edges).
+    """
+
+    name = "medsam-v1"
+
+    def image_to_input(self, image: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        from skimage.transform import resize as sk_resize
+
+        s = self.input_size
+        big = sk_resize(np.asarray(image, dtype=np.uint8), (s, s), order=3, preserve_range=True,
+                        anti_aliasing=True).astype(np.uint8)
+        scaled = (big - big.min()) / np.clip(big.max() - big.min(), a_min=1e-8, a_max=None)
+        x = torch.tensor(scaled).float().permute(2, 0, 1)[None]
+        return x.to(device=device, dtype=dtype)
+
+    def points_to_input(self, points_yx: np.ndarray, geometry: ImageGeometry) -> np.ndarray:
+        (h, w), s = geometry.original_size, self.input_size
+        xy = yx_to_xy(points_yx)
+        xy[..., 0] = xy[..., 0] / w * s
+        xy[..., 1] = xy[..., 1] / h * s
+        return xy.astype(np.float32)
+
+    def logits_to_original(self, logits: torch.Tensor, geometry: ImageGeometry) -> torch.Tensor:
+        probabilities = resized(torch.sigmoid(logits), geometry.original_size)
+        return torch.logit(probabilities, eps=1e-6)
 
 
-def make_transform(preprocessing: str, input_size: int = 1024) -> SamTransform | FocsamTransform | StretchTransform:
+_Frame = SamTransform | FocsamTransform | StretchTransform | MedsamTransform
+TRANSFORMS: dict[str, type[_Frame]] = {
+    "sam": SamTransform, "focsam": FocsamTransform, "stretch": StretchTransform, "medsam": MedsamTransform,
+}
+
+
+def make_transform(preprocessing: str, input_size: int = 1024
+                   ) -> SamTransform | FocsamTransform | StretchTransform | MedsamTransform:
     try:
         return TRANSFORMS[preprocessing](input_size)
     except KeyError:

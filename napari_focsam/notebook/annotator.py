@@ -237,7 +237,7 @@ class Annotator(anywidget.AnyWidget):
 
     def _committed(self, label: int) -> None:
         self._autosave()
-        controller = self.controller
+        controller = self._ready()
         for callback in list(self._callbacks):
             callback(label, controller.labels == label)
 

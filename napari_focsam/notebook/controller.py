@@ -17,13 +17,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from ..engine.jobs import JobRunner
 from ..engine.manager import ModelManager
+from ..engine.object_commits import ObjectCommits
 from ..engine.session import ObjectSession
 from ..engine.types import Prompts
 from ..engine.work import ClickResult, compute_object
@@ -34,7 +35,7 @@ from .source import ImageSource
 Emit = Callable[[dict, list], None]
 
 
-class NotebookController(SliceAndModel):
+class NotebookController(SliceAndModel, ObjectCommits):
     """One image, its labels and a model; every public method is one user action (see :class:`Annotator`)."""
 
     def __init__(self, source: ImageSource, emit: Emit, labels: np.ndarray,
@@ -47,7 +48,8 @@ class NotebookController(SliceAndModel):
         self.model_name: str | None = None
         self.labels = labels
         self.z = 0
-        self.contrast = tuple(float(v) for v in (contrast or source.default_contrast()))
+        low, high = (float(v) for v in (contrast or source.default_contrast()))
+        self.contrast = (low, high)
         self.overwrite = False
         self.selected = 0
         self.last_click_ms: float | None = None
@@ -98,9 +100,9 @@ class NotebookController(SliceAndModel):
     def box(self, y0: float, x0: float, y1: float, x1: float, seq: int | None = None) -> None:
         """Make (y0, x0)-(y1, x1) the current object's box on the shown slice (models that take boxes)."""
         with self._lock:
-            self._need_model()
+            manager = self._need_model()
             if not self.takes_boxes:
-                raise ValueError(f"{self.manager.display_name} takes clicks only: the box is ignored "
+                raise ValueError(f"{manager.display_name} takes clicks only: the box is ignored "
                                  "(load a SAM model to use boxes)")
             top, bottom = sorted((float(y0), float(y1)))
             left, right = sorted((float(x0), float(x1)))
@@ -112,15 +114,17 @@ class NotebookController(SliceAndModel):
             self._prompts[key] = self.prompts().with_box(np.array([top, left, bottom, right]))
             self._submit(seq)
 
-    def _need_model(self) -> None:
+    def _need_model(self) -> ModelManager:
         if self.manager is None:
             raise ValueError("no model loaded yet: wait until it is loaded (see the progress line) or load one")
+        return self.manager
 
     def _submit(self, seq: int | None) -> None:
         index, object_id = self.index, self.object_id
         key = (index, object_id)
         self._bases.setdefault(key, self._view(index).copy())
-        args = (self.manager, self.source.data, index, self.source.rgb, self.contrast, object_id, self._prompts[key])
+        manager = self._need_model()
+        args = (manager, self.source.data, index, self.source.rgb, self.contrast, object_id, self._prompts[key])
         known = self._known.get((self.manager, index, self.contrast))  # the slice is not converted and hashed again
         self._running[object_id] += 1
         self.jobs.submit((CLICK, index, object_id), lambda token: compute_object(*args, token, known_key=known),
@@ -167,8 +171,7 @@ class NotebookController(SliceAndModel):
         self._running[object_id] -= 1
         if self._running[object_id] <= 0:
             del self._running[object_id]
-            if object_id in self._committing:
-                self._finish_commit(object_id)
+        super()._job_finished(object_id)
 
     def _jobs_of(self, object_id: int) -> bool:
         """Whether click jobs of the object are still to finish (the runner's own count includes the job whose
@@ -198,23 +201,14 @@ class NotebookController(SliceAndModel):
     def commit(self) -> int:
         """Keep the current object and start the next one (id = max + 1). Returns the committed id."""
         with self._lock:
-            committed = self.object_id
-            self._prompts = {k: v for k, v in self._prompts.items() if k[1] != committed}
-            self._committing.add(committed)
-            self._start_new_object()
-            if not self._jobs_of(committed):
-                self._finish_commit(committed)
+            self._prompts = {k: v for k, v in self._prompts.items() if k[1] != self.object_id}
+            committed = self._commit_current()
             self._set_status(f"committed object {committed}; now object {self.object_id}", "info", send=False)
             self._update(prompts=True)
             return committed
 
     def _finish_commit(self, object_id: int) -> None:
-        self._committing.discard(object_id)
-        self._bases = {k: v for k, v in self._bases.items() if k[1] != object_id}
-        if self.manager is not None:
-            for session in self.manager.objects():
-                if session.object_id == object_id:
-                    self.manager.commit_object(session)
+        super()._finish_commit(object_id)
         if self.on_committed is not None:
             try:
                 self.on_committed(object_id)
@@ -223,9 +217,7 @@ class NotebookController(SliceAndModel):
 
     def _start_new_object(self) -> None:
         busy = [oid for oid, n in self._running.items() if n > 0]
-        top = int(self.labels.max()) if self.labels.size else 0
-        self.object_id = max([top, *busy]) + 1
-        self._close_sessions(self.object_id)
+        self._begin_object(int(self.labels.max()) if self.labels.size else 0, busy)
 
     def cancel(self) -> None:
         """Drop the current object: its jobs are discarded, its pixels go back to what they were."""
@@ -277,12 +269,6 @@ class NotebookController(SliceAndModel):
             self._send_patch((0, 0, self.source.height, self.source.width))
             self._update()
 
-    def _close_sessions(self, label: int) -> None:
-        if self.manager is not None:
-            for session in self.manager.objects():
-                if session.object_id == label:
-                    self.manager.close_object(session)
-
     # ------------------------------------------------------------------ messages
     def _deliver(self, callback: Callable[[], None]) -> None:
         """The job runner's results, on its threads, serialised with the actions."""
@@ -324,7 +310,7 @@ class NotebookController(SliceAndModel):
             message["prompts"] = self.prompt_state()
         self._emit(message, [])
 
-    def wait(self, timeout: float = 60.0, match: Callable[[Hashable], bool] | None = None) -> None:
+    def wait(self, timeout: float = 60.0, match: Callable[[Any], bool] | None = None) -> None:
         """Block until no job runs (or none of the keys ``match`` selects), results delivered."""
         deadline = time.monotonic() + timeout
         while self.jobs.busy if match is None else self.jobs.active(match):

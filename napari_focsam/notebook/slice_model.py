@@ -4,7 +4,9 @@ embedding of the shown slice in a job (with its progress in the widget). Part of
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -12,11 +14,38 @@ from ..engine.manager import ModelManager
 from ..engine.work import embed_slice
 from .overlay import png_bytes, rle_encode
 
+if TYPE_CHECKING:
+    from ..engine.jobs import JobRunner
+    from .source import ImageSource
+
 CLICK = "click"  # job keys: (CLICK, slice, object id), ("embed",), ("load",)
 
 
 class SliceAndModel:
     """The view and the model of a notebook controller (a mixin)."""
+
+    if TYPE_CHECKING:  # what it uses of the controller (see NotebookController)
+        source: ImageSource
+        jobs: JobRunner
+        manager: ModelManager | None
+        model_name: str | None
+        z: int
+        contrast: tuple[float, float]
+        _lock: threading.RLock
+        _emit: Callable[[dict, list], None]
+        _keys: dict[tuple[int, ...], str]
+        _known: dict[tuple, str]
+
+        @property
+        def index(self) -> tuple[int, ...]: ...
+
+        def _view(self, index: tuple[int, ...]) -> np.ndarray: ...
+
+        def _progress(self, kind: str, text: str | None) -> None: ...
+
+        def _set_status(self, text: str, level: str = "info", *, send: bool = True) -> None: ...
+
+        def _update(self, prompts: bool = False) -> None: ...
 
     def set_slice(self, z: int) -> None:
         with self._lock:

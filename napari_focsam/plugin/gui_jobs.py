@@ -97,7 +97,7 @@ class GuiJobs:
         show_error(f"FocSAM: {exc}")
         self.status.emit(f"error: {exc}")
 
-    def wait(self, timeout: float = 60.0, match: Callable[[Hashable], bool] | None = None) -> None:
+    def wait(self, timeout: float = 60.0, match: Callable[[Any], bool] | None = None) -> None:
         """Block (processing Qt events) until no job is running (or none of the keys ``match`` selects): for
         notebooks and tests."""
         from qtpy.QtWidgets import QApplication

@@ -120,13 +120,10 @@ def segment_prompts_file(manager: ModelManager, data: Any, rgb: bool, limits: tu
 def everything_labels(manager: ModelManager, data: Any, rgb: bool, limits: tuple[float, float] | None, ndim: int,
                       *, progress: Callable[[int, int], None], cancel: CancelToken) -> np.ndarray:
     """Instance labels of a 2D image or of every 2D slice of an nD one (``ndim`` grid axes; ids unique)."""
-    from ..engine.everything import segment_everything, segment_everything_stack
+    from ..engine.everything import segment_everything
+    from ..stack.everything import segment_everything_stack
 
-    data = np.asarray(data)
     if ndim <= 2:
         return segment_everything(manager, data, rgb=rgb, contrast_limits=limits, cancel=cancel, progress=progress)
-    lead = data.shape[: ndim - 2]
-    flat = data.reshape((-1, *data.shape[ndim - 2:]))
-    labels = segment_everything_stack(manager, flat, rgb=rgb, contrast_limits=limits, cancel=cancel,
-                                      progress=progress)
-    return labels.reshape((*lead, *labels.shape[1:]))
+    return np.asarray(segment_everything_stack(manager, data, rgb=rgb, contrast_limits=limits, cancel=cancel,
+                                               progress=progress))

@@ -87,7 +87,7 @@ def _segment_slices(reader: StackReader, prompt_set: PromptSet, setup: JobSetup,
             tracker.check()
             image = prepare(reader, index, limits)
             objects = prompt_set.objects(index)
-            if setup.serial:
+            if manager is not None:  # a serial run
                 runner.submit(lambda i, im, objs: (i, paint_objects(manager, im, objs, dtype)), index, image, objects)
             else:
                 runner.submit(task_segment, config, None if opened is None else str(opened.path),

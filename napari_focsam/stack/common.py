@@ -39,7 +39,11 @@ def as_config(model: ModelLike, device: str = "auto") -> ModelConfig | None:
 
 def local_manager(model: ModelLike) -> ModelManager:
     """A manager in this process: the one given, or the config's (loaded once per process)."""
-    return model if isinstance(model, ModelManager) else manager_for(as_config(model))
+    if isinstance(model, ModelManager):
+        return model
+    config = as_config(model)
+    assert config is not None  # a name or a config
+    return manager_for(config)
 
 
 def normalise_limits(contrast_limits: Sequence[float] | None) -> tuple[float, float] | None:
@@ -96,6 +100,7 @@ def describe_model(manager: ModelManager | None, runner: Runner, config: ModelCo
                 "fingerprint": predictor.fingerprint, "supports_boxes": bool(predictor.supports_boxes)}
     from .worker import model_info
 
+    assert isinstance(runner, DaskRunner)  # no manager here: the model is on the Dask workers
     return runner.client.submit(model_info, config, pure=False).result()
 
 

@@ -32,7 +32,7 @@ def _our_labels(path: Path) -> bool:
 
         with tifffile.TiffFile(path) as tif:
             metadata = tif.shaped_metadata
-            return bool(metadata) and metadata[0].get("napari-focsam") == "labels"
+            return metadata is not None and len(metadata) > 0 and metadata[0].get("napari-focsam") == "labels"
     except Exception:  # noqa: BLE001 - unreadable is not ours
         return False
 
@@ -117,6 +117,7 @@ class LabelWriter:
                 self._flush(upto=self.n_slices)
                 self._tiff.close()
                 self._tiff = None
+                assert self._tmp is not None and self.path is not None  # set with the TIFF writer
                 os.replace(self._tmp, self.path)
             except BaseException:
                 self.abort()

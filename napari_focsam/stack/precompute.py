@@ -150,8 +150,9 @@ def slices_per_task_for(seconds_per_slice: float, slices_left: int, threads: int
 
 
 def _n_workers(runner: Runner) -> int:
-    from .distributed import cluster_threads
+    from .distributed import DaskRunner, cluster_threads
 
+    assert isinstance(runner, DaskRunner)
     return cluster_threads(runner.client)[0]
 
 

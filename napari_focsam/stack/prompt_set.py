@@ -46,6 +46,7 @@ class PromptSet:
 def _label_slice(record: PromptRecord, index: int, leading_shape: tuple[int, ...], image_shape: tuple[int, int],
                  cache: dict[str, np.ndarray]) -> np.ndarray:
     """The mask ``labels == value`` of a mask record on slice ``index``."""
+    assert record.mask is not None  # a mask record
     path = Path(record.mask).expanduser()
     if str(path) not in cache:
         try:

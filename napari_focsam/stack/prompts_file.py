@@ -105,7 +105,7 @@ def read_prompts(path: str | os.PathLike[str]) -> list[PromptRecord]:
             else r for r in records]
 
 
-def _number(value: Any, what: str, where: str, *, integer: bool = False) -> float | int:
+def _number(value: Any, what: str, where: str) -> float:
     if isinstance(value, bool):
         raise PromptsFileError(f"{where}: {what} must be a number, got {value!r}")
     try:
@@ -114,11 +114,14 @@ def _number(value: Any, what: str, where: str, *, integer: bool = False) -> floa
         raise PromptsFileError(f"{where}: {what} must be a number, got {value!r}") from None
     if not math.isfinite(number):
         raise PromptsFileError(f"{where}: {what} must be finite, got {value!r}")
-    if integer:
-        if number != int(number):
-            raise PromptsFileError(f"{where}: {what} must be a whole number, got {value!r}")
-        return int(number)
     return number
+
+
+def _integer(value: Any, what: str, where: str) -> int:
+    number = _number(value, what, where)
+    if number != int(number):
+        raise PromptsFileError(f"{where}: {what} must be a whole number, got {value!r}")
+    return int(number)
 
 
 def _polarity(value: Any, where: str) -> bool:
@@ -141,9 +144,9 @@ def _record(fields: dict[str, Any], where: str) -> PromptRecord:
     for name in ("slice", "object_id"):
         if not present(name):
             raise PromptsFileError(f"{where}: missing {name}")
-    index = _number(fields["slice"], "slice", where, integer=True)
-    t = _number(fields["t"], "t", where, integer=True) if present("t") else None
-    object_id = _number(fields["object_id"], "object_id", where, integer=True)
+    index = _integer(fields["slice"], "slice", where)
+    t = _integer(fields["t"], "t", where) if present("t") else None
+    object_id = _integer(fields["object_id"], "object_id", where)
     if object_id < 1:
         raise PromptsFileError(f"{where}: object_id must be a positive integer (0 is background), got {object_id}")
     kind = str(fields.get("kind") or "").strip().lower()
@@ -154,13 +157,13 @@ def _record(fields: dict[str, Any], where: str) -> PromptRecord:
     if kind == "mask":
         if not present("mask"):
             raise PromptsFileError(f"{where}: a mask prompt needs a mask column (a label image file)")
-        value = _number(fields["mask_value"], "mask_value", where, integer=True) if present("mask_value") else None
+        value = _integer(fields["mask_value"], "mask_value", where) if present("mask_value") else None
         return PromptRecord(where, index, t, object_id, kind="mask", mask=str(fields["mask"]).strip(),
                             mask_value=value)
     if kind in ("polygon", "scribble"):
         if not (present("y") and present("x")):
             raise PromptsFileError(f"{where}: a {kind} vertex needs y and x")
-        shape = _number(fields["shape"], "shape", where, integer=True) if present("shape") else 0
+        shape = _integer(fields["shape"], "shape", where) if present("shape") else 0
         vertex = (_number(fields["y"], "y", where), _number(fields["x"], "x", where))
         positive = _polarity(fields["label"], where) if present("label") else True
         return PromptRecord(where, index, t, object_id, positive=positive, kind=kind, vertices=(vertex,), shape=shape)
@@ -173,7 +176,10 @@ def _record(fields: dict[str, Any], where: str) -> PromptRecord:
     if not has_point and not all(box_fields):
         raise PromptsFileError(f"{where}: neither a click (y, x) nor a box (y0, x0, y1, x1)")
     point = (_number(fields["y"], "y", where), _number(fields["x"], "x", where)) if has_point else None
-    box = tuple(_number(fields[n], n, where) for n in ("y0", "x0", "y1", "x1")) if all(box_fields) else None
+    box = None
+    if all(box_fields):
+        y0, x0, y1, x1 = (_number(fields[n], n, where) for n in ("y0", "x0", "y1", "x1"))
+        box = (y0, x0, y1, x1)
     positive = _polarity(fields["label"], where) if present("label") else True
     if box is not None and not positive and point is None:
         raise PromptsFileError(f"{where}: a box cannot be negative")
@@ -294,8 +300,8 @@ def _json_shapes(item: dict[str, Any], fields: dict[str, Any], where: str) -> li
     out = []
     if item.get("mask") is not None:
         value = item.get("mask_value")
-        out.append(replace(base, mask=str(item["mask"]), mask_value=None if value is None else _number(
-            value, "mask_value", where, integer=True)))
+        out.append(replace(base, mask=str(item["mask"]), mask_value=None if value is None else _integer(
+            value, "mask_value", where)))
     polygons = item.get("polygons") or []
     scribbles = item.get("scribbles") or []
     if not isinstance(polygons, list) or not isinstance(scribbles, list):

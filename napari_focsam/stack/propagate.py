@@ -157,7 +157,7 @@ def prompts_from_mask(mask: np.ndarray, parts: frozenset[str]) -> Prompts:
     h, w = mask.shape
     points: list[tuple[float, float]] = []
     labels: list[int] = []
-    box = None
+    box: np.ndarray | None = None
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     y0, y1, x0, x1 = rows[0], rows[-1], cols[0], cols[-1]
     size = max(y1 - y0 + 1, x1 - x0 + 1)
@@ -170,7 +170,7 @@ def prompts_from_mask(mask: np.ndarray, parts: frozenset[str]) -> Prompts:
         labels += [0] * len(negatives)
     if "box" in parts:
         pad = max(2, int(round(0.2 * size)))
-        box = (max(0, y0 - pad), max(0, x0 - pad), min(h - 1, y1 + pad), min(w - 1, x1 + pad))
+        box = np.array([max(0, y0 - pad), max(0, x0 - pad), min(h - 1, y1 + pad), min(w - 1, x1 + pad)])
     return Prompts(np.asarray(points, float).reshape(-1, 2), np.asarray(labels, np.int64), box)
 
 

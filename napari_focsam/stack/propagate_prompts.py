@@ -18,7 +18,7 @@ from ..engine.session import ObjectSession
 from ..engine.types import CancelToken, Prompts
 from .batch import check_boxes, load_prompt_set
 from .common import JobSetup, ModelLike, Progress, ProgressCallback, job_setup, normalise_limits, prepare, store_in_use
-from .distributed import DaskRunner
+from .distributed import DaskRunner, Runner
 from .labels_io import LabelWriter, label_dtype
 from .prompt_set import PromptSet
 from .prompts_file import PromptRecord
@@ -165,10 +165,11 @@ def _collect(done: Any, reader: Any, crops: dict[int, list[tuple[int, Crop]]], t
     tracker.report()
 
 
-def _for_workers(runner: DaskRunner, stack: Any, reader: Any) -> Any:
+def _for_workers(runner: Runner, stack: Any, reader: Any) -> Any:
     """What the workers read the stack from: its path, or the array itself (a numpy array is sent once)."""
     if isinstance(stack, (str, os.PathLike)):
         return os.fspath(stack)
     if isinstance(stack, np.ndarray):
+        assert isinstance(runner, DaskRunner)
         return runner.client.scatter(stack, broadcast=True)
     return reader.source if reader.reads_pages else reader.array

@@ -151,6 +151,7 @@ def _open_tiff(path: Path, rgb: bool | None) -> StackReader:
     if n_slices and len(pages) == n_slices and squeezed:
         return StackReader(_Shape(shape, dtype), rgb=guess, source=str(path), tiff=tif)
     # not one page per slice (tiles, a single multi-sample page, ...): memory-map it if possible, else read it all
+    array: np.ndarray
     try:
         array = tifffile.memmap(path, mode="r")
     except Exception:  # noqa: BLE001 - compressed or not contiguous

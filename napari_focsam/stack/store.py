@@ -146,19 +146,19 @@ class StackStore:
     def __init__(self, path: Path, group: zarr.Group) -> None:
         self.path = path
         self._group = group
-        attrs = dict(group.attrs)
+        attrs: dict[str, Any] = dict(group.attrs)
         self.store_id: str = str(attrs["store_id"])
         self.spec = StoreSpec.from_attrs(attrs["spec"])
         self.geometry = ImageGeometry.from_attrs(attrs["geometry"])
         self.feature_shape = tuple(int(n) for n in attrs["feature_shape"])
         self.feature_dtype = np.dtype(attrs["feature_dtype"])
         self.torch_dtype = torch_dtype_named(str(attrs["torch_dtype"]))
-        self._features = group["features"]
-        self._meta = group["meta"]
+        self._features = _array(group, "features")
+        self._meta = _array(group, "meta")
         #: per-image extra tensors (HQ-SAM, PA-SAM): name -> (shape, numpy dtype, torch dtype, array)
         self._extras = {
             str(name): (tuple(int(n) for n in meta["shape"]), np.dtype(meta["dtype"]),
-                        torch_dtype_named(str(meta["torch_dtype"])), group[f"extra_{name}"])
+                        torch_dtype_named(str(meta["torch_dtype"])), _array(group, f"extra_{name}"))
             for name, meta in sorted(dict(attrs.get("extras") or {}).items())
         }
         self._index: dict[bytes, int] | None = None
@@ -226,7 +226,7 @@ class StackStore:
                 raise StoreError(f"{path} already holds a stack store (use overwrite to replace it)")
             shutil.rmtree(path)
         array = storable_array(features)
-        attrs = {
+        attrs: dict[str, Any] = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "store_id": uuid.uuid4().hex,
@@ -366,10 +366,11 @@ class StackStore:
         with self._lock:
             stale = self._index is None or (key_bytes not in self._index and not self._complete_cached()
                                             and time.monotonic() - self._indexed_at > _REINDEX_S)
-            if stale:  # first use, or a precompute may have written more slices since
-                self._index = {bytes.fromhex(k): i for i, k in enumerate(self.keys()) if k is not None}
+            index = self._index
+            if index is None or stale:  # first use, or a precompute may have written more slices since
+                index = self._index = {bytes.fromhex(k): i for i, k in enumerate(self.keys()) if k is not None}
                 self._indexed_at = time.monotonic()
-            i = self._index.get(key_bytes)
+            i = index.get(key_bytes)
         if i is None:
             return None
         try:
@@ -385,3 +386,11 @@ class StackStore:
     def __repr__(self) -> str:
         return (f"StackStore({str(self.path)!r}, {self.spec.display_name}, {self.n_slices} slices, "
                 f"{'complete' if self.complete else 'incomplete'})")
+
+
+def _array(group: zarr.Group, name: str) -> zarr.Array:
+    """The array ``name`` of a store's group (a group there is a damaged store)."""
+    node = group[name]
+    if not isinstance(node, zarr.Array):
+        raise StoreError(f"'{name}' is not an array")
+    return node

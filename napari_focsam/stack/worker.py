@@ -79,8 +79,8 @@ def thread_count_invariant() -> Iterator[None]:
     global _FLAG_USERS, _FLAG_SAVED
     with _FLAG_LOCK:
         if _FLAG_USERS == 0:
-            _FLAG_SAVED = torch.backends.mkldnn.enabled
-            torch.backends.mkldnn.enabled = False
+            _FLAG_SAVED = bool(torch.backends.mkldnn.enabled)
+            torch.backends.mkldnn.enabled = False  # type: ignore[assignment]  # torch types the flag as its descriptor
         _FLAG_USERS += 1
     try:
         yield
@@ -88,7 +88,7 @@ def thread_count_invariant() -> Iterator[None]:
         with _FLAG_LOCK:
             _FLAG_USERS -= 1
             if _FLAG_USERS == 0:
-                torch.backends.mkldnn.enabled = _FLAG_SAVED
+                torch.backends.mkldnn.enabled = _FLAG_SAVED  # type: ignore[assignment]
 
 
 _LOCK = threading.Lock()

@@ -1,6 +1,6 @@
 """Checkpoint files: safe reading, layout detection, key mapping and clear errors.
 
-Four layouts are understood, all mapped onto :class:`~napari_focsam.models.sam.InteractiveModel`'s keys
+These layouts are understood, all mapped onto :class:`~napari_focsam.models.sam.InteractiveModel`'s keys
 (``image_encoder.``, ``prompt_encoder.``, ``mask_decoder.``, ``refiner.``):
 
 * **SAM** (``sam_vit_{b,l,h}_*.pth``): a plain state dict with segment-anything's own keys.
@@ -12,6 +12,13 @@ Four layouts are understood, all mapped onto :class:`~napari_focsam.models.sam.I
 * **PA-SAM decoder** (``epoch_20.pth``): the mask decoder's state dict without any prefix (mapped under
   ``mask_decoder.``); its image and prompt encoder come from the SAM ViT-L file (see :func:`merge_base`). HQ-SAM's
   ``sam_hq_vit_*.pth`` are plain SAM-layout state dicts with the HQ decoder's extra keys.
+* **micro-sam** (``vit_b.pt`` / ``vit_l.pt`` of the bioimage.io model zoo, and torch_em training checkpoints):
+  either a plain SAM state dict, or ``{"model_state": <SAM state dict>, "decoder_state": <its UNETR decoder>}``
+  whose SAM keys may carry the ``sam.`` prefix of micro-sam's trainable wrapper (stripped). The instance
+  segmentation decoder (``decoder_state``) and training bookkeeping are not part of the interactive model and are
+  left out; every SAM key must still fit exactly.
+* **MedSAM** (``medsam_vit_b.pth``): a plain SAM ViT-B state dict (MedSAM's converter writes its weights under
+  SAM's keys); its training checkpoints (``{"model": ...}``, ``module.``-prefixed with several GPUs) load too.
 
 Nothing in a file is ever executed: see :mod:`.safe_pickle`.
 """
@@ -48,6 +55,8 @@ _OFFICIAL_PREFIXES = {
     "refine_head.": "refiner.",
 }
 _NECK_RENAMES = (("pos_embed_layer.", "pe_layer."), ("point_embeds.", "point_embeddings."))
+#: the prefix of the SAM keys in micro-sam's training checkpoints (its ``TrainableSAM`` wrapper's ``sam`` member)
+_MICROSAM_PREFIX = "sam."
 _OUR_PREFIXES = ("image_encoder.", "prompt_encoder.", "mask_decoder.", "refiner.")
 LEAN_FORMAT = "napari-focsam"
 
@@ -93,7 +102,10 @@ def _read_safetensors(path: Path, size: int) -> dict[str, torch.Tensor]:
 
 
 def _extract_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+    if isinstance(obj, Mapping) and isinstance(obj.get("model_state"), Mapping):  # micro-sam / torch_em
+        obj = {k[len(_MICROSAM_PREFIX):] if k.startswith(_MICROSAM_PREFIX) else k: v
+               for k, v in obj["model_state"].items()}
+    elif isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     elif isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         obj = obj["model"]

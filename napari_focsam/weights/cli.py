@@ -11,25 +11,27 @@ from pathlib import Path
 from typing import Any
 
 from ..models.specs import SPECS
-from .registry import CACHE_ENV, REGISTRY, ModelEntry, get_entry, models_dir
+from .registry import CACHE_ENV, GROUPS, REGISTRY, ModelEntry, get_entry, models_dir
 
 
 # ---------------------------------------------------------------------------------------------------------- Python
 def list_models() -> list[dict[str, Any]]:
-    """One row per registered model: name, model, file, size, licence, cached (state) and where (path or None)."""
+    """One row per registered model, by group (general, microscopy, medical): name, model, file, size, licence,
+    cached (state), where (path or None) and group."""
     from .download import cache_status
 
     rows = []
-    for entry in REGISTRY.values():
+    for entry in sorted(REGISTRY.values(), key=lambda e: GROUPS.index(e.group)):  # stable: registry order within
         state, where = cache_status(entry)
         rows.append({"name": entry.name, "model": entry.display_name, "file": entry.file_name or "-",
                      "size": entry.human_size if entry.has_weights else "-", "licence": entry.licence,
-                     "cached": state, "where": str(where) if where is not None else "", "entry": entry})
+                     "cached": state, "where": str(where) if where is not None else "", "group": entry.group,
+                     "entry": entry})
     return rows
 
 
 def models_table() -> str:
-    """The ``models list`` table, with the models folder and how to move it."""
+    """The ``models list`` table, one ``[group]`` heading per group, with the models folder and how to move it."""
     columns = ("name", "model", "file", "size", "licence", "cached")
     rows = list_models()
     cells = [[row[c] + (f": {row['where']}" if c == "cached" and row["where"] else "") for c in columns]
@@ -37,7 +39,11 @@ def models_table() -> str:
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns[:-1])]
     lines = [f"models folder: {models_dir()}",
              f"  (set {CACHE_ENV} to move the cache; files dropped in this folder are used offline)", ""]
-    for row in [list(columns), *cells]:
+    group = None
+    for row, source in [(list(columns), None), *zip(cells, rows, strict=True)]:
+        if source is not None and source["group"] != group:
+            group = source["group"]
+            lines.append(f"[{group}]")
         lines.append("  ".join(v.ljust(w) for v, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1])
     return "\n".join(lines)
 

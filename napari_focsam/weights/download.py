@@ -155,9 +155,10 @@ def offline_message(entry: ModelEntry, reason: str) -> str:
         size = f" ({entry.human_size})" if entry.size is not None or entry.size_note else ""
         lines += [f"  1. on a machine with network access, download {url}{size};",
                   f"  2. put it, named {entry.file_name}, in", f"     {folder}"]
-    if entry.sha256:
+    if entry.known_hash:
         of = " of the zip" if entry.archive else ""
-        lines.append(f"  expected sha256{of}: {entry.sha256} (check a file with `napari-focsam models verify FILE`)")
+        algorithm, _, digest = entry.known_hash.partition(":")
+        lines.append(f"  expected {algorithm}{of}: {digest} (check a file with `napari-focsam models verify FILE`)")
     else:
         lines.append(f"  expected sha256: none published ({entry.hash_note})")
     lines += [f"  That folder is <cache>/models; set {CACHE_ENV} to move the cache.",
@@ -240,16 +241,17 @@ def _staging() -> Path:
     return staging
 
 
-def _install(entry: ModelEntry, staged: Path, sha256: str | None) -> Path:
-    """Check a staged checkpoint (structure, unless its hash was verified) and move it under its final name."""
+def _install(entry: ModelEntry, staged: Path, digest: str | None) -> Path:
+    """Check a staged checkpoint (structure, unless its hash ``digest`` was verified) and move it under its final
+    name."""
     looks_like = entry.display_name
-    if sha256 is None:
+    if digest is None:
         assert entry.spec_name is not None
         looks_like = check_structure(staged, entry.spec_name)
     final = models_dir() / (entry.file_name or "")
     forget_verified(final)
     os.replace(staged, final)  # atomic: same folder tree
-    record_verified(final, sha256, looks_like)
+    record_verified(final, digest, looks_like)
     return final
 
 
@@ -274,7 +276,7 @@ def _download(entry: ModelEntry, progress: ProgressCallback | None, problems: li
     import requests
 
     errors = list(problems)
-    known_hash = f"sha256:{entry.sha256}" if entry.sha256 else None
+    known_hash = entry.known_hash  # "sha256:..." or "xxh128:..." (pooch checks both)
     for url in entry.urls:
         log.info("downloading %s from %s", entry.name, url)
         with tempfile.TemporaryDirectory(dir=_staging(), prefix=f"{entry.name}-") as tmp:
@@ -283,7 +285,7 @@ def _download(entry: ModelEntry, progress: ProgressCallback | None, problems: li
                                               downloader=_Downloader(progress), progressbar=False))
                 if entry.archive:
                     return _extract(entry, fetched, progress, remove_archive=True)
-                return _install(entry, fetched, entry.sha256)
+                return _install(entry, fetched, known_hash)
             except DownloadCancelled:
                 raise
             except ValueError as exc:  # pooch's hash mismatch, or CheckpointError (a ValueError) from the checks

@@ -79,6 +79,7 @@ def load_model(
             base = base_checkpoint() if callable(base_checkpoint) else base_checkpoint
             if base is None:
                 check_compatible(spec, state, source)  # raises, saying what the file is and what to do
+                raise CheckpointError(f"{source} holds a mask decoder only: it needs its base model's checkpoint")
             base_state = to_model_keys(read_checkpoint(Path(base)))
             if is_decoder_only(base_state):
                 raise CheckpointError(f"{base} holds a mask decoder only: the base checkpoint must be SAM ViT-L's "

@@ -1,8 +1,9 @@
 """The model registry: which named models exist, where their weights come from and how they are checked.
 
 Every entry names the architecture it is built with (a :mod:`.specs` name), its preprocessing, where the official
-file is published, its SHA-256 when known (otherwise the downloaded checkpoint is checked by its structure: every key
-and shape must fit the architecture), its size and licence, and the file name it has in the cache.
+file is published, its SHA-256 (or the xxh128 its authors pin) when known (otherwise the downloaded checkpoint is
+checked by its structure: every key and shape must fit the architecture), its size and licence, the file name it has
+in the cache, and the group it is listed under (general, microscopy, medical).
 
 The cache folder is ``pooch.os_cache("napari-focsam")`` (``~/.cache/napari-focsam`` on Linux,
 ``~/Library/Caches/napari-focsam`` on macOS, ``%LOCALAPPDATA%\\napari-focsam\\napari-focsam\\Cache`` on Windows) or
@@ -53,6 +54,8 @@ class ModelEntry:
     #: lower-case hex SHA-256 of the downloaded file (the zip for zipped models); None when unknown (the checkpoint's
     #: structure is checked instead)
     sha256: str | None = None
+    #: lower-case hex xxh128 of the downloaded file, for models whose authors pin that instead (micro-sam)
+    xxh128: str | None = None
     #: where the hash comes from, or why there is none
     hash_note: str = ""
     #: size in bytes of the downloaded file, when known
@@ -68,6 +71,10 @@ class ModelEntry:
     #: the registry entry whose checkpoint supplies the image and prompt encoder when this entry's file holds a mask
     #: decoder only (PA-SAM: "sam_vit_l")
     base_model: str | None = None
+    #: "general", "microscopy" or "medical": the heading it is listed under (``models list``, docs)
+    group: str = "general"
+    #: one line for model lists (the widget's model choice): what the weights are for
+    summary: str = ""
 
     @property
     def has_weights(self) -> bool:
@@ -77,6 +84,18 @@ class ModelEntry:
     def checkpoint_sha256(self) -> str | None:
         """The expected hash of the checkpoint file itself (for zipped models, ``sha256`` is the zip's)."""
         return None if self.archive else self.sha256
+
+    @property
+    def known_hash(self) -> str | None:
+        """The downloaded file's pinned hash as ``"algorithm:hex"`` (pooch's format), sha256 first; None: none."""
+        if self.sha256:
+            return f"sha256:{self.sha256}"
+        return f"xxh128:{self.xxh128}" if self.xxh128 else None
+
+    @property
+    def checkpoint_hash(self) -> str | None:
+        """:attr:`known_hash` of the checkpoint file itself (None for zipped models, whose hash is the zip's)."""
+        return None if self.archive else self.known_hash
 
     @property
     def lean_name(self) -> str:
@@ -216,7 +235,62 @@ _SEGNEXT: tuple[ModelEntry, ...] = (
              "models on HQSeg-44K (5-mIoU 91.75, NoC90 5.32)."),
 )
 
-REGISTRY: dict[str, ModelEntry] = {entry.name: entry for entry in (*_BUILTIN, *_HIGH_QUALITY, *_SEGNEXT)}
+# ---- microscopy and medicine (see docs/models.md) ----
+# micro-sam's fine-tuned SAMs: the URLs and xxh128 hashes exactly as micro-sam 1.8.14 pins them in
+# micro_sam/util.py (models(): encoder_registry / encoder_urls), files of the bioimage.io model zoo (version 1.2 of
+# "diplomatic-bug", "idealistic-rat", "noisy-ox", "humorous-crab"). micro-sam pins no sizes: the sizes shown are
+# estimates (the SAM tensors of that encoder). A file may hold micro-sam's instance-segmentation decoder too
+# ({"model_state": ..., "decoder_state": ...}); that decoder is not used here (see checkpoint.py).
+_BIOIMAGEIO = "https://uk1s3.embassy.ebi.ac.uk/public-datasets/bioimage.io/{}/files/{}"
+_MICROSAM_PAGE = "https://computational-cell-analytics.github.io/micro-sam/micro_sam.html#finetuned-models"
+_MICROSAM_HASH = "xxh128 as pinned by micro-sam 1.8.14 (micro_sam/util.py, models()); it pins no size"
+_MEDSAM_PAGE = "https://github.com/bowang-lab/MedSAM#model-training"
+
+
+def _microsam(kind: str, data: str, size: str, zoo_id: str, xxh128: str, summary: str, description: str
+              ) -> ModelEntry:
+    name = f"microsam_vit_{kind}_{data}"
+    return ModelEntry(
+        name=name, display_name=f"micro-sam ViT-{kind.upper()} {'LM' if data == 'lm' else 'EM organelles'}",
+        spec_name=name, preprocessing="sam", file_name=f"{name}.pt",
+        urls=(_BIOIMAGEIO.format(f"{zoo_id}/1.2", f"vit_{kind}.pt"),), page_url=_MICROSAM_PAGE, xxh128=xxh128,
+        hash_note=_MICROSAM_HASH, size=None, size_note=f"{size} (estimate)",
+        licence="CC-BY-4.0", group="microscopy", summary=summary, description=description,
+    )
+
+
+_DOMAIN: tuple[ModelEntry, ...] = (
+    _microsam("b", "lm", "~375 MB", "diplomatic-bug", "fe9252a29f3f4ea53c15a06de471e186",
+              "light microscopy: cells and nuclei (fluorescence, phase contrast, brightfield)",
+              "micro-sam's SAM ViT-B fine-tuned on light microscopy (cells and nuclei; Archit et al., Nature Methods "
+              "2025): the default model of micro-sam."),
+    _microsam("l", "lm", "~1.25 GB", "idealistic-rat", "017f20677997d628426dec80a8018f9d",
+              "light microscopy: cells and nuclei (larger, slower, a little more accurate)",
+              "micro-sam's SAM ViT-L fine-tuned on light microscopy (cells and nuclei)."),
+    _microsam("b", "em_organelles", "~375 MB", "noisy-ox", "f3bf2ed83d691456bae2c3f9a05fb438",
+              "electron microscopy: mitochondria, nuclei and other organelles",
+              "micro-sam's SAM ViT-B fine-tuned on electron microscopy organelles (mitochondria, nuclei, ...)."),
+    _microsam("l", "em_organelles", "~1.25 GB", "humorous-crab", "810b084b6e51acdbf760a993d8619f2d",
+              "electron microscopy: organelles (larger, slower)",
+              "micro-sam's SAM ViT-L fine-tuned on electron microscopy organelles."),
+    ModelEntry(
+        name="medsam_vit_b", display_name="MedSAM ViT-B", spec_name="medsam_vit_b", preprocessing="medsam",
+        file_name="medsam_vit_b.pth", urls=(), page_url=_MEDSAM_PAGE, sha256=None,
+        hash_note=("no hash is published (a Google Drive folder linked from the README of bowang-lab/MedSAM): the "
+                   "file is checked by its structure, every key and shape of SAM ViT-B"),
+        size=None, size_note="~375 MB (estimate)", licence="Apache-2.0", group="medical",
+        summary="medical images (CT, MR, ultrasound, X-ray, endoscopy, ...): best with a box",
+        description=("MedSAM (Ma et al., Nature Communications 2024): SAM ViT-B fine-tuned on 1.5 million medical "
+                     "image-mask pairs; its own preprocessing (the image stretched to 1024², scaled to [0, 1]). "
+                     "Manual download: get medsam_vit_b.pth from the Google Drive folder linked in the README of "
+                     "github.com/bowang-lab/MedSAM and put it in the models folder."),
+    ),
+)
+
+REGISTRY: dict[str, ModelEntry] = {
+    entry.name: entry for entry in (*_BUILTIN, *_HIGH_QUALITY, *_SEGNEXT, *_DOMAIN)}
+#: the headings of model lists, in order
+GROUPS = ("general", "microscopy", "medical")
 
 
 def get_entry(name: str) -> ModelEntry:
@@ -235,6 +309,8 @@ def register_entry(entry: ModelEntry, *, replace: bool = False) -> ModelEntry:
         from ..models.specs import get_spec
 
         get_spec(entry.spec_name)  # fail early on an unknown architecture
+    if entry.group not in GROUPS:
+        raise ValueError(f"unknown group {entry.group!r} (one of {', '.join(GROUPS)})")
     if entry.archive not in (None, "zip"):
         raise ValueError(f"unsupported archive type {entry.archive!r} (only 'zip')")
     if entry.archive and not (entry.archive_name and entry.file_name):

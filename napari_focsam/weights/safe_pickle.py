@@ -7,8 +7,9 @@ official FocSAM file is an mmengine training checkpoint: besides the weights it 
 
 * tensors are rebuilt by this module's own functions from the archive's raw storages;
 * plain containers (dict, OrderedDict, list, tuple, set) and ``torch.Size``/``torch.device`` are allowed;
-* objects from a few known training-bookkeeping namespaces (mmengine, mmcv, mmseg, mmdet, numpy) become *inert
-  placeholders*: their constructor arguments and state are dropped and none of their code runs;
+* objects from a few known training-bookkeeping namespaces (mmengine, mmcv, mmseg, mmdet, numpy, and torch_em /
+  micro_sam for micro-sam's training checkpoints) become *inert placeholders*: their constructor arguments and
+  state are dropped and none of their code runs;
 * everything else (``builtins.eval``, ``os.system``, ``subprocess.Popen``, ``getattr``, ...) is **refused**.
 """
 
@@ -29,7 +30,7 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
 
 
 #: namespaces whose objects appear in training checkpoints as bookkeeping; they are replaced by inert placeholders
-PLACEHOLDER_NAMESPACES = ("mmengine", "mmcv", "mmseg", "mmdet", "numpy")
+PLACEHOLDER_NAMESPACES = ("mmengine", "mmcv", "mmseg", "mmdet", "numpy", "torch_em", "micro_sam")
 
 _STORAGE_DTYPES = {
     "DoubleStorage": torch.float64,

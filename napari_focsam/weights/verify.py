@@ -1,4 +1,5 @@
-"""Checking model files: SHA-256, structure (every key and shape), and a record of the files already checked.
+"""Checking model files: SHA-256 (or xxh128, where the authors pin that; see :mod:`.hashing`), structure (every key
+and shape), and a record of the files already checked.
 
 A file in the models folder is checked once, in full (hash when the registry knows it, else structure), and the
 result is recorded in ``<models_dir>/.verified/<file name>.json`` with the file's size and modification time; later
@@ -9,14 +10,13 @@ the file (a partial copy, an overwrite, bit rot noticed by the OS) changes one o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -32,28 +32,12 @@ from .checkpoint import (
     read_checkpoint,
     to_model_keys,
 )
+from .hashing import ProgressCallback, check_hash, hash_file, qualified_hash, sha256_file
 from .registry import REGISTRY, ModelEntry, format_bytes, get_entry, models_dir
 
-#: ``progress(done_bytes, total_bytes)``; ``total_bytes`` is None when unknown
-ProgressCallback = Callable[[int, "int | None"], None]
 _CHUNK = 1 << 20
 _MARKERS = ".verified"
 log = logging.getLogger("napari_focsam.models")
-
-
-def sha256_file(path: str | os.PathLike, progress: ProgressCallback | None = None) -> str:
-    """The lower-case hex SHA-256 of a file, read in 1 MiB chunks (``progress(done, total)`` after each)."""
-    path = Path(path)
-    total = path.stat().st_size
-    digest = hashlib.sha256()
-    done = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-            done += len(chunk)
-            if progress is not None:
-                progress(done, total)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------- formats
@@ -143,7 +127,8 @@ def _marker(path: Path) -> Path:
 
 def record_verified(path: Path, sha256: str | None, looks_like: str) -> None:
     """Remember that ``path`` (as it is now: size and mtime) passed its check (best effort: a read-only cache
-    folder only means the check is repeated next time)."""
+    folder only means the check is repeated next time). ``sha256``: the digest checked, ``"algorithm:hex"`` or a
+    bare SHA-256 hex digest; None: checked by structure."""
     stat = path.stat()
     marker = _marker(path)
     record = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256, "looks_like": looks_like}
@@ -173,7 +158,8 @@ def recorded(path: Path, entry: ModelEntry) -> bool:
     if record.get("size") != stat.st_size or record.get("mtime_ns") != stat.st_mtime_ns:
         return False
     lean = path.suffix == ".safetensors"  # our own derived file: checked by structure, never by an official hash
-    return lean or entry.checkpoint_sha256 is None or record.get("sha256") == entry.checkpoint_sha256
+    expected = entry.checkpoint_hash
+    return lean or expected is None or qualified_hash(record.get("sha256")) == expected
 
 
 def ensure_verified(path: Path, entry: ModelEntry, progress: ProgressCallback | None = None) -> None:
@@ -182,15 +168,10 @@ def ensure_verified(path: Path, entry: ModelEntry, progress: ProgressCallback | 
     ``progress(done, total)`` follows the hashing of a large file."""
     if recorded(path, entry):
         return
-    expected = entry.checkpoint_sha256
+    expected = entry.checkpoint_hash
     if expected is not None:
-        actual = sha256_file(path, progress)
-        if actual != expected:
-            raise CheckpointError(
-                f"{path} is corrupt or not the official {entry.display_name} file: its sha256 is {actual}, "
-                f"expected {expected}"
-            )
-        record_verified(path, actual, entry.display_name)
+        check_hash(path, expected, f"the official {entry.display_name} file", progress)
+        record_verified(path, expected, entry.display_name)
     else:
         assert entry.spec_name is not None
         record_verified(path, None, check_structure(path, entry.spec_name))
@@ -205,9 +186,12 @@ class VerifyReport:
     size: int
     kind: str
     sha256: str | None = None
+    #: computed too when the entry's pinned hash is an xxh128 (micro-sam)
+    xxh128: str | None = None
     entry: ModelEntry | None = None
-    #: the official hash this file was compared with (None: none published, checked by structure)
-    expected_sha256: str | None = None
+    #: the official hash this file was compared with, ``"algorithm:hex"`` (None: none published, checked by
+    #: structure)
+    expected_hash: str | None = None
     hash_ok: bool | None = None
     looks_like: str = ""
     structure_ok: bool | None = None
@@ -222,17 +206,20 @@ class VerifyReport:
     def summary(self) -> str:
         lines = [str(self.path), f"  size:       {self.size:,} bytes ({format_bytes(self.size)})",
                  f"  format:     {self.kind}"]
-        if self.sha256 is not None:
+        compared = (self.expected_hash or "").partition(":")[0]
+        for algorithm, digest in (("sha256", self.sha256), ("xxh128", self.xxh128)):
+            if digest is None:
+                continue
             verdict = ""
-            if self.entry is not None and self.expected_sha256 is not None and self.hash_ok is not None:
+            if self.entry is not None and compared == algorithm and self.hash_ok is not None:
                 what = f"{self.entry.display_name} {'download' if self.entry.archive else 'file'}"
                 verdict = (f": the official {what} ({self.path.name})" if self.hash_ok
-                           else f": NOT the official {what} (expected {self.expected_sha256})")
+                           else f": NOT the official {what} (expected {(self.expected_hash or '').partition(':')[2]})")
             elif self.entry is not None and self.path.suffix == ".safetensors":
                 verdict = " (a lean copy made from the checkpoint: checked by structure)"
-            elif self.entry is not None:
+            elif self.entry is not None and not compared:
                 verdict = f" (no published hash for {self.entry.name}: checked by structure)"
-            lines.append(f"  sha256:     {self.sha256}{verdict}")
+            lines.append(f"  {algorithm}:{' ' * (11 - len(algorithm))}{digest}{verdict}")
         if self.looks_like:
             lines.append(f"  looks like: {self.looks_like}")
         spec_name = self.entry.spec_name if self.entry is not None else self.spec_name
@@ -254,16 +241,23 @@ def _kind(path: Path) -> str:
     return "other (not a zip-format PyTorch checkpoint or safetensors file)"
 
 
-def _match_entry(path: Path, sha: str | None, state: Mapping[str, torch.Tensor] | None) -> ModelEntry | None:
+def _match_entry(path: Path, report: VerifyReport, state: Mapping[str, torch.Tensor] | None
+                 ) -> ModelEntry | None:
     candidates = [e for e in REGISTRY.values() if e.has_weights]
     for entry in candidates:
-        if sha is not None and entry.checkpoint_sha256 == sha:
+        if report.sha256 is not None and entry.checkpoint_sha256 == report.sha256:
             return entry
+    pinned = [e for e in candidates if e.xxh128 and not e.archive]
+    if pinned and report.sha256 is not None:  # a full check: the xxh128 too, to know files pinned that way
+        report.xxh128 = hash_file(path, "xxh128")
+        match = next((e for e in pinned if e.xxh128 == report.xxh128), None)
+        if match is not None:
+            return match
     for entry in candidates:
         if path.name in (entry.file_name, entry.lean_name, entry.archive_name):
             return entry
-    match = best_matching_spec(state) if state else None
-    return next((e for e in candidates if match is not None and e.spec_name == match.name), None)
+    spec = best_matching_spec(state) if state else None
+    return next((e for e in candidates if spec is not None and e.spec_name == spec.name), None)
 
 
 def verify_file(path: str | os.PathLike, name: str | None = None, *, full_hash: bool = True) -> VerifyReport:
@@ -293,20 +287,24 @@ def verify_file(path: str | os.PathLike, name: str | None = None, *, full_hash: 
             _check_structure(report, spec_only, state)
         return report
     if entry is None:
-        report.entry = entry = _match_entry(path, report.sha256, state)
+        report.entry = entry = _match_entry(path, report, state)
     if entry is None:
         if state is not None:
             report.problems.append("no model napari-focsam knows can load this file (no matching hash, file name "
                                    "or structure); check it against one with --model NAME")
         return report
     if path.suffix != ".safetensors":  # a lean file is ours: checked by structure only
-        report.expected_sha256 = entry.checkpoint_sha256
-    if report.expected_sha256 is not None and report.sha256 is not None:
-        report.hash_ok = report.sha256 == report.expected_sha256
+        report.expected_hash = entry.checkpoint_hash
+    if report.expected_hash is not None and report.sha256 is not None:
+        if report.expected_hash.startswith("xxh128:") and report.xxh128 is None:
+            report.xxh128 = hash_file(path, "xxh128")
+        digest = report.xxh128 if report.expected_hash.startswith("xxh128:") else report.sha256
+        report.hash_ok = report.expected_hash.partition(":")[2] == digest
     if state is not None and entry.spec_name is not None:
         _check_structure(report, entry.spec_name, state)
     if report.ok and path.parent == models_dir() and path.name in (entry.file_name, entry.lean_name):
-        record_verified(path, report.sha256, report.looks_like)
+        checked = report.expected_hash if report.hash_ok else report.sha256
+        record_verified(path, checked, report.looks_like)
     return report
 
 
@@ -328,21 +326,24 @@ def _verify_archive(report: VerifyReport) -> VerifyReport:
         report.entry = next((e for e in REGISTRY.values() if e.archive and e.sha256 == report.sha256), None)
     entries = [report.entry] if report.entry else [e for e in REGISTRY.values() if e.archive]
     for entry in entries:
-        member = archive_member(report.path, entry.file_name) if entry and entry.file_name else None
+        file_name = entry.file_name if entry else None
+        if file_name is None:
+            continue
+        member = archive_member(report.path, file_name)
         if member is None:
             continue
         staging = models_dir() / ".partial"
         staging.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=staging, prefix="verify-") as tmp:
             try:
-                extracted = extract_member(report.path, member, Path(tmp) / entry.file_name)
+                extracted = extract_member(report.path, member, Path(tmp) / file_name)
             except CheckpointError as exc:
                 report.entry = entry
                 report.problems.append(str(exc))
                 return report
             inner = verify_file(extracted, entry.name)
         report.kind = f"zip archive holding {member}"
-        report.entry, report.expected_sha256 = entry, entry.sha256
+        report.entry, report.expected_hash = entry, entry.known_hash
         if entry.sha256 is not None and report.sha256 is not None:
             report.hash_ok = report.sha256 == entry.sha256
         report.looks_like, report.structure_ok = inner.looks_like, inner.structure_ok

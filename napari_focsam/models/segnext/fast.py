@@ -21,14 +21,34 @@ The derived weights are made on first use and remade when a parameter changes. T
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..fast_encoder import _Linear, _onednn_packing
+from ..fast_linear import PackedLinear, onednn_packing
 from .attention import split_attention
-from .network import SegNextNet
+from .network import Block, ConvRelu, SegNextNet
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def _each(modules: Iterable[nn.Module], kind: type[M]) -> list[M]:
+    """The modules of a ``ModuleList``, each checked to be a ``kind``."""
+    out = []
+    for module in modules:
+        if not isinstance(module, kind):
+            raise TypeError(f"expected a {kind.__name__}, got {type(module).__name__}")
+        out.append(module)
+    return out
+
+
+def _bias(layer: nn.Conv2d | nn.ConvTranspose2d) -> torch.Tensor:
+    if layer.bias is None:
+        raise TypeError(f"{layer!r} has no bias")
+    return layer.bias
 
 
 def _as_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
@@ -39,7 +59,7 @@ def _as_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
     return layer
 
 
-def _relu_linear(layer: _Linear, x: torch.Tensor) -> torch.Tensor:
+def _relu_linear(layer: PackedLinear, x: torch.Tensor) -> torch.Tensor:
     """``relu(layer(x))``, the ReLU fused into a pre-packed matmul."""
     if layer.packed is not None:
         return torch.ops.mkldnn._linear_pointwise(x, layer.packed, layer.bias, "relu", [], "")
@@ -55,7 +75,7 @@ class FastPromptPath:
         self.split = split
         self._lock = threading.Lock()
         self._signature: tuple | None = None
-        self._parts: dict[str, object] = {}
+        self._parts: dict[str, Any] = {}
 
     def _sig(self) -> tuple:
         out = []
@@ -67,11 +87,11 @@ class FastPromptPath:
             out.append((p.data_ptr(), version, p.dtype))
         return tuple(out)
 
-    def _lin(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int | None) -> _Linear:
-        return _Linear(_as_linear(weight.float(), None if bias is None else bias.float()), self.dtype,
+    def _lin(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int | None) -> PackedLinear:
+        return PackedLinear(_as_linear(weight.float(), None if bias is None else bias.float()), self.dtype,
                        rows if self._pack else None)
 
-    def _prepare(self) -> dict[str, object]:
+    def _prepare(self) -> dict[str, Any]:
         sig = self._sig()
         if sig == self._signature:
             return self._parts
@@ -80,14 +100,14 @@ class FastPromptPath:
                 return self._parts
             net = self.net
             device = next(net.parameters()).device
-            self._pack = _onednn_packing(device, self.dtype)
+            self._pack = onednn_packing(device, self.dtype)
             g = net.cfg.grid
             n = g * g
-            parts: dict[str, object] = {}
+            parts: dict[str, Any] = {}
             with torch.no_grad():
                 blocks = []
                 self._split = device.type == "cpu" if self.split is None else self.split
-                for b in net.fusion_blocks:
+                for b in _each(net.fusion_blocks, Block):
                     qkv_w, qkv_b = b.attn.qkv.weight.float(), b.attn.qkv.bias.float()
                     if self._split:  # the queries pre-scaled by head_dim ** -0.5 (1/8: exact)
                         scale = torch.ones_like(qkv_b)
@@ -105,16 +125,17 @@ class FastPromptPath:
                 parts["neck"] = [self._sequence(seq, g) for seq in
                                  (net.neck.down_4, net.neck.down_8, net.neck.down_16, net.neck.down_32)]
                 head = net.head
+                convs = _each(head.convs, ConvRelu)
                 sizes = [g * 4 // (2 ** i) for i in range(4)]
                 parts["convs"] = [self._lin(c.conv.weight.flatten(1), c.conv.bias, s * s)
-                                  for c, s in zip(head.convs, sizes)]
+                                  for c, s in zip(convs, sizes)]
                 weight = head.fusion_conv.conv.weight.flatten(1)
-                slices = weight.split([c.conv.weight.shape[0] for c in head.convs], dim=1)
+                slices = weight.split([c.conv.weight.shape[0] for c in convs], dim=1)
                 parts["fusion"] = [self._lin(w, None, s * s) for w, s in zip(slices, sizes)]
-                parts["fusion_bias"] = head.fusion_conv.conv.bias.float()
-                parts["seg"] = (head.seg_conv.weight.flatten(1).float(), head.seg_conv.bias.float())
+                parts["fusion_bias"] = _bias(head.fusion_conv.conv).float()
+                parts["seg"] = (head.seg_conv.weight.flatten(1).float(), _bias(head.seg_conv).float())
                 proj = net.visual_prompts_encoder.proj  # a 16 × 16 stride-16 convolution: a linear over patches
-                parts["prompt"] = self._lin(proj.weight.flatten(1), proj.bias, n)
+                parts["prompt"] = self._lin(proj.weight.flatten(1), _bias(proj), n)
             self._parts = parts
             self._signature = sig
             return parts
@@ -127,7 +148,7 @@ class FastPromptPath:
             if isinstance(layer, nn.ConvTranspose2d):
                 cout = layer.weight.shape[1]
                 w = layer.weight.permute(1, 2, 3, 0).reshape(cout * 4, -1)
-                steps.append(("up", self._lin(w, layer.bias.repeat_interleave(4), size * size), cout))
+                steps.append(("up", self._lin(w, _bias(layer).repeat_interleave(4), size * size), cout))
                 size *= 2
             elif isinstance(layer, nn.Conv2d) and layer.kernel_size == (2, 2):
                 size //= 2

@@ -211,6 +211,7 @@ class Head(nn.Module):
             if part.shape[-2:] != size:
                 part = F.interpolate(part, size, mode="bilinear", align_corners=False)
             total = part if total is None else total + part
+        assert total is not None and fusion.bias is not None  # at least one scale; the fusion has a bias
         fused = F.relu(total + fusion.bias.view(1, -1, 1, 1))
         return self.seg_conv(fused)
 
@@ -239,7 +240,7 @@ class SegNextNet(nn.Module):
 
     def image_features(self, x: torch.Tensor, **kwargs: object) -> torch.Tensor:
         """(1, 768, 64, 64) features of a normalised, resized image (keyword options: see :class:`Backbone`)."""
-        return self.backbone(x, **kwargs)  # type: ignore[arg-type]
+        return self.backbone(x, **kwargs)
 
     def fuse(self, features: torch.Tensor, prompt_map: torch.Tensor, *, attention: str = "sdpa") -> torch.Tensor:
         """Image features + the prompt map's embedding, through the fusion blocks: (1, 768, 64, 64)."""
