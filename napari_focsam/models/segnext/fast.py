@@ -63,6 +63,7 @@ def _relu_linear(layer: PackedLinear, x: torch.Tensor) -> torch.Tensor:
     """``relu(layer(x))``, the ReLU fused into a pre-packed matmul."""
     if layer.packed is not None:
         return torch.ops.mkldnn._linear_pointwise(x, layer.packed, layer.bias, "relu", [], "")
+    assert layer.weight is not None  # kept when not packed
     return F.relu(F.linear(x, layer.weight, layer.bias))
 
 
@@ -217,6 +218,7 @@ class FastPromptPath:
                 total = part.float().add_(parts["fusion_bias"].view(1, -1, 1, 1))
             else:  # upsampled in the compute dtype, added in float32
                 total.add_(F.interpolate(part, size, mode="bilinear", align_corners=False))
+        assert total is not None
         fused = total.relu_()
         weight, bias = parts["seg"]
         return torch.einsum("bchw,oc->bohw", fused, weight) + bias.view(1, -1, 1, 1)
