@@ -52,9 +52,9 @@ def main() -> None:
     print(f"fallback (input side {side0}), discs of radius {args.radius} px, {args.objects} per canvas; "
           f"load average {os.getloadavg()[0]:.2f}")
     print(f"{'canvas':>8}{'x input':>8}{'IoU resized':>13}{'IoU tiled':>11}")
-    for factor in (int(f) for f in args.factors.split(",")):
-        side = side0 * factor
-        image, centres = canvas(side, args.radius, args.objects, seed=factor)
+    for factor in (float(f) for f in args.factors.split(",")):
+        side = int(round(side0 * factor))
+        image, centres = canvas(side, args.radius, args.objects, seed=side)
         embedding = manager.embed(image)
         tiled = TiledImage(manager, image, prefetch=0)
         resized, tiles = [], []
@@ -66,7 +66,7 @@ def main() -> None:
             y0, x0 = view_mask.region[:2]
             local = (slice(window[0].start - y0, window[0].stop - y0), slice(window[1].start - x0, window[1].stop - x0))
             tiles.append(iou(view_mask.mask[local], truth))
-        print(f"{side:>8}{factor:>8}{np.mean(resized):>13.3f}{np.mean(tiles):>11.3f}")
+        print(f"{side:>8}{factor:>8g}{np.mean(resized):>13.3f}{np.mean(tiles):>11.3f}")
 
 
 if __name__ == "__main__":
