@@ -163,6 +163,7 @@ class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, G
             if self.manager is None:
                 show_info("FocSAM: load a model first (or choose the fallback)")
             return
+        assert self.manager is not None and self.image is not None and self.labels is not None  # ready: attached
         index, object_id = self.index, self.object_id
         ticket = self._stability_ticket()  # the stability under way is out of date
         prompts = self._prompts(index)
@@ -253,6 +254,7 @@ class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, G
     def _start_new_object(self) -> None:
         """The next object gets an id above every id in the Labels layer and every id still computing, and starts
         from nothing (no stale session of an earlier object)."""
+        assert self.labels is not None  # attached
         busy = [key[2] for key in self.jobs.active(lambda key: key[0] == CLICK)]
         self._begin_object(int(np.max(self.labels.data)) if self.labels.data.size else 0, busy)
         self.labels.selected_label = self.object_id
@@ -277,6 +279,7 @@ class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, G
 
     def _clear_prompts(self) -> None:
         """Remove every click and box (a new object starts from none)."""
+        assert self.points is not None  # attached
         with self._mute():
             self.points.data = np.zeros((0, self.points.ndim))
             self.points.features = {L.SIGN_FEATURE: np.zeros(0, dtype=bool)}
@@ -343,10 +346,11 @@ class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, G
             for step in (-1, 1):
                 if index:
                     neighbour = (*index[:-1], index[-1] + step)
-                    if 0 <= neighbour[-1] < self.image.data.shape[len(index) - 1]:
+                    if self.image is not None and 0 <= neighbour[-1] < self.image.data.shape[len(index) - 1]:
                         self._embed(neighbour, prefetch=True)
 
     def _embed(self, index: tuple[int, ...], prefetch: bool = False) -> None:
+        assert self.manager is not None and self.image is not None  # ready
         args = (self.manager, self.image.data, index, self.image.rgb, tuple(self.image.contrast_limits))
         if prefetch:  # the low-priority background thread: clicks never wait behind it
             self.jobs.background(("prefetch", index), lambda token: embed_slice(*args), self._on_embedded,
