@@ -185,6 +185,8 @@ def test_a_prompt_outside_the_view_moves_the_object_and_write_clears_what_it_lef
     obj.write(labels, 5)
     full = got.full()
     assert np.array_equal(labels == 5, full) and labels[0, 0] == 9
+    assert obj.undo().region == first.region and obj.view == first and len(obj.prompts) == 1
+    assert np.array_equal(obj.redo().mask, got.mask) and len(obj.prompts) == 2
 
 
 def test_stack_slices_and_multiscale_levels():

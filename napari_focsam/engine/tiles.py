@@ -15,7 +15,8 @@ background (:meth:`TiledImage.prefetch`, ``prefetch`` rings of tiles; superseded
 2. later steps stay on that view while every prompt lies inside it (the object keeps its state: FocSAM's refined
    embedding, the previous logits);
 3. a prompt outside it moves the object to the view that rule 1 picks for all its prompts, where they are replayed
-   (the mask is then what giving them all on that view gives).
+   (the mask is then what giving them all on that view gives); undoing that step goes back to the view it left, in
+   the exact state it had there.
 
 Every answer is a :class:`~.views.ViewMask`: the mask of the view's region, written back there only
 (:meth:`TiledObject.write` also clears the object from a region it left). The mask of an object equals that of the
@@ -29,6 +30,7 @@ percentiles of the smallest level of a multi-scale image, or of the first tile r
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +95,8 @@ class TiledImage:
             if not 0 <= int(i) < n:
                 raise IndexError(f"slice index {i} is outside axis {axis} of length {n}")
         self.manager = manager
+        self.data = image
+        self._objects: dict[int, TiledObject] = {}
         self.image = _Plane(data, tuple(int(i) for i in index)) if index else data
         self.rgb = bool(rgb)
         side = input_side(manager.predictor)
@@ -213,6 +217,35 @@ class TiledImage:
     def new_object(self, object_id: int | None = None) -> TiledObject:
         return TiledObject(self, object_id)
 
+    def object(self, object_id: int, *, create: bool = True) -> TiledObject | None:
+        """The object ``object_id`` of this image (opened on first use when ``create``); a front-end's objects."""
+        with self._lock:
+            obj = self._objects.get(int(object_id))
+            if obj is None and create:
+                obj = self._objects[int(object_id)] = TiledObject(self, int(object_id))
+            return obj
+
+
+_REGISTRY: weakref.WeakKeyDictionary[Any, dict[tuple, TiledImage]] = weakref.WeakKeyDictionary()
+_REGISTRY_LOCK = threading.Lock()
+
+
+def tiled_image_for(manager: ModelManager, data: Any, index: tuple[int, ...], rgb: bool,
+                    contrast_limits: Sequence[float] | None, tile: int | None = None, halo: int | None = None
+                    ) -> TiledImage:
+    """The :class:`TiledImage` a front-end uses for one slice of ``data`` with ``manager`` (made once, then kept
+    with the manager while the same data array, slice, colour mode, contrast limits and tiling are asked for)."""
+    limits = None if contrast_limits is None else tuple(float(v) for v in contrast_limits)
+    key = (id(data), tuple(index), bool(rgb), limits, tile, halo)
+    with _REGISTRY_LOCK:
+        images = _REGISTRY.setdefault(manager, {})
+        tiled = images.get(key)
+        if tiled is not None and tiled.data is data:
+            return tiled
+        tiled = TiledImage(manager, data, tile=tile, halo=halo, rgb=rgb, contrast_limits=limits, index=index)
+        images[key] = tiled
+        return tiled
+
 
 def _fits(view: View, box: np.ndarray | None) -> bool:
     """Whether ``box`` (see :func:`~.tile_grid.prompts_extent`; None: no prompts) lies inside ``view``."""
@@ -236,6 +269,10 @@ class TiledObject:
         self.current: ViewObject | None = None
         self.tile: Tile | None = None
         self._regions: list[tuple[int, int, int, int]] = []
+        #: (view object, tile, its step count when the object moved there): views left / moved back from by undo
+        self._left: list[tuple[ViewObject, Tile | None, int]] = []
+        self._undone: list[tuple[ViewObject, Tile | None, int]] = []
+        self._entered_at = 0
         self._lock = threading.RLock()
 
     @property
@@ -265,15 +302,20 @@ class TiledObject:
             if prompts.is_empty:
                 raise ValueError("no prompts: click on the object first")
             current = self.current
-            if current is None or not _fits(current.view, prompts_extent(prompts)):
+            moved = current is None or not _fits(current.view, prompts_extent(prompts))
+            if moved:
                 view, tile = self.tiled.view_for(prompts)
                 embedding = (self.tiled.embed_tile(tile, cancel=cancel) if tile is not None
                              else self.tiled.embed_view(view, cancel=cancel))
                 current = ViewObject(view, self.tiled.manager.new_object(embedding, self.object_id))
-                self.current, self.tile = current, tile
                 if tile is not None:
                     self.tiled.prefetch(tile)
             result = current.sync(prompts, cancel=cancel)
+            if moved:
+                if self.current is not None:
+                    self._left.append((self.current, self.tile, self._entered_at))
+                self.current, self.tile, self._entered_at = current, tile, current.session.n_steps
+            self._undone.clear()
             if result.region not in self._regions:
                 self._regions.append(result.region)
             return result
@@ -291,10 +333,26 @@ class TiledObject:
         return self.sync(self._full_region(self.prompts).with_mask(mask), cancel=cancel)
 
     def undo(self) -> ViewMask | None:
-        return None if self.current is None else self.current.undo()
+        """One step back; the step that moved the object to another view goes back to the view it left, in the
+        exact state it had there."""
+        with self._lock:
+            if self.current is None:
+                return None
+            if self._left and self.current.session.n_steps <= self._entered_at:
+                self._undone.append((self.current, self.tile, self._entered_at))
+                self.current, self.tile, self._entered_at = self._left.pop()
+                return self.current.mask
+            return self.current.undo()
 
     def redo(self) -> ViewMask | None:
-        return None if self.current is None else self.current.redo()
+        with self._lock:
+            if self.current is None:
+                return None
+            if self._undone and not self.current.session.can_redo:
+                self._left.append((self.current, self.tile, self._entered_at))
+                self.current, self.tile, self._entered_at = self._undone.pop()
+                return self.current.mask
+            return self.current.redo()
 
     def write(self, labels: Any, value: int) -> None:
         """Write the current mask into ``labels`` (full-size; numpy, zarr) as ``value``, touching only the regions

@@ -14,7 +14,9 @@ import numpy as np
 
 from .image import take_slice
 from .manager import ModelManager
+from .tile_grid import check_tiling, should_tile
 from .types import CancelToken, Prompts
+from .views import input_side
 
 
 @dataclass
@@ -30,11 +32,40 @@ class ClickResult:
     finished_at: float = 0.0  # time.perf_counter() when the worker was done
 
 
+@dataclass(frozen=True)
+class TileSettings:
+    """How a front-end treats large slices (see :mod:`.tiles`): ``enabled`` None tiles a slice whose longest side
+    exceeds ``threshold`` (default: twice the model's input side), True always, False never; ``tile`` and ``halo``
+    None are the model's defaults (768 and 128 px for SAM). Bad values are refused with a message."""
+
+    enabled: bool | None = None
+    tile: int | None = None
+    halo: int | None = None
+    threshold: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.tile is not None or self.halo is not None:
+            check_tiling(self.tile if self.tile is not None else max(1, self.halo or 0),
+                         self.halo if self.halo is not None else 0)
+        if self.threshold is not None and self.threshold < 1:
+            raise ValueError(f"the tiling threshold must be at least 1 pixel, got {self.threshold}")
+
+    def applies(self, manager: ModelManager, data: Any, index: tuple[int, ...], rgb: bool) -> bool:
+        """Whether slice ``index`` of ``data`` is annotated in tiles with ``manager``'s model."""
+        if self.enabled is not None:
+            return bool(self.enabled)
+        shape = tuple(data.shape[len(index):])
+        return should_tile(shape, input_side(manager.predictor), self.threshold)
+
+
 def embed_slice(manager: ModelManager, data: Any, index: tuple[int, ...], rgb: bool,
-                contrast: tuple[float, float], cancel: CancelToken | None = None,
-                ) -> tuple[ModelManager, tuple[int, ...], str, float | None]:
+                contrast: tuple[float, float], cancel: CancelToken | None = None, *,
+                tiles: TileSettings | None = None) -> tuple[ModelManager, tuple[int, ...], str, float | None]:
     """Embed one slice (from the cache if it is there). Returns the manager, the slice, the key and the seconds
-    spent computing (None: it came from the cache). ``cancel`` is polled between the encoder's blocks."""
+    spent computing (None: it came from the cache). ``cancel`` is polled between the encoder's blocks. A slice
+    annotated in tiles is not embedded whole (its tiles are, on the first click): the key is then ``""``."""
+    if tiles is not None and tiles.applies(manager, data, index, rgb):
+        return manager, index, "", None
     image = take_slice(data, index, rgb=rgb)
     embedding = manager.embed(image, rgb=rgb, contrast_limits=None if rgb else contrast, cancel=cancel)
     info = manager.last_embed
@@ -44,14 +75,20 @@ def embed_slice(manager: ModelManager, data: Any, index: tuple[int, ...], rgb: b
 
 def compute_object(manager: ModelManager, data: Any, index: tuple[int, ...], rgb: bool,
                    contrast: tuple[float, float], object_id: int, prompts: Prompts,
-                   token: CancelToken, known_key: str | None = None) -> ClickResult:
+                   token: CancelToken, known_key: str | None = None, *,
+                   tiles: TileSettings | None = None) -> ClickResult:
     """One click job: the embedding (cached; computed to the end even if superseded, since the next job needs it),
     the object's session, and :meth:`~napari_focsam.engine.session.ObjectSession.sync` to the prompts (a superseded
     job stops between model steps and keeps the steps it completed).
 
     ``known_key`` is the slice's embedding key from an earlier job with the same image data and contrast: when that
     embedding (or the object's session) is still held, the slice is not converted and hashed again (a few
-    milliseconds per click on a 1024² image)."""
+    milliseconds per click on a 1024² image).
+
+    With ``tiles`` that apply to the slice, the object is answered from its tile (:mod:`.tiles`): the result's mask
+    is the slice's, False outside the view's region, and its ``embedding_key`` is ``""`` (no whole-slice session)."""
+    if tiles is not None and tiles.applies(manager, data, index, rgb):
+        return _compute_tiled(manager, data, index, rgb, contrast, object_id, prompts, token, tiles)
     start = time.perf_counter()
     embedded = None
     session = _known_session(manager, known_key, object_id)
@@ -79,3 +116,40 @@ def _known_session(manager: ModelManager, key: str | None, object_id: int) -> An
         return session
     embedding = manager.cache.get(key, device=manager.device)
     return None if embedding is None else manager.new_object(embedding, object_id)
+
+
+def _tiled_object(manager: ModelManager, data: Any, index: tuple[int, ...], rgb: bool,
+                  contrast: tuple[float, float], object_id: int, tiles: TileSettings) -> Any:
+    from .tiles import tiled_image_for
+
+    tiled = tiled_image_for(manager, data, index, rgb, None if rgb else contrast, tiles.tile, tiles.halo)
+    return tiled, tiled.object(object_id)
+
+
+def _compute_tiled(manager: ModelManager, data: Any, index: tuple[int, ...], rgb: bool,
+                   contrast: tuple[float, float], object_id: int, prompts: Prompts, token: CancelToken,
+                   tiles: TileSettings) -> ClickResult:
+    start = time.perf_counter()
+    tiled, obj = _tiled_object(manager, data, index, rgb, contrast, object_id, tiles)
+    if prompts.is_empty:
+        obj.current = None
+        mask = np.zeros(tiled.shape, bool)
+        timings: dict[str, float] = {}
+    else:
+        mask = obj.sync(prompts, cancel=token).full()
+        step = obj.current.session.current
+        timings = dict(step.prediction.timings) if step is not None else {}
+    return ClickResult(manager, index, object_id, mask, "", time.perf_counter() - start, timings,
+                       finished_at=time.perf_counter())
+
+
+def tiled_step(manager: ModelManager, data: Any, index: tuple[int, ...], rgb: bool,
+               contrast: tuple[float, float], object_id: int, which: str, tiles: TileSettings
+               ) -> tuple[np.ndarray, Prompts] | None:
+    """Undo (``which="undo"``) or redo one step of a tiled object: its slice mask and its prompts (full-slice
+    pixels), or None when the object has no steps."""
+    _, obj = _tiled_object(manager, data, index, rgb, contrast, object_id, tiles)
+    if obj.current is None:
+        return None
+    view_mask = obj.undo() if which == "undo" else obj.redo()
+    return view_mask.full(), obj.prompts

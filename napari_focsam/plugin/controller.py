@@ -39,7 +39,8 @@ from .label_edits import LabelEdits
 from .prompt_input import PromptInput
 from .shape_input import ShapeInput
 from .stability_view import StabilityView
-from .work import ClickResult, compute_object, embed_slice
+from .tiles_view import step_tiled
+from .work import ClickResult, TileSettings, compute_object, embed_slice
 
 CLICK = "click"  # job keys: (CLICK, slice, object id)
 
@@ -62,6 +63,7 @@ class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, G
         self.object_id = 1
         self.overwrite = False
         self.prefetch = False
+        self.tiles = TileSettings()  #: large slices in tiles (engine/tiles.py): when, tile size, halo
         self.next_positive = True
         self.last_click_seconds: float | None = None
         self.last_embed_seconds: float | None = None
@@ -174,7 +176,7 @@ class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, G
         args = (self.manager, self.image.data, index, self.image.rgb, contrast, object_id, prompts)
 
         def work(token: CancelToken) -> ClickResult:
-            return compute_object(*args, token, known_key=self._known.get(known))
+            return compute_object(*args, token, known_key=self._known.get(known), tiles=self.tiles)
 
         def done(result: ClickResult) -> None:
             if result.manager is self.manager and self.image is not None and args[1] is self.image.data:
@@ -226,6 +228,7 @@ class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, G
     def _step(self, which: str) -> None:
         session = self.session()
         if session is None:
+            step_tiled(self, which)
             return
         index = self.index
         self.cancel_stability()
@@ -353,11 +356,13 @@ class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, G
         assert self.manager is not None and self.image is not None  # ready
         args = (self.manager, self.image.data, index, self.image.rgb, tuple(self.image.contrast_limits))
         if prefetch:  # the low-priority background thread: clicks never wait behind it
-            self.jobs.background(("prefetch", index), lambda token: embed_slice(*args), self._on_embedded,
+            self.jobs.background(("prefetch", index), lambda token: embed_slice(*args, tiles=self.tiles),
+                                 self._on_embedded,
                                  self._on_error)
             return
         label = f"Embedding slice {index}" if index else "Embedding image"
-        self.run_job(lambda token: embed_slice(*args, cancel=token), self._on_embedded, key=("embed",),
+        self.run_job(lambda token: embed_slice(*args, cancel=token, tiles=self.tiles), self._on_embedded,
+                     key=("embed",),
                      progress=label, steps=_embedding_steps(self.manager), supersede=False)
 
     def _on_embedded(self, result: tuple[ModelManager, tuple[int, ...], str, float | None]) -> None:

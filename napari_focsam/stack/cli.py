@@ -16,6 +16,7 @@ EXAMPLES_EMBED = """examples:
   napari-focsam embed nuclei.tif --store nuclei.embeddings.zarr --model sam_vit_b
   napari-focsam embed movie.zarr --store movie.embeddings.zarr --model focsam_vit_h --workers 4
   napari-focsam embed big.tif --store big.zarr --scheduler tcp://10.0.0.5:8786   (the store on a shared disk)
+  napari-focsam embed slide.ome.zarr --store slide.tiles.zarr --tiles --model sam_vit_b   (a large image in tiles)
 """
 EXAMPLES_SEGMENT = """examples:
   napari-focsam segment nuclei.tif --prompts clicks.csv --output labels.tif
@@ -69,6 +70,13 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", type=Path, required=True, help="the zarr store of the embeddings (made or resumed)")
     parser.add_argument("--quick-verify", action="store_true",
                         help="trust the checksums of slices already written without re-reading their features")
+    tiles = parser.add_argument_group("large images (tiles)")
+    tiles.add_argument("--tiles", action="store_true",
+                       help="embed every tile of every slice into an embedding cache store (the store the widget's "
+                            "cache folder and ModelManager.load(store=...) use) instead of whole slices")
+    tiles.add_argument("--tile", type=int, default=None, metavar="PX",
+                       help="tile core side (default: the model's input minus two halos, 768 for SAM)")
+    tiles.add_argument("--halo", type=int, default=None, metavar="PX", help="halo (default: 1/8 of the model's input)")
     dask = _model_arguments(parser)
     dask.add_argument("--slices-per-task", type=int, default=None, metavar="N",
                       help="slices one Dask task embeds (default: from the first slice's time, so that a task takes "
@@ -148,6 +156,9 @@ def _run(args: argparse.Namespace, job: Any) -> int:
 def embed_command(args: argparse.Namespace) -> int:
     from .precompute import precompute_stack
 
+    if args.tiles or args.tile is not None or args.halo is not None:
+        return _run(args, lambda: _embed_tiles(args))
+
     def job() -> int:
         update, bar = _progress(args, "slice")
         try:
@@ -165,6 +176,29 @@ def embed_command(args: argparse.Namespace) -> int:
         return 0
 
     return _run(args, job)
+
+
+def _embed_tiles(args: argparse.Namespace) -> int:
+    from ..engine.tile_grid import check_tiling
+    from .tiles_precompute import precompute_tiles
+
+    if not args.tiles:
+        raise ValueError("--tile and --halo need --tiles")
+    if args.workers or args.scheduler:
+        raise ValueError("--tiles runs in this process; drop --workers / --scheduler")
+    if args.tile is not None or args.halo is not None:
+        check_tiling(args.tile if args.tile is not None else max(1, args.halo or 0),
+                     args.halo if args.halo is not None else 0)
+    update, bar = _progress(args, "tile")
+    try:
+        result = precompute_tiles(args.stack, args.store, _config(args), tile=args.tile, halo=args.halo,
+                                  rgb=args.rgb, contrast_limits=args.contrast_limits, key=args.key, progress=update)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"{result.store}: {result.n_slices} slice(s) x {result.n_tiles} tiles; computed {result.computed}, "
+          f"found {result.found} in {result.seconds:.1f} s")
+    return 0
 
 
 def segment_command(args: argparse.Namespace) -> int:
