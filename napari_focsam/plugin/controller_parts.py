@@ -8,7 +8,7 @@ hides a method of a mixin.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -19,9 +19,10 @@ if TYPE_CHECKING:
     from napari.viewer import Viewer
     from psygnal import SignalInstance
 
-    from ..engine.jobs import JobRunner
+    from ..engine.jobs import Job, JobRunner
     from ..engine.manager import ModelManager
-    from ..engine.types import Prompts
+    from ..engine.types import CancelToken, Prompts
+    from ..engine.work import TileSettings
 
 
 class ControllerParts:
@@ -37,11 +38,15 @@ class ControllerParts:
         object_id: int
         overwrite: bool
         next_positive: bool
+        prefetch: bool
+        tiles: TileSettings
+        last_embed_seconds: float | None
         jobs: JobRunner
         status: SignalInstance
         changed: SignalInstance
         progress: SignalInstance
         _keys: dict[tuple[int, ...], str]
+        _known: dict[tuple[Any, ...], str]
         _bases: dict[tuple[tuple[int, ...], int], np.ndarray]
         _committing: set[int]
         _muted: bool
@@ -49,6 +54,20 @@ class ControllerParts:
 
         @property
         def index(self) -> tuple[int, ...]: ...
+
+        @property
+        def ready(self) -> bool: ...
+
+        def run_job(self, func: Callable[[CancelToken], Any], on_done: Callable[[Any], None], *,
+                    key: Hashable | None = None, token: CancelToken | None = None, progress: str | None = None,
+                    steps: int | None = None, on_finished: Callable[[], None] | None = None,
+                    supersede: bool = True) -> Job: ...
+
+        def _on_error(self, exc: BaseException) -> None: ...
+
+        def _on_image_data(self, event: Any = None) -> None: ...
+
+        def embed_current(self) -> None: ...
 
         def update(self) -> None: ...
 
