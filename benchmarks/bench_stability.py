@@ -10,6 +10,7 @@ stability of that step, a robust step of the same prompts), so the machine's dri
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -61,12 +62,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny model, 3 clicks (a smoke test)")
     args = parser.parse_args(argv)
     models, clicks = (["sam_tiny"], 3) if args.quick else (args.model, args.clicks)
-    print(f"torch threads {torch.get_num_threads()}; B = {args.copies}; median of {clicks} clicks (768 x 1024)")
+    print(f"torch threads {torch.get_num_threads()}; B = {args.copies}; median of {clicks} clicks (768 x 1024); "
+          f"load average before {os.getloadavg()[0]:.2f}")
     print(f"{'model':<12} {'click':>9} {'ST':>9} {'ST/click':>9} {'robust':>9} {'robust/click':>13}")
     for model in models:
         r = run(model, args.copies, clicks, (768, 1024))
         print(f"{model:<12} {1e3 * r['click']:>7.1f}ms {1e3 * r['stability']:>7.1f}ms "
               f"{r['stability'] / r['click']:>9.2f} {1e3 * r['robust']:>7.1f}ms {r['robust'] / r['click']:>13.2f}")
+    print(f"load average after {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
