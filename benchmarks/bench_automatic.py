@@ -89,14 +89,19 @@ def main() -> None:
     sam = Sam(m.image_encoder, m.prompt_encoder, m.mask_decoder).eval()
     rows = {}
 
+    def report(name, row):  # each row as soon as it is measured (a long micro-sam run loses nothing)
+        rows[name] = row
+        print(f"measured {name}: embed {row['embed']:.1f} s, generate {row['generate']:.1f} s, {row['objects']} "
+              f"objects, load average {os.getloadavg()[0]:.1f}", flush=True)
+
     def ours(name, predictor):
         start = time.perf_counter()
         features, geometry = predictor.embed(image)[:2]
         embed = time.perf_counter() - start
         start = time.perf_counter()
         result = generate_masks(predictor, ImageEmbedding(features, geometry, "bench"), options)
-        rows[name] = {"embed": embed, "generate": time.perf_counter() - start, "objects": len(result),
-                      "stats": result.stats}
+        report(name, {"embed": embed, "generate": time.perf_counter() - start, "objects": len(result),
+                      "stats": result.stats})
 
     ours("ours float32 (parity settings)", parity)
     start = time.perf_counter()
@@ -108,8 +113,8 @@ def main() -> None:
     reference.predictor.reset_image = lambda: None
     start = time.perf_counter()
     records = reference.generate(image)
-    rows["segment-anything SamAutomaticMaskGenerator"] = {"embed": embed, "generate": time.perf_counter() - start,
-                                                         "objects": len(records)}
+    report("segment-anything SamAutomaticMaskGenerator", {"embed": embed, "generate": time.perf_counter() - start,
+                                                          "objects": len(records)})
     ours("ours as the plugin loads it (fast, bf16 where native)", plugin.predictor)
     if Path(args.microsam_python).exists():
         with tempfile.TemporaryDirectory() as tmp:
@@ -121,7 +126,7 @@ def main() -> None:
                                        str(Path(tmp) / "image.npy"), kind, str(args.points), json.dumps(thresholds),
                                        str(torch.get_num_threads())], capture_output=True, text=True, check=False)
                 if done.returncode == 0:
-                    rows["micro-sam AutomaticMaskGenerator"] = json.loads(done.stdout.strip().splitlines()[-1])
+                    report("micro-sam AutomaticMaskGenerator", json.loads(done.stdout.strip().splitlines()[-1]))
                 else:
                     print("micro-sam failed:", done.stderr[-2000:], file=sys.stderr)
     base = rows["segment-anything SamAutomaticMaskGenerator"]

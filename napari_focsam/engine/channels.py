@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -142,3 +143,46 @@ def _limits(value: Sequence[float] | None) -> tuple[float, float] | None:
     if len(pair) != 2 or not all(np.isfinite(pair)):
         raise ValueError(f"contrast limits are two finite numbers (low, high), got {value!r}")
     return pair
+
+
+class ChannelStack:
+    """Channels held as separate arrays of one grid (napari's ``channel_axis`` makes one layer per channel), mixed
+    into the model's RGB slice by slice: ``take(index)`` reads only the chosen channels' slice ``index``.
+
+    ``arrays``: the channels (numpy, zarr, dask; the same shape); ``mix``: which of them, colours and limits
+    (indices into ``arrays``; out of range is refused). Front-ends pass it where an image array goes
+    (:func:`~napari_focsam.engine.work.compute_object`): the embedding key hashes the mixed image, so another
+    choice, colour or limit is another embedding.
+    """
+
+    def __init__(self, arrays: Sequence[Any], mix: ChannelMix | None = None) -> None:
+        if not arrays:
+            raise ValueError("no channel given")
+        shapes = {tuple(a.shape) for a in arrays}
+        if len(shapes) != 1:
+            raise ValueError(f"the channels must have one shape, got {sorted(shapes)}")
+        self.arrays = list(arrays)
+        self.mix = default_mix(len(self.arrays)) if mix is None else mix
+        self.mix.check(len(self.arrays))
+        self.shape = tuple(self.arrays[0].shape)
+        self.ndim = len(self.shape)
+
+    def take(self, index: Sequence[int]) -> np.ndarray:
+        """The (H, W, 3) uint8 image the model sees of slice ``index`` (leading indices)."""
+        index = tuple(int(i) for i in index)
+        if len(index) != self.ndim - 2:
+            raise ValueError(f"need {self.ndim - 2} leading indices for channels of shape {self.shape}, got {index}")
+        planes = [self.arrays[c][index] if index else self.arrays[c] for c in self.mix.channels]
+        local = ChannelMix(range(len(planes)), self.mix.colours, self.mix.contrast_limits)
+        return mix_channels(_Planes(planes), local)
+
+
+class _Planes:
+    """Chosen 2D planes seen as one (C, H, W) array whose channels are read one at a time."""
+
+    def __init__(self, planes: list[Any]) -> None:
+        self.planes = planes
+        self.shape = (len(planes), *tuple(planes[0].shape))
+
+    def __getitem__(self, key: tuple[int]) -> Any:
+        return self.planes[key[0]]

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .channels import ChannelStack
 from .image import take_slice
 from .manager import ModelManager
 from .tile_grid import check_tiling, should_tile
@@ -51,11 +52,22 @@ class TileSettings:
             raise ValueError(f"the tiling threshold must be at least 1 pixel, got {self.threshold}")
 
     def applies(self, manager: ModelManager, data: Any, index: tuple[int, ...], rgb: bool) -> bool:
-        """Whether slice ``index`` of ``data`` is annotated in tiles with ``manager``'s model."""
+        """Whether slice ``index`` of ``data`` is annotated in tiles with ``manager``'s model (mixed channels, a
+        :class:`~napari_focsam.engine.channels.ChannelStack`, are not tiled yet)."""
+        if isinstance(data, ChannelStack):
+            return False
         if self.enabled is not None:
             return bool(self.enabled)
         shape = tuple(data.shape[len(index):])
         return should_tile(shape, input_side(manager.predictor), self.threshold)
+
+
+def model_slice(data: Any, index: tuple[int, ...], rgb: bool) -> tuple[np.ndarray, bool]:
+    """Slice ``index`` of ``data`` (an image array, or a :class:`~napari_focsam.engine.channels.ChannelStack`, whose
+    slice is the mixed RGB image) and whether it is RGB."""
+    if isinstance(data, ChannelStack):
+        return data.take(index), True
+    return take_slice(data, index, rgb=rgb), rgb
 
 
 def embed_slice(manager: ModelManager, data: Any, index: tuple[int, ...], rgb: bool,
@@ -66,7 +78,7 @@ def embed_slice(manager: ModelManager, data: Any, index: tuple[int, ...], rgb: b
     annotated in tiles is not embedded whole (its tiles are, on the first click): the key is then ``""``."""
     if tiles is not None and tiles.applies(manager, data, index, rgb):
         return manager, index, "", None
-    image = take_slice(data, index, rgb=rgb)
+    image, rgb = model_slice(data, index, rgb)
     embedding = manager.embed(image, rgb=rgb, contrast_limits=None if rgb else contrast, cancel=cancel)
     info = manager.last_embed
     seconds = info.seconds if info is not None and info.key == embedding.key and not info.from_cache else None
@@ -93,7 +105,7 @@ def compute_object(manager: ModelManager, data: Any, index: tuple[int, ...], rgb
     embedded = None
     session = _known_session(manager, known_key, object_id)
     if session is None:
-        image = take_slice(data, index, rgb=rgb)
+        image, rgb = model_slice(data, index, rgb)
         embedding = manager.embed(image, rgb=rgb, contrast_limits=None if rgb else contrast)
         info = manager.last_embed
         embedded = info.seconds if info is not None and info.key == embedding.key and not info.from_cache else None

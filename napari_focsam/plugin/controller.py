@@ -35,17 +35,18 @@ from ..engine.types import CancelToken, Prompts
 from . import layers as L
 from . import shape_layers as S
 from .gui_jobs import GuiJobs
+from .image_source import ImageSource, check_geometry
 from .label_edits import LabelEdits
 from .prompt_input import PromptInput
 from .shape_input import ShapeInput
 from .stability_view import StabilityView
 from .tiles_view import step_tiled
-from .work import ClickResult, TileSettings, compute_object, embed_slice
+from .work import ClickResult, TileSettings, compute_object
 
 CLICK = "click"  # job keys: (CLICK, slice, object id)
 
 
-class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, GuiJobs, ObjectCommits):
+class AnnotationController(ImageSource, PromptInput, ShapeInput, StabilityView, LabelEdits, GuiJobs, ObjectCommits):
     """Drives one image / clicks / labels triple with a :class:`ModelManager` (layers read and written on the GUI
     thread, model work in the job runner's threads)."""
 
@@ -60,6 +61,7 @@ class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, G
         self.points: Points | None = None
         self.labels: Labels | None = None
         self.boxes: Shapes | None = None
+        self.channel_layers: list[Image] = []  # the channels the model sees (none: the image alone)
         self.object_id = 1
         self.overwrite = False
         self.prefetch = False
@@ -69,7 +71,7 @@ class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, G
         self.last_embed_seconds: float | None = None
         self._bases: dict[tuple[tuple[int, ...], int], np.ndarray] = {}
         self._keys: dict[tuple[int, ...], str] = {}  # slice -> embedding key of the current model
-        # (manager, slice, rgb, contrast limits) -> embedding key, while the image data is unchanged: clicks skip
+        # (manager, slice, input signature) -> embedding key, while the image data is unchanged: clicks skip
         # converting and hashing the slice again (cleared when the image layer's data is replaced)
         self._known: dict[tuple[Any, ...], str] = {}
         self._committing: set[int] = set()  # committed objects whose jobs still run
@@ -104,9 +106,12 @@ class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, G
                             self.set_manager, key=("load",), progress=f"Loading {name}", on_finished=on_finished)
 
     def attach(self, image: Image, points: Points | None = None, labels: Labels | None = None,
-               boxes: Shapes | None = None) -> None:
+               boxes: Shapes | None = None, channels: list[Image] | None = None) -> None:
         """Work on ``image``, reading clicks from ``points``, boxes from ``boxes`` and writing into ``labels``
-        (missing layers are created)."""
+        (missing layers are created); the model sees ``channels`` mixed (image layers of its grid, see
+        :meth:`set_channels`) or the image alone. An image with a non-positive scale, or labels on another grid, is
+        refused with a message (nothing is attached)."""
+        check_geometry(image, labels)
         self.detach()
         self.image = image
         self.labels = labels if labels is not None else L.make_labels_layer(self.viewer, image)
@@ -124,8 +129,7 @@ class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, G
         self.points.mode = "add"
         self.viewer.layers.selection.active = self.points  # clicks on the canvas go to the active layer
         self._start_new_object()
-        self.changed.emit()
-        self.embed_current()
+        self.set_channels(channels)  # embeds the shown slice
 
     def detach(self) -> None:
         """Stop working on the layers: every click job is discarded (nothing more is written into them)."""
@@ -142,6 +146,10 @@ class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, G
                 self.boxes.mouse_drag_callbacks.remove(self._shape_sign_from_mouse)
         if self.image is not None:
             self.image.events.data.disconnect(self._on_image_data)
+        for layer in self.channel_layers:
+            if layer is not self.image:
+                layer.events.data.disconnect(self._on_image_data)
+        self.channel_layers = []
         self.image = self.points = self.labels = self.boxes = None
         self._bases.clear()
         self._keys.clear()
@@ -170,15 +178,15 @@ class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, G
         prompts = self._prompts(index)
         if (index, object_id) not in self._bases:
             self._bases[(index, object_id)] = L.slice_copy(self.labels, index)
-        contrast = tuple(self.image.contrast_limits)
-        known = (self.manager, index, self.image.rgb, contrast)  # a key is only ever reused with its own model
-        args = (self.manager, self.image.data, index, self.image.rgb, contrast, object_id, prompts)
+        data, rgb, contrast, signature = self.model_source()
+        known = (self.manager, index, signature)  # a key is only ever reused with its own model and input
+        args = (self.manager, data, index, rgb, contrast, object_id, prompts)
 
         def work(token: CancelToken) -> ClickResult:
             return compute_object(*args, token, known_key=self._known.get(known), tiles=self.tiles)
 
         def done(result: ClickResult) -> None:
-            if result.manager is self.manager and self.image is not None and args[1] is self.image.data:
+            if result.manager is self.manager and self.image is not None and signature == self.model_source()[3]:
                 self._known[known] = result.embedding_key
             self._on_result(result)
             self.request_stability(result.index, result.object_id, ticket)  # after the mask is shown
@@ -329,48 +337,6 @@ class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, G
             self.cancel()
         self.changed.emit()
 
-    # ------------------------------------------------------------------ embeddings
-    def embed_current(self) -> None:
-        """Embed the shown slice in the background (with a progress bar) so the first click is fast. While one
-        embedding runs, only the latest slice asked for waits (scrolling skips the slices in between)."""
-        if self.ready:
-            self._embed(self.index)
-
-    def _on_slice_changed(self, event: Any = None) -> None:
-        if not self.ready:
-            return
-        self.embed_current()
-        self.jobs.clear_background()
-        if self.prefetch:
-            index = self.index
-            for step in (-1, 1):
-                if index:
-                    neighbour = (*index[:-1], index[-1] + step)
-                    if 0 <= neighbour[-1] < self.image.data.shape[len(index) - 1]:
-                        self._embed(neighbour, prefetch=True)
-
-    def _embed(self, index: tuple[int, ...], prefetch: bool = False) -> None:
-        args = (self.manager, self.image.data, index, self.image.rgb, tuple(self.image.contrast_limits))
-        if prefetch:  # the low-priority background thread: clicks never wait behind it
-            self.jobs.background(("prefetch", index), lambda token: embed_slice(*args, tiles=self.tiles),
-                                 self._on_embedded,
-                                 self._on_error)
-            return
-        label = f"Embedding slice {index}" if index else "Embedding image"
-        self.run_job(lambda token: embed_slice(*args, cancel=token, tiles=self.tiles), self._on_embedded,
-                     key=("embed",),
-                     progress=label, steps=_embedding_steps(self.manager), supersede=False)
-
-    def _on_embedded(self, result: tuple[ModelManager, tuple[int, ...], str, float | None]) -> None:
-        manager, index, key, seconds = result
-        if manager is not self.manager:
-            return
-        self._keys[index] = key
-        if seconds is not None:
-            self.last_embed_seconds = seconds
-            self.status.emit(f"embedded slice {index} in {seconds:.1f} s" if index else f"embedded in {seconds:.1f} s")
-        self.changed.emit()
-
     # ------------------------------------------------------------------ plumbing
     def cancel_jobs(self) -> None:
         """Discard every click job (running ones stop between model steps; no result of theirs is written)."""
@@ -383,6 +349,9 @@ class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, G
     def _on_layer_removed(self, event: Any) -> None:
         if event.value is self.unstable_layer:
             self.unstable_layer = None
+        if event.value in self.channel_layers and event.value is not self.image:
+            self.set_channels([layer for layer in self.channel_layers if layer is not event.value])
+            show_warning(f"FocSAM: channel layer '{event.value.name}' was removed; the model sees the others")
         if event.value in (self.image, self.points, self.labels, self.boxes):
             name = event.value.name
             self.detach()
@@ -391,14 +360,6 @@ class AnnotationController(PromptInput, ShapeInput, StabilityView, LabelEdits, G
 
     def _mute(self) -> _Muted:
         return _Muted(self)
-
-
-def _embedding_steps(manager: ModelManager) -> int | None:
-    """How many times an embedding checks its cancel token (once per ViT block, once more after the encoder), or
-    None when not known (the fallback: it is quick)."""
-    encoder = getattr(getattr(manager.predictor, "model", None), "image_encoder", None)
-    blocks = getattr(encoder, "blocks", None)
-    return len(blocks) + 1 if blocks is not None else None
 
 
 class _Muted:

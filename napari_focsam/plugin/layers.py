@@ -55,8 +55,7 @@ def make_points_layer(viewer: Viewer, image: Image, name: str = "FocSAM clicks")
         face_color=list(POSITIVE_COLOR),
         border_color="white",
         border_width=0.1,
-        scale=image.scale[:ndim],
-        translate=image.translate[:ndim],
+        **grid_of(image),
     )
     layer.mode = "add"
     return layer
@@ -75,8 +74,7 @@ def make_shapes_layer(viewer: Viewer, image: Image, name: str = "FocSAM shapes")
         edge_color=list(BOX_COLOR),
         face_color=[0.0, 0.0, 0.0, 0.0],
         edge_width=width,
-        scale=image.scale[:ndim],
-        translate=image.translate[:ndim],
+        **grid_of(image),
     )
     layer.current_edge_color = list(BOX_COLOR)
     layer.current_face_color = [0.0, 0.0, 0.0, 0.0]
@@ -88,10 +86,15 @@ def make_shapes_layer(viewer: Viewer, image: Image, name: str = "FocSAM shapes")
 def make_labels_layer(viewer: Viewer, image: Image, name: str = "FocSAM labels") -> Labels:
     """An empty int32 Labels layer covering ``image`` (same grid, scale and offset)."""
     shape = image.data.shape[:-1] if image.rgb else image.data.shape
-    ndim = len(shape)
-    return viewer.add_labels(
-        np.zeros(shape, dtype=np.int32), name=name, scale=image.scale[:ndim], translate=image.translate[:ndim]
-    )
+    return viewer.add_labels(np.zeros(shape, dtype=np.int32), name=name, **grid_of(image))
+
+
+def grid_of(image: Image) -> dict[str, object]:
+    """The world transform of ``image`` (scale, translate, rotation, shear, affine) as layer keyword arguments: a
+    layer made with them lies on the image's pixels, anisotropic or rotated."""
+    ndim = grid_ndim(image)
+    return {"scale": image.scale[:ndim], "translate": image.translate[:ndim], "rotate": image.rotate,
+            "shear": image.shear, "affine": image.affine}
 
 
 def signs(points: Points) -> np.ndarray:

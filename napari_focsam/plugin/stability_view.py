@@ -112,7 +112,8 @@ class StabilityView:
         if layer is None or layer not in self.viewer.layers or layer.data.shape != self.labels.data.shape:
             layer = self.unstable_layer = self.viewer.add_labels(
                 np.zeros(self.labels.data.shape, np.uint8), name="FocSAM unstable", opacity=0.6,
-                scale=self.labels.scale, translate=self.labels.translate)
+                scale=self.labels.scale, translate=self.labels.translate,
+                rotate=self.labels.rotate, shear=self.labels.shear, affine=self.labels.affine)
             layer.colormap = _unstable_colormap()
             self.viewer.layers.selection.active = self.points  # clicks still go to the clicks layer
         data = np.zeros(layer.data.shape, np.uint8)

@@ -244,19 +244,15 @@ class StackPanel(QCollapsible):
             changed = self.controller.merge_labels(result)
             self._say(f"batch: {objects} objects; {changed} pixels filled in '{job.labels.name}'")
             return
-        ndim = L.grid_ndim(job.image)
-        layer = self.viewer.add_labels(result, name=BATCH_LAYER, scale=job.image.scale[:ndim],
-                                       translate=job.image.translate[:ndim])
+        layer = self.viewer.add_labels(result, name=BATCH_LAYER, **L.grid_of(job.image))
         self._say(f"batch: {objects} objects in the new labels layer '{layer.name}'")
 
     def _everything_done(self, job: StackJob, result: np.ndarray) -> None:
         objects = int(np.count_nonzero(np.unique(result)))
-        ndim = L.grid_ndim(job.image)
-        layer = self.viewer.add_labels(result, name=EVERYTHING_LAYER, scale=job.image.scale[:ndim],
-                                       translate=job.image.translate[:ndim])
+        layer = self.viewer.add_labels(result, name=EVERYTHING_LAYER, **L.grid_of(job.image))
         c = self.controller
         if c.image is job.image:
-            c.attach(job.image, c.points, layer, c.boxes)
+            c.attach(job.image, c.points, layer, c.boxes, c.channel_layers)
         self._say(f"segment everything: {objects} objects in the new labels layer '{layer.name}'")
 
     # ------------------------------------------------------------------ plumbing

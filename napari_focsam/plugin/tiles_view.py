@@ -19,10 +19,10 @@ def step_tiled(controller: Any, which: str) -> bool:
     if c.manager is None or c.image is None or c.labels is None:
         return False
     index = c.index
-    if not c.tiles.applies(c.manager, c.image.data, index, c.image.rgb):
+    data, rgb, contrast, _ = c.model_source()
+    if not c.tiles.applies(c.manager, data, index, rgb):
         return False
-    result = tiled_step(c.manager, c.image.data, index, c.image.rgb, tuple(c.image.contrast_limits), c.object_id,
-                        which, c.tiles)
+    result = tiled_step(c.manager, data, index, rgb, contrast, c.object_id, which, c.tiles)
     if result is None:
         return True
     mask, prompts = result

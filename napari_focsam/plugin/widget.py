@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from napari.layers import Image, Labels, Points, Shapes
+from napari.utils.notifications import show_warning
 from napari.viewer import Viewer
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
@@ -23,6 +24,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..weights.registry import REGISTRY
+from .channel_list import ChannelList
 from .controller import AnnotationController
 from .stack_panel import StackPanel
 
@@ -171,6 +173,10 @@ class FocsamWidget(QWidget):
         form.addRow("clicks", self.points_combo)
         form.addRow("labels", self.labels_combo)
         form.addRow("shapes", self.boxes_combo)
+        self.channel_list = ChannelList(self.viewer)
+        self.image_combo.currentIndexChanged.connect(
+            lambda _: self.channel_list.refresh(self.image_combo.currentData(), [self.image_combo.currentData()]))
+        form.addRow("channels", self.channel_list)
         form.addRow(self.use_button)
         return box
 
@@ -274,7 +280,13 @@ class FocsamWidget(QWidget):
             self.status.setText("add an image layer first")
             return
         points, labels = self.points_combo.currentData(), self.labels_combo.currentData()
-        self.controller.attach(image, points, labels, self.boxes_combo.currentData())
+        try:
+            self.controller.attach(image, points, labels, self.boxes_combo.currentData(),
+                                   self.channel_list.channels_for(image))
+        except ValueError as error:  # a non-positive scale, labels on another grid, channels of another shape
+            self.status.setText(f"not attached: {error}")
+            show_warning(f"FocSAM: {error}")
+            return
         for layer in (self.controller.points, self.controller.labels):
             self._bind_keys(layer)
         self._refresh_layers()
@@ -297,6 +309,8 @@ class FocsamWidget(QWidget):
             index = combo.findData(wanted) if wanted is not None else -1
             combo.setCurrentIndex(max(index, 0))  # optional layers default to a new one
             combo.blockSignals(False)
+        c = self.controller
+        self.channel_list.refresh(self.image_combo.currentData(), c.channel_layers or None)
 
     def _on_progress(self, what: str, done: int, total: int) -> None:
         """A load or embedding in progress: a bar that counts its steps, or a still one when they are not known (a
