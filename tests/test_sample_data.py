@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from napari_focsam.sample_data import SAMPLES, synthetic_nuclei
+from napari_focsam.synthetic_tissue import synthetic_tissue
 
 EXPECTED = {
     "coins": ((303, 384), np.uint8),
@@ -64,3 +65,26 @@ def test_sample_data_imports_neither_napari_nor_qt():
             "bad = [m for m in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6') if m in sys.modules]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_the_large_tissue_sample_is_one_layer_per_channel_made_at_load_time(no_network):
+    (data, meta, kind), = SAMPLES["tissue_8k"].function()
+    assert kind == "image" and data.shape == (3, 8192, 8192) and data.dtype == np.uint16
+    assert meta["channel_axis"] == 0 and len(meta["name"]) == len(meta["colormap"]) == 3
+    corner = data[:, :1024, :1024]
+    assert (corner.max(axis=(1, 2)) > 2000).all() and (np.median(corner, axis=(1, 2)) < 600).all()  # sparse, bright
+
+
+def test_synthetic_tissue_is_deterministic_with_small_bright_nuclei():
+    image, labels = synthetic_tissue(512, labels=True)
+    assert np.array_equal(image, synthetic_tissue(512)[0]) and labels is not None
+    assert not np.array_equal(image, synthetic_tissue(512, seed=1)[0])
+    sizes = np.bincount(labels.ravel())[1:]
+    assert 150 < len(sizes) < 250 and sizes.min() > 10 and sizes.max() < 150   # ~0.7 of 256 cells, small nuclei
+    nuclei, membranes = image[0].astype(float), image[1].astype(float)
+    assert nuclei[labels > 0].mean() > 3 * nuclei[labels == 0].mean()
+    assert membranes[labels > 0].mean() < membranes[labels == 0].mean() * 3  # rings outside the nuclei
+    with pytest.raises(ValueError, match="multiple of the cell side"):
+        synthetic_tissue(100)
+    with pytest.raises(ValueError, match="radius must be"):
+        synthetic_tissue(512, radius=(3.0, 12.0))

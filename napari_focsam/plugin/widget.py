@@ -28,7 +28,7 @@ from .channel_list import ChannelList
 from .controller import AnnotationController
 from .stack_panel import StackPanel
 
-MODELS = (
+MODELS: tuple[tuple[str, str], ...] = (
     ("FocSAM ViT-H", "focsam_vit_h"),
     ("SAM ViT-B", "sam_vit_b"),
     ("SAM ViT-L", "sam_vit_l"),

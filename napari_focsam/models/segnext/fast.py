@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..fast_linear import PackedLinear, onednn_packing
+from ..fast_linear import PackedLinear, onednn_packing, parameter_signature
 from .network import Block, ConvRelu, SegNextNet
 
 M = TypeVar("M", bound=nn.Module)
@@ -64,22 +64,12 @@ class FastPromptPath:
         self._signature: tuple | None = None
         self._parts: dict[str, Any] = {}
 
-    def _sig(self) -> tuple:
-        out = []
-        for p in self.net.parameters():
-            try:
-                version = p._version
-            except RuntimeError:
-                version = -1
-            out.append((p.data_ptr(), version, p.dtype))
-        return tuple(out)
-
     def _lin(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int | None) -> PackedLinear:
         return PackedLinear(_as_linear(weight.float(), None if bias is None else bias.float()), self.dtype,
                        rows if self._pack else None)
 
     def _prepare(self) -> dict[str, Any]:
-        sig = self._sig()
+        sig = parameter_signature(self.net)
         if sig == self._signature:
             return self._parts
         with self._lock:
