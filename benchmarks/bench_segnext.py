@@ -1,13 +1,15 @@
 """SegNext on this machine: embedding time and per-click latency, ours (default numerics) vs the official algorithm
-in float32 on the same random weights, in one run.
+in float32 on the same random weights, in one run, interleaved.
 
 "Official algorithm in float32" is the network as the official code writes it: explicit ``softmax(q kᵀ/8) v``
 attention, the head upsampling every scale to 256² before its fusion convolution, everything in float32. "Ours" is
-what ``ModelManager.load("segnext_vitb_sa2")`` runs: fused attention, the folded head, and bfloat16 products where
-the CPU has native bfloat16. The two are interleaved click by click; agreement with float32 is the largest
-probability difference and the share of mask pixels that differ.
+what ``ModelManager.load("segnext_vitb_sa2")`` runs: the image encoder and the per-click network with bfloat16
+products where the CPU has native bfloat16 (attention split by heads across single-threaded workers, the head
+folded). Each image is embedded by both (alternating which goes first), then the clicks run click by click, one
+predictor after the other; every step feeds each predictor its own previous prediction. Agreement with float32:
+the largest logit and probability differences, and the IoU of the masks (threshold 0.5), per click.
 
-    PYTHONPATH=. python benchmarks/bench_segnext.py --clicks 3
+    PYTHONPATH=. python benchmarks/bench_segnext.py --images 2 --clicks 3
 """
 
 from __future__ import annotations
@@ -24,49 +26,78 @@ from napari_focsam.engine.session import ObjectSession
 from napari_focsam.engine.types import ImageEmbedding
 from napari_focsam.weights.segnext import load_segnext
 
+NAMES = ("official-f32", "ours")
+
+
+def _timed(fn):
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def _image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A random image with a few bright shapes, so that clicks land on structure and on background."""
+    image = rng.integers(0, 80, (h, w, 3)).astype(np.uint8)
+    for _ in range(3):
+        y, x = int(rng.integers(0, h - h // 4)), int(rng.integers(0, w - w // 4))
+        image[y:y + h // 4, x:x + w // 4] = rng.integers(150, 256, 3)
+    return image
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="segnext_vitb_sa2")
+    parser.add_argument("--images", type=int, default=2)
     parser.add_argument("--clicks", type=int, default=3)
     parser.add_argument("--size", type=int, nargs=2, default=(480, 640))
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     loaded = load_segnext(args.model, None, seed=0)
-    ours = SegNextPredictor(loaded)
-    official = SegNextPredictor(loaded, lowp=None, encoder_lowp=None, attention="explicit", folded_head=False)
+    predictors = {"official-f32": SegNextPredictor(loaded, lowp=None, encoder_lowp=None, attention="explicit",
+                                                   folded_head=False),
+                  "ours": SegNextPredictor(loaded)}
+    ours = predictors["ours"]
+    print(f"model {args.model}, {args.images} images {args.size[0]}x{args.size[1]}, {args.clicks} clicks each, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, ours: lowp={ours.lowp} "
+          f"encoder_lowp={ours.encoder_lowp}; load average at start {os.getloadavg()}")
     rng = np.random.default_rng(0)
     h, w = args.size
-    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-    clicks = [(int(rng.integers(0, h)), int(rng.integers(0, w)), i % 2 == 0) for i in range(args.clicks)]
-    print(f"model {args.model}, image {h}x{w}, {args.clicks} clicks, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, ours: lowp={ours.lowp} encoder_lowp={ours.encoder_lowp}")
-    results = {}
-    for name, predictor in (("official-f32", official), ("ours", ours)):
-        start = time.perf_counter()
-        features, geometry = predictor.embed(image)
-        results[name] = {"embed": time.perf_counter() - start,
-                         "session": ObjectSession(predictor, ImageEmbedding(features, geometry, key=name)),
-                         "clicks": []}
-    worst_prob, worst_pixels = 0.0, 0.0
-    for y, x, positive in clicks:
-        for name in ("official-f32", "ours"):
-            start = time.perf_counter()
-            results[name]["session"].click(y, x, positive)
-            results[name]["clicks"].append(time.perf_counter() - start)
-        a, b = (torch.sigmoid(results[n]["session"].state.logits.float()) for n in ("official-f32", "ours"))
-        worst_prob = max(worst_prob, float((a - b).abs().max()))
-        worst_pixels = max(worst_pixels, float(((a > 0.5) != (b > 0.5)).float().mean()))
-    for name, r in results.items():
-        per = r["clicks"]
-        print(f"{name:13s} embed {r['embed']:6.2f} s   per click: median {np.median(per):5.2f} s "
-              f"(first {per[0]:.2f}, all {', '.join(f'{t:.2f}' for t in per)})")
-    ratio = np.median(results["official-f32"]["clicks"]) / np.median(results["ours"]["clicks"])
-    print(f"per-click speed-up vs official float32: {ratio:.2f}x; embed speed-up: "
-          f"{results['official-f32']['embed'] / results['ours']['embed']:.2f}x")
-    print(f"agreement with float32 (each step fed its own prediction): max |Δprob| {worst_prob:.2e}, "
-          f"mask pixels differing (thr 0.5) {100 * worst_pixels:.3f} %")
-    print(f"load average: {os.getloadavg()}")
+    embed = {n: [] for n in NAMES}
+    click = {n: [] for n in NAMES}
+    click_cpu = {n: [] for n in NAMES}
+    rows = []
+    for index in range(args.images):
+        image = _image(rng, h, w)
+        sessions = {}
+        for name in (NAMES if index % 2 == 0 else NAMES[::-1]):
+            (features, geometry), wall, _ = _timed(lambda p=predictors[name], im=image: p.embed(im))
+            embed[name].append(wall)
+            sessions[name] = ObjectSession(predictors[name], ImageEmbedding(features, geometry, key=name))
+        for step in range(args.clicks):
+            y, x = int(rng.integers(0, h)), int(rng.integers(0, w))
+            for name in NAMES:
+                _, wall, cpu = _timed(lambda s=sessions[name], c=(y, x, step % 2 == 0): s.click(*c))
+                click[name].append(wall)
+                click_cpu[name].append(cpu)
+            a, b = (sessions[n].state.logits.float() for n in NAMES)
+            ma, mb = torch.sigmoid(a) > 0.5, torch.sigmoid(b) > 0.5
+            union = int((ma | mb).sum())
+            iou = 1.0 if union == 0 else int((ma & mb).sum()) / union
+            rows.append((index, step, float((a - b).abs().max()), float(a.abs().max()),
+                         float((torch.sigmoid(a) - torch.sigmoid(b)).abs().max()), iou))
+            print(f"image {index} click {step}: official {click['official-f32'][-1]:5.2f} s, ours "
+                  f"{click['ours'][-1]:5.2f} s | max|Δlogit| {rows[-1][2]:.2e} (max|logit| {rows[-1][3]:.2f}), "
+                  f"max|Δprob| {rows[-1][4]:.2e}, mask IoU {iou:.4f} | load {os.getloadavg()[0]:.1f}", flush=True)
+    for name in NAMES:
+        print(f"{name:13s} embed median {np.median(embed[name]):6.2f} s ({', '.join(f'{t:.2f}' for t in embed[name])})"
+              f"   per click median {np.median(click[name]):5.2f} s wall, {np.median(click_cpu[name]):5.2f} s "
+              f"process CPU (range {min(click[name]):.2f}–{max(click[name]):.2f} s)")
+    print(f"ours / official float32: per click {np.median(click['ours']) / np.median(click['official-f32']):.2f} "
+          f"(wall), {np.median(click_cpu['ours']) / np.median(click_cpu['official-f32']):.2f} (CPU time); "
+          f"embedding {np.median(embed['ours']) / np.median(embed['official-f32']):.2f}")
+    print(f"agreement with float32 over {len(rows)} clicks: max|Δlogit| {max(r[2] for r in rows):.2e}, "
+          f"max|Δprob| {max(r[4] for r in rows):.2e}, min mask IoU {min(r[5] for r in rows):.4f}")
+    print(f"load average at end: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

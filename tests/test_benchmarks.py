@@ -75,4 +75,11 @@ def test_bench_stability_prints_the_cost_ratios() -> None:
     out = _run("bench_stability.py", "--quick")
     row = next(line for line in out.splitlines() if line.startswith("sam_tiny"))
     ratios = [float(v) for v in row.split()[1:] if not v.endswith("ms")]
-    assert len(ratios) == 2 and all(r > 0 for r in ratios), row
+    assert len(ratios) == 3 and all(r > 0 for r in ratios), row  # ST / decoder call, ST / click, robust / click
+    assert re.search(r"load average before [\d.]+", out) and re.search(r"load average after [\d.]+", out), out
+
+
+def test_bench_tiles_prints_tiled_vs_resized() -> None:
+    out = _run("bench_tiles.py", "--model", "sam_tiny", "--side", "2560", "--micro-sam", "none", "--clicks", "2")
+    assert "ours, tiled" in out and re.search(r"1 of 16 tiles embedded", out), out
+    assert re.search(r"ratio ours tiled / ours, resized: first mask \d+\.\d\d, working memory \d+\.\d\d", out), out

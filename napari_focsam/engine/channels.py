@@ -86,7 +86,7 @@ def default_mix(n_channels: int) -> ChannelMix:
     return ChannelMix(range(min(n_channels, 3)))
 
 
-def mix_channels(data: np.ndarray, mix: ChannelMix | None = None, *, channel_axis: int = 0,
+def mix_channels(data: Any, mix: ChannelMix | None = None, *, channel_axis: int = 0,
                  percentiles: tuple[float, float] = DEFAULT_PERCENTILES) -> np.ndarray:
     """The (H, W, 3) uint8 image the model sees of a 2D multi-channel image ``data`` (channels on ``channel_axis``,
     numpy or anything array-like: only the chosen channels are read)."""

@@ -162,7 +162,7 @@ class JobRunner:
         return hit
 
     # ------------------------------------------------------------------ state
-    def active(self, match: Callable[[Any], bool] | Hashable | None = None) -> list[Hashable]:
+    def active(self, match: Callable[[Any], bool] | Hashable | None = None) -> list[Any]:
         """The keys with a job not finished yet, callbacks included (all keys, or those ``match`` selects)."""
         select = (lambda key: True) if match is None else match if callable(match) else (lambda key: key == match)
         with self._lock:

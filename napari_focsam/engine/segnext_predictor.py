@@ -70,8 +70,8 @@ class SegNextPredictor(LoadedWeightsPredictor[LoadedSegNext]):
     supports_boxes = True
     uses_refiner = False
     #: the slow, dense-prompt model on a CPU (the widget says so)
-    cost_note = ("SegNext runs a large network (≈0.26 TFLOP) at every click: seconds per click on a CPU, "
-                 "fast on a GPU (docs/models.md)")
+    cost_note = ("SegNext runs a large network (≈0.29 TFLOP) at every click: 1.5–2 seconds per click on a CPU "
+                 "(2 idle cores with bfloat16; several times that on a busy machine), fast on a GPU (docs/models.md)")
 
     def __init__(self, loaded: LoadedSegNext, *, lowp: torch.dtype | str | None = "auto",
                  encoder_lowp: torch.dtype | str | None = "auto", attention: str = "sdpa",

@@ -303,7 +303,7 @@ class TiledObject:
                 raise ValueError("no prompts: click on the object first")
             current = self.current
             moved = current is None or not _fits(current.view, prompts_extent(prompts))
-            if moved:
+            if current is None or moved:
                 view, tile = self.tiled.view_for(prompts)
                 embedding = (self.tiled.embed_tile(tile, cancel=cancel) if tile is not None
                              else self.tiled.embed_view(view, cancel=cancel))

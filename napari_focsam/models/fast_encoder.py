@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from segment_anything.modeling.image_encoder import ImageEncoderViT, get_rel_pos
 from torch import nn
 
-from .fast_linear import PackedLinear, cpu_has_fast_bf16, onednn_packing
+from .fast_linear import PackedLinear, cpu_has_fast_bf16, onednn_packing, parameter_signature
 
 #: the attention implementations of :class:`~napari_focsam.engine.sam_predictor.SamFamilyPredictor`
 ATTENTION_MODES = ("fast", "reference")
@@ -118,22 +118,12 @@ class FastImageEncoder:
         self._tables: dict[tuple, object] = {}
 
     # ------------------------------------------------------------------ derived parameters
-    def _parameter_signature(self) -> tuple:
-        sig = []
-        for p in self.encoder.parameters():
-            try:
-                version = p._version
-            except RuntimeError:  # an inference tensor has no version counter
-                version = -1
-            sig.append((p.data_ptr(), version, p.dtype, p.device))
-        return tuple(sig)
-
     def prepare(self) -> None:
         """Make the derived weights now (the first forward does it otherwise: about 1 s for ViT-H on a CPU)."""
         self._prepare()
 
     def _prepare(self) -> list[_Block]:
-        signature = self._parameter_signature()
+        signature = parameter_signature(self.encoder)
         if signature == self._signature:
             return self._blocks
         with self._lock:

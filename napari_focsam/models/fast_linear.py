@@ -2,7 +2,7 @@
 
 A :class:`PackedLinear` holds one derived copy of an ``nn.Linear``'s weight in the compute dtype, pre-packed for
 oneDNN's matmul where :func:`onednn_packing` says so (bfloat16 on a CPU with native bfloat16 instructions), with
-GELU optionally fused into the matmul.
+GELU optionally fused into the matmul; :func:`parameter_signature` tells when such derived copies must be remade.
 """
 
 from __future__ import annotations
@@ -23,6 +23,19 @@ def cpu_has_fast_bf16() -> bool:
         except Exception:  # pragma: no cover - a torch build without the probe
             pass
     return False
+
+
+def parameter_signature(module: nn.Module) -> tuple:
+    """What the derived weights of ``module`` are made from: each parameter's storage, version counter, dtype and
+    device. The derived copies are remade when it changes (a parameter replaced, modified in place or moved)."""
+    sig = []
+    for p in module.parameters():
+        try:
+            version = p._version
+        except RuntimeError:  # an inference tensor has no version counter
+            version = -1
+        sig.append((p.data_ptr(), version, p.dtype, p.device))
+    return tuple(sig)
 
 
 def onednn_packing(device: torch.device, dtype: torch.dtype) -> bool:

@@ -8,9 +8,9 @@ in the job runner's threads and sent from there, under one lock, as soon as they
 
 Messages from the browser are ``{"type": ...}`` dicts: ``hello`` (send everything), ``click`` (``y, x, positive,
 seq``), ``box`` (``y0, x0, y1, x1, seq``), ``undo``, ``redo``, ``commit``, ``cancel``, ``reopen``, ``delete``,
-``select`` (``label``), ``slice`` (``z``), ``contrast`` (``low, high``), ``overwrite`` (``on``), ``load`` (``model,
-device, precision``). A refused request (a click outside the image, a box for a click-only model, ...) becomes a
-message in the widget, never an exception in the notebook.
+``select`` (``label``), ``slice`` (``z``), ``contrast`` (``low, high``), ``overwrite`` (``on``), ``stability``
+(``on``), ``load`` (``model, device, precision``). A refused request (a click outside the image, a box for a
+click-only model, ...) becomes a message in the widget, never an exception in the notebook.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import numpy as np
 import traitlets
 
 from ..engine.manager import PRECISIONS, ModelManager
+from ..engine.stability import Jitter, Stability
 from ..weights.registry import REGISTRY
 from .controller import NotebookController
 from .source import ImageSource, check_labels
@@ -44,6 +45,8 @@ class ObjectInfo:
     pixels: int
     slices: tuple[int, ...]
     current: bool  #: the object being annotated now (not committed yet)
+    #: the ST of its latest mask while the stability display was on (:meth:`Annotator.show_stability`), else None
+    stability: float | None = None
 
 
 class Annotator(anywidget.AnyWidget):
@@ -108,7 +111,8 @@ class Annotator(anywidget.AnyWidget):
             for label, count in zip(ids.tolist(), counts.tolist()):
                 slices = (tuple(int(z) for z in np.flatnonzero((labels == label).any(axis=(1, 2))))
                           if labels.ndim == 3 else ())
-                out.append(ObjectInfo(int(label), int(count), slices, int(label) == controller.object_id))
+                out.append(ObjectInfo(int(label), int(count), slices, int(label) == controller.object_id,
+                                      controller.stabilities.get(int(label))))
             return out
 
     @property
@@ -152,6 +156,42 @@ class Annotator(anywidget.AnyWidget):
 
     def redo(self) -> None:
         self._settle_current().redo()
+
+    def show_stability(self, on: bool = True, jitter: Jitter | None = None) -> None:
+        """Show the current object's stability (Stable-SAM's ST, see ``docs/stability.md``) after each of its masks,
+        as the *stability* box in the widget does; ``jitter`` sets the copies and noise level. It is computed in the
+        background after the mask is shown, and the next click cancels it."""
+        controller = self._ready()
+        with controller._lock:
+            controller.set_stability(on, jitter)
+
+    def stability(self, jitter: Jitter | None = None, timeout: float = 60.0) -> Stability:
+        """The stability of the current object's mask on the shown slice, computed now (in a job thread, after the
+        object's clicks so far; this call waits for it). Raises ValueError when the object has no mask there."""
+        controller = self._settle_current()
+        with controller._lock:
+            session = controller.session()
+            if session is None or session.current is None or session.prompts.is_empty:
+                raise ValueError(f"object {controller.object_id} has no mask on this slice to measure")
+            box: dict[str, Any] = {}
+            ready = threading.Event()
+
+            def done(result: Stability) -> None:
+                box["result"] = result
+                ready.set()
+
+            def failed(exc: BaseException) -> None:
+                box["error"] = exc
+                ready.set()
+
+            job = controller.jobs.background(("stability-call",),
+                                             lambda token: session.stability(jitter, cancel=token), done, failed)
+        if not ready.wait(timeout):
+            job.token.cancel()
+            raise TimeoutError("the stability is still being computed")
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
 
     def _settle_current(self) -> NotebookController:
         controller = self._ready()
@@ -304,6 +344,9 @@ class Annotator(anywidget.AnyWidget):
             controller.set_contrast(float(m["low"]), float(m["high"]))
         elif kind == "overwrite":
             controller.overwrite = bool(m.get("on"))
+        elif kind == "stability":
+            with controller._lock:
+                controller.set_stability(bool(m.get("on")))
         elif kind == "load":
             self.device, self.precision = str(m.get("device", self.device)), str(m.get("precision", self.precision))
             controller.load_model(str(m["model"]), self.device, self.precision)

@@ -31,11 +31,12 @@ from ..engine.work import ClickResult, compute_object
 from .overlay import changed_box, merge_object, rle_encode
 from .slice_model import CLICK, SliceAndModel
 from .source import ImageSource
+from .stability import NotebookStability
 
 Emit = Callable[[dict, list], None]
 
 
-class NotebookController(SliceAndModel, ObjectCommits):
+class NotebookController(SliceAndModel, ObjectCommits, NotebookStability):
     """One image, its labels and a model; every public method is one user action (see :class:`Annotator`)."""
 
     def __init__(self, source: ImageSource, emit: Emit, labels: np.ndarray,
@@ -63,6 +64,7 @@ class NotebookController(SliceAndModel, ObjectCommits):
         self._busy: dict[str, str] = {}  # job kind -> what the progress line says
         self.on_committed: Callable[[int], None] | None = None  # called when a committed object is final
         self.status: tuple[str, str] = ("", "info")
+        self._init_stability()
         self._start_new_object()
 
     # ------------------------------------------------------------------ state
@@ -124,15 +126,17 @@ class NotebookController(SliceAndModel, ObjectCommits):
         key = (index, object_id)
         self._bases.setdefault(key, self._view(index).copy())
         manager = self._need_model()
+        ticket = self._stability_ticket()  # the stability under way is out of date
         args = (manager, self.source.data, index, self.source.rgb, self.contrast, object_id, self._prompts[key])
         known = self._known.get((self.manager, index, self.contrast))  # the slice is not converted and hashed again
         self._running[object_id] += 1
         self.jobs.submit((CLICK, index, object_id), lambda token: compute_object(*args, token, known_key=known),
-                         lambda result: self._on_result(result, seq, args[4]), self._on_click_error,
+                         lambda result: self._on_result(result, seq, args[4], ticket), self._on_click_error,
                          on_finished=lambda: self._job_finished(object_id), threads="interactive")
         self._update(prompts=True)
 
-    def _on_result(self, result: ClickResult, seq: int | None, contrast: tuple[float, float]) -> None:
+    def _on_result(self, result: ClickResult, seq: int | None, contrast: tuple[float, float],
+                   ticket: int | None = None) -> None:
         key = (result.index, result.object_id)
         self._known[(result.manager, result.index, contrast)] = result.embedding_key
         base = self._bases.get(key)
@@ -142,6 +146,8 @@ class NotebookController(SliceAndModel, ObjectCommits):
         self.last_click_ms = 1000 * result.seconds
         self._set_status(f"click {self.last_click_ms:.0f} ms", "info", send=False)
         self._update(prompts=result.index == self.index)
+        if result.manager is self.manager:
+            self.request_stability(result.index, result.object_id, ticket)  # after the mask is sent
 
     def _write(self, index: tuple[int, ...], mask: np.ndarray, object_id: int, base: np.ndarray | None, *,
                seq: int | None = None, model_ms: float | None = None, overwrite: bool | None = None) -> None:
@@ -191,12 +197,14 @@ class NotebookController(SliceAndModel, ObjectCommits):
             if session is None or not (session.can_undo if which == "undo" else session.can_redo):
                 raise ValueError(f"nothing to {which} for object {self.object_id} on this slice")
             index = self.index
+            self.cancel_stability()
             self.jobs.cancel((CLICK, index, self.object_id))  # undo/redo act on the recorded steps
             mask = session.undo() if which == "undo" else session.redo()
             self._prompts[(index, self.object_id)] = session.prompts
             base = self._bases.setdefault((index, self.object_id), self._view(index).copy())
             self._write(index, mask, self.object_id, base)
             self._update(prompts=True)
+            self.request_stability(index, self.object_id)
 
     def commit(self) -> int:
         """Keep the current object and start the next one (id = max + 1). Returns the committed id."""
@@ -223,6 +231,8 @@ class NotebookController(SliceAndModel, ObjectCommits):
         """Drop the current object: its jobs are discarded, its pixels go back to what they were."""
         with self._lock:
             object_id = self.object_id
+            self.cancel_stability()
+            self.stabilities.pop(object_id, None)
             self.jobs.cancel(lambda key: key[0] == CLICK and key[2] == object_id)
             for (index, oid), base in list(self._bases.items()):
                 if oid == object_id:
@@ -296,7 +306,8 @@ class NotebookController(SliceAndModel, ObjectCommits):
                 "model_display": self.manager.display_name if self.manager else None,
                 "takes_boxes": self.takes_boxes, "can_undo": bool(session and session.can_undo),
                 "can_redo": bool(session and session.can_redo), "busy": list(self._busy.values()),
-                "status": self.status[0], "level": self.status[1], "last_click_ms": self.last_click_ms}
+                "status": self.status[0], "level": self.status[1], "last_click_ms": self.last_click_ms,
+                **self.stability_info()}
 
     def prompt_state(self) -> dict:
         prompts = self.prompts()

@@ -47,13 +47,16 @@ class ChannelList(QListWidget):
 
     def checked(self) -> list[Image]:
         """The checked layers, in the layer list's order."""
-        return [layer for i, layer in enumerate(self._layers)
-                if self.item(i) is not None and self.item(i).checkState() == Qt.CheckState.Checked]
+        items = [self.item(i) for i in range(len(self._layers))]
+        return [layer for layer, item in zip(self._layers, items)
+                if item is not None and item.checkState() == Qt.CheckState.Checked]
 
     def check(self, layers: list[Image]) -> None:
         """Check exactly ``layers`` (those listed)."""
         for i, layer in enumerate(self._layers):
-            self.item(i).setCheckState(Qt.CheckState.Checked if layer in layers else Qt.CheckState.Unchecked)
+            item = self.item(i)
+            if item is not None:
+                item.setCheckState(Qt.CheckState.Checked if layer in layers else Qt.CheckState.Unchecked)
 
     def channels_for(self, image: Image) -> list[Image] | None:
         """What to mix for ``image``: None (the image alone) when only it, or nothing, is checked."""

@@ -179,6 +179,7 @@ class AnnotationController(ImageSource, ZoomView, PromptInput, ShapeInput, Stabi
             if self.manager is None:
                 show_info("FocSAM: load a model first (or choose the fallback)")
             return
+        assert self.manager is not None and self.image is not None and self.labels is not None  # ready: attached
         index, object_id = self.index, self.object_id
         ticket = self._stability_ticket()  # the stability under way is out of date
         prompts = self._prompts(index)
@@ -285,6 +286,7 @@ class AnnotationController(ImageSource, ZoomView, PromptInput, ShapeInput, Stabi
     def _start_new_object(self) -> None:
         """The next object gets an id above every id in the Labels layer and every id still computing, and starts
         from nothing (no stale session of an earlier object)."""
+        assert self.labels is not None  # attached
         busy = [key[2] for key in self.jobs.active(lambda key: key[0] == CLICK)]
         self._begin_object(int(np.max(self.labels.data)) if self.labels.data.size else 0, busy)
         self.labels.selected_label = self.object_id
@@ -310,6 +312,7 @@ class AnnotationController(ImageSource, ZoomView, PromptInput, ShapeInput, Stabi
 
     def _clear_prompts(self) -> None:
         """Remove every click and box (a new object starts from none)."""
+        assert self.points is not None  # attached
         with self._mute():
             self.points.data = np.zeros((0, self.points.ndim))
             self.points.features = {L.SIGN_FEATURE: np.zeros(0, dtype=bool)}

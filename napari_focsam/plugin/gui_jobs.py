@@ -19,6 +19,7 @@ from qtpy.QtCore import Signal as QtSignal
 
 from ..engine.jobs import Job, JobRunner
 from ..engine.types import Cancelled, CancelToken
+from .controller_parts import ControllerParts
 
 
 class _Dispatcher(QObject):
@@ -43,7 +44,7 @@ class _CountingToken(CancelToken):
         super().raise_if_cancelled()
 
 
-class GuiJobs:
+class GuiJobs(ControllerParts):
     """Runs the controller's jobs (a controller mixin); ``self.jobs`` is the runner."""
 
     def _init_jobs(self) -> None:

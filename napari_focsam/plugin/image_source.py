@@ -21,6 +21,7 @@ from napari.layers import Image, Labels
 
 from ..engine.channels import ChannelMix, ChannelStack
 from ..engine.manager import ModelManager
+from .controller_parts import ControllerParts
 
 
 def check_geometry(image: Image, labels: Labels | None = None) -> None:
@@ -51,7 +52,7 @@ def layer_colour(layer: Image) -> tuple[float, float, float]:
     return tuple(float(v) for v in np.asarray(layer.colormap.colors)[-1][:3])  # type: ignore[return-value]
 
 
-class ImageSource:
+class ImageSource(ControllerParts):
     """The image (or channels) the model sees and the embeddings of its slices (a controller mixin)."""
 
     channel_layers: list[Image]
@@ -94,9 +95,11 @@ class ImageSource:
         :class:`ChannelStack` of the chosen channel layers with their colours and limits as shown. The signature
         names everything that decides the model's input except the pixels (the memo of known keys uses it)."""
         image = self.image
+        assert image is not None  # attached
         if not self.channel_layers:
-            contrast = tuple(float(v) for v in image.contrast_limits)
-            return image.data, image.rgb, contrast, (id(image.data), image.rgb, contrast)  # type: ignore[return-value]
+            low, high = (float(v) for v in image.contrast_limits)
+            contrast = (low, high)
+            return image.data, image.rgb, contrast, (id(image.data), image.rgb, contrast)
         mix = ChannelMix(range(len(self.channel_layers)), [layer_colour(layer) for layer in self.channel_layers],
                          [tuple(float(v) for v in layer.contrast_limits) for layer in self.channel_layers])
         stack = ChannelStack([layer.data for layer in self.channel_layers], mix)
@@ -120,12 +123,13 @@ class ImageSource:
             for step in (-1, 1):
                 if index:
                     neighbour = (*index[:-1], index[-1] + step)
-                    if 0 <= neighbour[-1] < self.image.data.shape[len(index) - 1]:
+                    if self.image is not None and 0 <= neighbour[-1] < self.image.data.shape[len(index) - 1]:
                         self._embed(neighbour, prefetch=True)
 
     def _embed(self, index: tuple[int, ...], prefetch: bool = False) -> None:
         from .work import embed_slice
 
+        assert self.manager is not None  # ready
         data, rgb, contrast, _ = self.model_source()
         args = (self.manager, data, index, rgb, contrast)
         if prefetch:  # the low-priority background thread: clicks never wait behind it

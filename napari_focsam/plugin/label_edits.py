@@ -11,9 +11,10 @@ import numpy as np
 from napari.layers import Labels
 
 from . import layers as L
+from .controller_parts import ControllerParts
 
 
-class LabelEdits:
+class LabelEdits(ControllerParts):
     """Bulk writes into the controller's Labels layer (a controller mixin)."""
 
     def write_masks(self, label: int, masks: Mapping[tuple[int, ...], np.ndarray]) -> int:

@@ -13,9 +13,10 @@ from napari.utils.notifications import show_warning
 from ..engine.types import Prompts
 from . import layers as L
 from . import shape_layers as S
+from .controller_parts import ControllerParts
 
 
-class PromptInput:
+class PromptInput(ControllerParts):
     """Clicks and boxes as a user makes them, and the prompts they give on one slice (a controller mixin)."""
 
     def click(self, y: float, x: float, positive: bool = True, index: tuple[int, ...] | None = None) -> None:
@@ -98,7 +99,8 @@ class PromptInput:
             return prompts.with_box(box)
         if not self._boxes_warned:
             self._boxes_warned = True
-            message = (f"{self.manager.display_name} takes clicks only: the box is ignored "
+            name = self.manager.display_name if self.manager is not None else "this model"
+            message = (f"{name} takes clicks only: the box is ignored "
                        "(load a SAM model to use boxes)")
             show_warning(f"FocSAM: {message}")
             self.status.emit(message)

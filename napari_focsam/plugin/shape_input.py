@@ -22,11 +22,12 @@ from ..engine.prompt_shapes import as_mask, as_vertices, check_extent, fill_poly
 from ..engine.types import Prompts
 from . import layers as L
 from . import shape_layers as S
+from .controller_parts import ControllerParts
 
 Key = tuple[tuple[int, ...], int]  # (slice, object id)
 
 
-class ShapeInput:
+class ShapeInput(ControllerParts):
     """Regions and scribbles of the current object (a controller mixin)."""
 
     def _init_shapes(self) -> None:
@@ -37,8 +38,10 @@ class ShapeInput:
 
     # ------------------------------------------------------------------ reading the layer
     def _image_shape(self) -> tuple[int, int]:
+        assert self.image is not None  # attached
         shape = self.image.data.shape
-        return tuple(shape[-3:-1] if self.image.rgb else shape[-2:])
+        height, width = shape[-3:-1] if self.image.rgb else shape[-2:]
+        return height, width
 
     def _fill(self, points: np.ndarray) -> np.ndarray:
         hw = self._image_shape()
@@ -80,6 +83,7 @@ class ShapeInput:
 
     def _shapes_valid(self, index: tuple[int, ...]) -> bool:
         """Check the prompt shapes on slice ``index``; False when one was refused (and taken off the layer)."""
+        assert self.boxes is not None  # attached
         before = len(self.boxes.data)
         self._valid_shapes(index)
         return len(self.boxes.data) == before
@@ -115,7 +119,8 @@ class ShapeInput:
         key = (index, self.object_id)
         memory = self._drawn.get(key, [])
         polygons = [d for d in memory if d.kind == "polygon"]
-        chosen, seed = [], None
+        chosen: list[S.DrawnShape] = []
+        seed = None
         region = prompts.mask
         if region is not None:
             seed, chosen = region, []

@@ -19,6 +19,7 @@ from napari.layers import Labels
 from ..engine.jobs import Job
 from ..engine.stability import Jitter, Stability
 from ..engine.types import CancelToken
+from .controller_parts import ControllerParts
 
 STABLE, SHAKY = 0.9, 0.7  # ST at or above: green; at or above: orange; below: red
 UNSTABLE_COLOR = (1.0, 0.0, 1.0, 0.7)
@@ -29,7 +30,7 @@ def stability_colour(score: float) -> str:
     return "#2ca02c" if score >= STABLE else "#ff8c00" if score >= SHAKY else "#d62728"
 
 
-class StabilityView:
+class StabilityView(ControllerParts):
     """ST of the current object after each mask (a controller mixin)."""
 
     def _init_stability(self) -> None:

@@ -154,6 +154,8 @@ class StackPanel(QCollapsible):
         manager, image = ready
         rgb, limits = _display(image)
         folder = self.store_edit.text().strip()
+        func: Callable[..., Any]
+        args: tuple[Any, ...]
         if folder:
             path = store_path(folder, image.name, manager.name)
             func, args = precompute_into_store, (manager, image.data, rgb, limits, path, self.replace_box.isChecked())
@@ -168,6 +170,7 @@ class StackPanel(QCollapsible):
             return None
         manager, image = ready
         c = self.controller
+        assert c.labels is not None  # _ready(labels=True)
         index = c.index
         current = L.slice_copy(c.labels, index)
         label = next((int(v) for v in (c.labels.selected_label, c.object_id) if v > 0 and (current == v).any()), None)
@@ -241,6 +244,7 @@ class StackPanel(QCollapsible):
         if into:
             if not self._same_labels(job):
                 return
+            assert job.labels is not None  # the labels layer annotated (checked just above)
             changed = self.controller.merge_labels(result)
             self._say(f"batch: {objects} objects; {changed} pixels filled in '{job.labels.name}'")
             return
@@ -367,7 +371,10 @@ class StackPanel(QCollapsible):
 
 def _display(image: Image) -> tuple[bool, tuple[float, float] | None]:
     """``rgb`` and the contrast limits exactly as the controller embeds the slices (so the keys are the same)."""
-    return bool(image.rgb), None if image.rgb else tuple(float(v) for v in image.contrast_limits)
+    if image.rgb:
+        return True, None
+    low, high = (float(v) for v in image.contrast_limits)
+    return False, (low, high)
 
 
 def _button(text: str, tip: str, slot: Callable[[], Any]) -> QPushButton:

@@ -6,14 +6,16 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ..engine.stability import Jitter
 from ..engine.types import CancelToken
 from .common import JobSetup, ModelLike, Progress, ProgressCallback, job_setup, normalise_limits, prepare, store_in_use
 from .labels_io import LabelWriter, label_dtype
 from .prompt_set import PromptSet, build_prompt_set
 from .prompts_file import PromptRecord, PromptsFileError, read_prompts
 from .reader import StackReader, open_stack
+from .results import check_results_path, object_rows, write_results
 from .store import StackStore
-from .worker import paint_objects, task_segment, thread_count_invariant
+from .worker import segment_objects, task_segment, thread_count_invariant
 
 __all__ = ["load_prompt_set", "segment_from_prompts"]
 
@@ -52,6 +54,8 @@ def segment_from_prompts(
     window: int | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    results: str | os.PathLike[str] | None = None,
+    stability: Jitter | None = None,
 ) -> Any:
     """Segment every object of a prompts file on its slices; returns the label stack.
 
@@ -61,7 +65,16 @@ def segment_from_prompts(
     array; a ``.zarr`` path returns the zarr array; a ``.tif`` path returns the path. ``store``: a precomputed stack
     store (see :func:`precompute_stack`), used for the slices it holds for this model. Dask and progress/cancel as in
     :func:`precompute_stack`; results are identical to the serial run.
+
+    ``results``: a .csv or .json path for the per-object results (one row per object and slice: area, bounding
+    box, prompts, ...; see :mod:`~napari_focsam.stack.results`), written after the labels; ``stability``: a
+    :class:`~napari_focsam.engine.stability.Jitter` to compute each object's stability (ST) into those rows.
     """
+    if stability is not None and results is None:
+        raise ValueError("the stability goes into the per-object results: give a results path too (--results)")
+    if results is not None:
+        results = check_results_path(results, overwrite,
+                                     {"prompts file": prompts, "stack": stack, "labels": output})
     limits = normalise_limits(contrast_limits)
     reader = open_stack(stack, rgb=rgb, key=key)
     try:
@@ -72,14 +85,34 @@ def segment_from_prompts(
             with store_in_use(setup, store) as opened:
                 writer = LabelWriter(output, reader.leading_shape, reader.image_shape, dtype, overwrite=overwrite)
                 tracker = Progress(len(prompt_set.slices), progress, cancel)
-                return _segment_slices(reader, prompt_set, setup, opened, limits, dtype, writer, tracker)
+                rows: list[dict[str, Any]] = []
+                out = _segment_slices(reader, prompt_set, setup, opened, limits, dtype, writer, tracker,
+                                      _Rows(rows, prompt_set, reader.leading_shape, stability, results is not None))
+                if results is not None:
+                    write_results(results, rows, four_d=len(reader.leading_shape) > 1)
+                return out
     finally:
         if reader is not stack:
             reader.close()
 
 
+class _Rows:
+    """Collects the per-object result rows of each slice as it is written (when results were asked for)."""
+
+    def __init__(self, rows: list[dict[str, Any]], prompt_set: PromptSet, leading_shape: tuple[int, ...],
+                 jitter: Jitter | None, wanted: bool) -> None:
+        self.rows, self.prompt_set, self.leading_shape, self.jitter, self.wanted = (
+            rows, prompt_set, leading_shape, jitter, wanted)
+
+    def add(self, index: int, labels: Any, stability: dict[int, float]) -> None:
+        if self.wanted:
+            self.rows.extend(object_rows(labels, index, self.leading_shape, dict(self.prompt_set.objects(index)),
+                                         stability))
+
+
 def _segment_slices(reader: StackReader, prompt_set: PromptSet, setup: JobSetup, opened: StackStore | None,
-                    limits: tuple[float, float] | None, dtype: Any, writer: LabelWriter, tracker: Progress) -> Any:
+                    limits: tuple[float, float] | None, dtype: Any, writer: LabelWriter, tracker: Progress,
+                    rows: _Rows) -> Any:
     """Segment every prompted slice on the job's runner and write it; the label stack."""
     runner, manager, config = setup.runner, setup.manager, setup.config
     try:
@@ -88,14 +121,16 @@ def _segment_slices(reader: StackReader, prompt_set: PromptSet, setup: JobSetup,
             image = prepare(reader, index, limits)
             objects = prompt_set.objects(index)
             if manager is not None:  # a serial run
-                runner.submit(lambda i, im, objs: (i, paint_objects(manager, im, objs, dtype)), index, image, objects)
+                runner.submit(lambda i, im, objs: (i, *segment_objects(manager, im, objs, dtype, rows.jitter)),
+                              index, image, objects)
             else:
                 runner.submit(task_segment, config, None if opened is None else str(opened.path),
-                              None if opened is None else opened.store_id, index, image, objects, str(dtype))
+                              None if opened is None else opened.store_id, index, image, objects, str(dtype),
+                              rows.jitter)
             while runner.full:
-                _write(runner.results(wait=True), writer, tracker)
-            _write(runner.results(wait=False), writer, tracker)
-        _write(runner.drain(), writer, tracker)
+                _write(runner.results(wait=True), writer, tracker, rows)
+            _write(runner.results(wait=False), writer, tracker, rows)
+        _write(runner.drain(), writer, tracker, rows)
         return writer.finish()
     except BaseException:
         runner.cancel()
@@ -103,8 +138,10 @@ def _segment_slices(reader: StackReader, prompt_set: PromptSet, setup: JobSetup,
         raise
 
 
-def _write(results: Iterable[tuple[int, Any]], writer: LabelWriter, tracker: Progress) -> None:
-    for index, labels in results:
+def _write(results: Iterable[tuple[int, Any, dict[int, float]]], writer: LabelWriter, tracker: Progress,
+           rows: _Rows) -> None:
+    for index, labels, stability in results:
         writer.write(index, labels)
+        rows.add(index, labels, stability)
         tracker.report()
 

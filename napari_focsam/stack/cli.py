@@ -21,6 +21,7 @@ EXAMPLES_EMBED = """examples:
 EXAMPLES_SEGMENT = """examples:
   napari-focsam segment nuclei.tif --prompts clicks.csv --output labels.tif
   napari-focsam segment nuclei.tif --prompts clicks.csv --output labels.zarr --propagate --store nuclei.zarr
+  napari-focsam segment nuclei.tif --prompts clicks.csv --output labels.tif --results objects.csv --stability
 
 prompts file (CSV; JSON also works, see the README):
   slice,object_id,y,x,label
@@ -88,6 +89,17 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", type=Path, required=True, help="prompts file (.csv or .json)")
     parser.add_argument("--output", type=Path, required=True, help="the label stack to write (.tif/.tiff or .zarr)")
     parser.add_argument("--store", type=Path, default=None, help="precomputed embeddings (napari-focsam embed)")
+    res = parser.add_argument_group("per-object results")
+    res.add_argument("--results", type=Path, default=None, metavar="FILE",
+                     help="write one row per object and slice (area, bounding box, centroid, prompts, source) to "
+                          "FILE (.csv or .json)")
+    res.add_argument("--stability", action="store_true",
+                     help="add each object's stability (Stable-SAM's ST over jittered copies of its prompts, 0..1) "
+                          "on its prompted slices to the results (costs about B decoder passes per object)")
+    res.add_argument("--stability-copies", type=int, default=None, metavar="B",
+                     help="jittered copies for --stability (default 8; at least 2)")
+    res.add_argument("--stability-noise", type=float, default=None, metavar="S",
+                     help="relative noise level for --stability, in (0, 1] (default 0.1)")
     prop = parser.add_argument_group("propagation through z")
     prop.add_argument("--propagate", action="store_true",
                       help="segment the prompted slices, then propagate every object through z")
@@ -201,6 +213,20 @@ def _embed_tiles(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stability_jitter(args: argparse.Namespace) -> Any:
+    """The :class:`~napari_focsam.engine.stability.Jitter` of ``--stability`` (None without it)."""
+    from ..engine.stability import DEFAULT_COPIES, DEFAULT_NOISE, Jitter
+
+    if not args.stability:
+        if args.stability_copies is not None or args.stability_noise is not None:
+            raise ValueError("--stability-copies and --stability-noise need --stability")
+        return None
+    if args.results is None:
+        raise ValueError("--stability writes into the per-object results: add --results FILE (.csv or .json)")
+    return Jitter(copies=DEFAULT_COPIES if args.stability_copies is None else args.stability_copies,
+                  noise=DEFAULT_NOISE if args.stability_noise is None else args.stability_noise)
+
+
 def segment_command(args: argparse.Namespace) -> int:
     from .batch import segment_from_prompts
     from .propagate_prompts import segment_with_propagation
@@ -208,10 +234,11 @@ def segment_command(args: argparse.Namespace) -> int:
     def job() -> int:
         if args.output.expanduser().absolute().resolve() == args.stack.expanduser().absolute().resolve():
             raise ValueError(f"--output {args.output} is the input stack; choose another path")
+        jitter = _stability_jitter(args)
         update, bar = _progress(args, "object" if args.propagate else "slice")
         common = dict(output=args.output, store=args.store, rgb=args.rgb, contrast_limits=args.contrast_limits,
                       key=args.key, overwrite=args.overwrite, workers=args.workers or None,
-                      scheduler=args.scheduler, progress=update)
+                      scheduler=args.scheduler, progress=update, results=args.results, stability=jitter)
         try:
             if args.propagate:
                 extra = {name: getattr(args, name) for name in ("iou_threshold", "min_contrast")
@@ -227,6 +254,8 @@ def segment_command(args: argparse.Namespace) -> int:
             if bar is not None:
                 bar.close()
         print(f"labels written to {out}")
+        if args.results is not None:
+            print(f"per-object results written to {args.results}")
         return 0
 
     return _run(args, job)

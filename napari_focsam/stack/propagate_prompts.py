@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..engine.session import ObjectSession
+from ..engine.stability import Jitter
 from ..engine.types import CancelToken, Prompts
 from .batch import check_boxes, load_prompt_set
 from .common import JobSetup, ModelLike, Progress, ProgressCallback, job_setup, normalise_limits, prepare, store_in_use
@@ -24,6 +25,7 @@ from .prompt_set import PromptSet
 from .prompts_file import PromptRecord
 from .propagate import DEFAULT_IOU_THRESHOLD, DEFAULT_MIN_CONTRAST, Crop, propagate_object
 from .reader import StackReader, open_stack
+from .results import check_results_path, object_rows, write_results
 from .store import StackStore
 from .worker import ModelConfig, manager_for, thread_count_invariant, use_store
 
@@ -47,20 +49,28 @@ def _jobs(prompt_set: PromptSet, leading_shape: tuple[int, ...]) -> list[Job]:
 
 
 def run_job(manager: Any, stack: Any, job: Job, limits: tuple[float, float] | None, options: dict[str, Any],
-            cancel: CancelToken | None = None) -> tuple[tuple[int, ...], int, dict[int, Crop], list[str]]:
-    """Segment one object's keyframes from their prompts and propagate it; returns its crops by z."""
+            cancel: CancelToken | None = None
+            ) -> tuple[tuple[int, ...], int, dict[int, Crop], list[str], dict[int, float]]:
+    """Segment one object's keyframes from their prompts and propagate it; returns its crops by z (and, with a
+    ``stability`` jitter in ``options``, the stability of its keyframe masks by z)."""
     prefix, object_id, frames, absent = job
     reader = open_stack(stack, rgb=options.get("rgb"), key=options.get("key"))
+    jitter = options.get("stability")
     try:
-        masks = {}
+        masks, stability = {}, {}
         for z, prompts in frames.items():
             image = prepare(reader, reader.flat((*prefix, z)), limits)
-            masks[z] = ObjectSession(manager.predictor, manager.embed(image, cancel=cancel)).sync(prompts,
-                                                                                                   cancel=cancel)
+            session = ObjectSession(manager.predictor, manager.embed(image, cancel=cancel))
+            masks[z] = session.sync(prompts, cancel=cancel)
+            if jitter is not None:
+                try:
+                    stability[z] = session.stability(jitter, cancel=cancel).score
+                except ValueError:  # nothing to jitter in the last step (a region or scribbles alone)
+                    stability[z] = float("nan")
         result = propagate_object(reader, masks, manager, absent=absent, prefix=prefix,
                                   contrast_limits=limits, cancel=cancel, **{k: v for k, v in options.items()
-                                                                            if k not in ("rgb", "key")})
-        return prefix, object_id, result.masks, result.stops
+                                                                            if k not in ("rgb", "key", "stability")})
+        return prefix, object_id, result.masks, result.stops, stability
     finally:
         if reader is not stack:
             reader.close()
@@ -96,27 +106,38 @@ def segment_with_propagation(
     scheduler: str | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    results: str | os.PathLike[str] | None = None,
+    stability: Jitter | None = None,
 ) -> Any:
     """Segment the prompted slices of every object and propagate each through z; returns the label stack.
 
     Output, store, model, Dask, progress (one step per object) and cancel as in
     :func:`~napari_focsam.stack.batch.segment_from_prompts`; strategy, IoU threshold, min contrast, max distance as in
     :func:`~napari_focsam.stack.propagate.propagate_object`. Where objects overlap, the smaller id keeps the pixel.
+    ``results`` and ``stability`` as in :func:`~napari_focsam.stack.batch.segment_from_prompts` (the stability is
+    computed on the prompted slices; propagated rows leave it empty).
     """
+    if stability is not None and results is None:
+        raise ValueError("the stability goes into the per-object results: give a results path too (--results)")
+    if results is not None:
+        results = check_results_path(results, overwrite,
+                                     {"prompts file": prompts, "stack": stack, "labels": output})
     limits = normalise_limits(contrast_limits)
     reader = open_stack(stack, rgb=rgb, key=key)
     try:
         prompt_set = load_prompt_set(prompts, reader)
         jobs = _jobs(prompt_set, reader.leading_shape)
         options = {"strategy": strategy, "iou_threshold": iou_threshold, "min_contrast": min_contrast,
-                   "max_distance": max_distance, "rgb": reader.rgb, "key": key}
+                   "max_distance": max_distance, "rgb": reader.rgb, "key": key, "stability": stability}
         with job_setup(model, client, workers, scheduler) as setup:
             check_boxes(prompt_set, setup.info["supports_boxes"], setup.info["display_name"])
             with store_in_use(setup, store) as opened:
+                scores: dict[int, dict[int, float]] = {}
                 crops = _propagate_jobs(setup, opened, stack, reader, jobs, limits, options,
-                                        Progress(len(jobs), progress, cancel), cancel)
+                                        Progress(len(jobs), progress, cancel), cancel, scores)
         writer = LabelWriter(output, reader.leading_shape, reader.image_shape,
                              label_dtype(max(prompt_set.object_ids, default=1)), overwrite=overwrite)
+        rows: list[dict[str, Any]] = []
         try:
             for index in sorted(crops):
                 labels = np.zeros(reader.image_shape, writer.dtype)
@@ -124,7 +145,13 @@ def segment_with_propagation(
                     region = labels[crop.y0:crop.y0 + crop.data.shape[0], crop.x0:crop.x0 + crop.data.shape[1]]
                     region[crop.data & (region == 0)] = object_id
                 writer.write(index, labels)
-            return writer.finish()
+                if results is not None:
+                    rows.extend(object_rows(labels, index, reader.leading_shape, dict(prompt_set.objects(index)),
+                                            scores.get(index), source="propagated"))
+            out = writer.finish()
+            if results is not None:
+                write_results(results, rows, four_d=len(reader.leading_shape) > 1)
+            return out
         except BaseException:
             writer.abort()
             raise
@@ -135,7 +162,8 @@ def segment_with_propagation(
 
 def _propagate_jobs(setup: JobSetup, opened: StackStore | None, stack: Any, reader: StackReader, jobs: list[Job],
                     limits: tuple[float, float] | None, options: dict[str, Any], tracker: Progress,
-                    cancel: CancelToken | None) -> dict[int, list[tuple[int, Crop]]]:
+                    cancel: CancelToken | None,
+                    scores: dict[int, dict[int, float]]) -> dict[int, list[tuple[int, Crop]]]:
     """Run every object's job on the set-up runner; the crops of every slice, with their object ids."""
     runner = setup.runner
     crops: dict[int, list[tuple[int, Crop]]] = {}
@@ -149,19 +177,22 @@ def _propagate_jobs(setup: JobSetup, opened: StackStore | None, stack: Any, read
                 runner.submit(task_propagate, setup.config, None if opened is None else
                               (str(opened.path), opened.store_id), remote_stack, job, limits, options)
             for done in runner.results(wait=runner.full):
-                _collect(done, reader, crops, tracker)
+                _collect(done, reader, crops, tracker, scores)
         for done in runner.drain():
-            _collect(done, reader, crops, tracker)
+            _collect(done, reader, crops, tracker, scores)
     except BaseException:
         runner.cancel()
         raise
     return crops
 
 
-def _collect(done: Any, reader: Any, crops: dict[int, list[tuple[int, Crop]]], tracker: Progress) -> None:
-    prefix, object_id, masks, _stops = done
+def _collect(done: Any, reader: Any, crops: dict[int, list[tuple[int, Crop]]], tracker: Progress,
+             scores: dict[int, dict[int, float]]) -> None:
+    prefix, object_id, masks, _stops, stability = done
     for z, crop in masks.items():
         crops.setdefault(reader.flat((*prefix, z)), []).append((object_id, crop))
+    for z, score in stability.items():
+        scores.setdefault(reader.flat((*prefix, z)), {})[object_id] = score
     tracker.report()
 
 

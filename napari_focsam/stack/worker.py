@@ -22,11 +22,12 @@ import torch
 
 from ..engine.manager import ModelManager
 from ..engine.session import ObjectSession
+from ..engine.stability import Jitter
 from ..engine.types import CancelToken, ImageGeometry, Prompts, unpack_embedding
 from .store import StackStore
 
 __all__ = ["EmbedReport", "ModelConfig", "ReturnedFeatures", "manager_for", "model_info", "paint_objects",
-           "thread_count_invariant"]
+           "segment_objects", "thread_count_invariant"]
 
 
 @dataclass(frozen=True)
@@ -153,14 +154,30 @@ def paint_objects(
     out). Where masks overlap, the smaller id keeps the pixel (objects are painted in ascending id order, never over
     another).
     """
+    return segment_objects(manager, image, objects, dtype)[0]
+
+
+def segment_objects(
+    manager: ModelManager, image: np.ndarray, objects: Sequence[tuple[int, Prompts]], dtype: Any,
+    jitter: Jitter | None = None,
+) -> tuple[np.ndarray, dict[int, float]]:
+    """:func:`paint_objects`, and with ``jitter`` the stability (ST) of each painted object's mask by id (objects
+    whose last step cannot be jittered, such as a region alone, get NaN)."""
     embedding = manager.embed(image)
     labels = np.zeros(embedding.geometry.original_size, dtype=dtype)
+    stability: dict[int, float] = {}
     for object_id, prompts in sorted(objects, key=lambda item: item[0]):
         if not prompts.has_object:
             continue
-        mask = ObjectSession(manager.predictor, embedding, object_id=object_id).sync(prompts)
+        session = ObjectSession(manager.predictor, embedding, object_id=object_id)
+        mask = session.sync(prompts)
         labels[mask & (labels == 0)] = object_id
-    return labels
+        if jitter is not None:
+            try:
+                stability[object_id] = session.stability(jitter).score
+            except ValueError:  # nothing to jitter in the last step (a region or scribbles alone)
+                stability[object_id] = float("nan")
+    return labels, stability
 
 
 # ---------------------------------------------------------------------- Dask tasks (also run in-process)
@@ -252,11 +269,13 @@ def task_segment(
     image: np.ndarray,
     objects: Sequence[tuple[int, Prompts]],
     dtype: str,
-) -> tuple[int, np.ndarray]:
-    """Segment the objects of one prepared slice (embedding from the stack store when it has it)."""
+    jitter: Jitter | None = None,
+) -> tuple[int, np.ndarray, dict[int, float]]:
+    """Segment the objects of one prepared slice (embedding from the stack store when it has it); with ``jitter``
+    their stability too (:func:`segment_objects`)."""
     manager = manager_for(config)
     use_store(manager, store_path, store_id)
-    return index, paint_objects(manager, image, objects, np.dtype(dtype))
+    return (index, *segment_objects(manager, image, objects, np.dtype(dtype), jitter))
 
 
 def use_store(manager: ModelManager, store_path: str | None, store_id: str | None) -> None:

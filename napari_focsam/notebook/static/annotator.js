@@ -73,6 +73,11 @@ function render({ model, el }) {
   const overwrite = make("input", "focsam-overwrite", overwriteBox);
   overwrite.type = "checkbox";
   overwriteBox.append(" overwrite other objects");
+  const stabilityBox = make("label", "", controls, " ");
+  const stabilityCheck = make("input", "focsam-stability-on", stabilityBox);
+  stabilityCheck.type = "checkbox";
+  stabilityBox.append(" stability ");
+  const stabilityText = make("span", "focsam-stability", stabilityBox);
   const progress = make("div", "focsam-progress", root);
   const status = make("div", "focsam-status", root);
   make("div", "focsam-help", root, SHORTCUTS);
@@ -194,6 +199,10 @@ function render({ model, el }) {
     progress.textContent = info.busy.join(" · ");
     progress.classList.toggle("focsam-active", info.busy.length > 0);
     setStatus(info.status, info.level);
+    stabilityCheck.checked = !!info.stability_enabled;
+    const st = info.stability;
+    stabilityText.textContent = st === null || st === undefined ? "" : st.toFixed(2);
+    stabilityText.style.color = info.stability_colour || "";
     if (recolour && S.ids) paint(0, 0, S.w, S.h);
   }
 
@@ -339,6 +348,7 @@ function render({ model, el }) {
   low.addEventListener("change", contrast);
   high.addEventListener("change", contrast);
   overwrite.addEventListener("change", () => act("overwrite", { on: overwrite.checked }));
+  stabilityCheck.addEventListener("change", () => act("stability", { on: stabilityCheck.checked }));
   loadButton.addEventListener("click", () => act("load", { model: modelSelect.value,
     device: deviceSelect.value, precision: precisionSelect.value }));
 
