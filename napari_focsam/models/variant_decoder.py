@@ -26,6 +26,8 @@ bfloat16 the masks differ from float32 on a fraction of the boundary pixels and 
 
 from __future__ import annotations
 
+import math
+import threading
 from typing import NamedTuple
 
 import torch
@@ -34,8 +36,6 @@ from segment_anything.modeling import MaskDecoder
 
 __all__ = ["VariantDecoder"]
 
-#: image tokens upscaled at a time (a divisor of 4096)
-_UPSCALE_ROWS = 1024
 
 
 class _Constants(NamedTuple):
@@ -110,7 +110,8 @@ def _keys_folded(module, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor
 class VariantDecoder:
     """Single-mask logits (mask token 0) of B prompt sets on one image embedding and one dense prompt.
 
-    Build it once per model (the weights must not change afterwards). Thread-safe: it holds constants only.
+    Build it once per model (the weights must not change afterwards). Thread-safe: besides constants it holds
+    per-thread scratch buffers only.
     """
 
     def __init__(self, mask_decoder: MaskDecoder, image_pe: torch.Tensor) -> None:
@@ -121,6 +122,7 @@ class VariantDecoder:
         with torch.inference_mode():
             self._pe = image_pe.flatten(2)[0].T.contiguous()  # (N, C)
         self._constants_by_dtype: dict[torch.dtype, _Constants] = {}
+        self._buffers = _Buffers()
 
     def _constants(self, dtype: torch.dtype) -> _Constants:
         constants = self._constants_by_dtype.get(dtype)
@@ -226,33 +228,54 @@ class VariantDecoder:
         q = queries + query_pe
         return layer.norm1(queries + _self_attention(sa, q, q, queries))
 
-    def _upscaled_logits(self, keys: torch.Tensor, hyper_in: torch.Tensor, grid: tuple[int, int], region: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    def _upscaled_logits(self, keys: torch.Tensor, hyper_in: torch.Tensor, grid: tuple[int, int],
+                         region: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
         """``output_upscaling`` and the dot product with ``hyper_in`` on the (B, N, C) image tokens of the
         ``region`` (rows, columns) at the top left of the (h, w) ``grid``; the logits elsewhere read 0.
 
         Each 2x2 stride-2 transposed convolution is one GEMM per token, and the (h, w, 2, 2, 2, 2) logits of a copy
         are rearranged into its (4h, 4w) grid at the end (pixel (i, j, a1, b1, a2, b2) is row 4i + 2a1 + a2,
-        column 4j + 2b1 + b2).
+        column 4j + 2b1 + b2). All copies go through each stage at once (few operations: with more threads than
+        free cores every operation waits for its slowest thread), in this thread's scratch buffers.
         """
         constants = self._constants(dtype)
         (matrix1, bias1, out1), (matrix2, bias2, out2) = constants.up1, constants.up2
         batch, _, c = keys.shape
         (h, w), (rows, columns) = grid, region
-        count = rows * columns
-        logits = torch.empty(batch, count * 16, 1, dtype=dtype, device=keys.device)
-        hyper_in = hyper_in.to(dtype)
-        for copy in range(batch):
-            tokens = keys[copy].view(h, w, c)[:rows, :columns].reshape(count, c).to(dtype)
-            # in chunks: the intermediates stay small, in cache
-            for start in range(0, count, _UPSCALE_ROWS):
-                x = torch.addmm(bias1, tokens[start : start + _UPSCALE_ROWS], matrix1).view(-1, out1)
-                x = torch.ops.aten.gelu_(F.layer_norm(x, (out1,), *constants.up_norm))
-                x = torch.ops.aten.gelu_(torch.addmm(bias2, x, matrix2)).view(-1, out2)
-                torch.mm(x, hyper_in[copy].view(out2, 1), out=logits[copy, start * 16 : start * 16 + len(x)])
+        count = batch * rows * columns
+        buffers = self._buffers
+        tokens = buffers.get("tokens", (batch, rows, columns, c), dtype, keys.device)
+        tokens.copy_(keys.view(batch, h, w, c)[:, :rows, :columns])
+        x = torch.addmm(bias1, tokens.view(count, c), matrix1,
+                        out=buffers.get("up1", (count, 4 * out1), dtype, keys.device)).view(-1, out1)
+        normed = buffers.get("up1_norm", x.shape, dtype, keys.device)
+        stats = buffers.get("up1_stats", (2, x.shape[0], 1), dtype, keys.device)
+        weight, bias, eps = constants.up_norm
+        torch.ops.aten.native_layer_norm.out(x, [out1], weight, bias, eps, out0=normed, out1=stats[0], out2=stats[1])
+        x = torch.addmm(bias2, torch.ops.aten.gelu_(normed), matrix2,
+                        out=buffers.get("up2", (x.shape[0], 4 * out2), dtype, keys.device))
+        x = torch.ops.aten.gelu_(x).view(batch, -1, out2)
+        logits = torch.bmm(x, hyper_in.to(dtype).view(batch, out2, 1),
+                           out=buffers.get("logits", (batch, x.shape[1], 1), dtype, keys.device))
+        # (B, rows, a1, a2, columns, b1, b2) into (B, 1, 4h, 4w) viewed as (B, h, a1, a2, w, b1, b2)
         logits = logits.view(batch, rows, columns, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
-        logits = logits.reshape(batch, 1, 4 * rows, 4 * columns).to(self.model_dtype)
-        if (rows, columns) == (h, w):
-            return logits
-        out = torch.zeros(batch, 1, 4 * h, 4 * w, dtype=self.model_dtype, device=keys.device)
-        out[..., : 4 * rows, : 4 * columns] = logits
+        make = torch.empty if (rows, columns) == (h, w) else torch.zeros
+        out = make(batch, 1, 4 * h, 4 * w, dtype=self.model_dtype, device=keys.device)
+        out.view(batch, h, 2, 2, w, 2, 2)[:, :rows, :, :, :columns].copy_(logits)
         return out
+
+
+class _Buffers(threading.local):
+    """Scratch tensors of one thread, reused from call to call: the upscaling's intermediates are tens of
+    megabytes, and memory freshly mapped for each call costs page faults on every call."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A ``shape`` tensor of ``dtype`` on ``device``, its contents undefined."""
+        size = math.prod(shape)
+        buffer = self.tensors.get(name)
+        if buffer is None or buffer.numel() < size or buffer.dtype != dtype or buffer.device != device:
+            buffer = self.tensors[name] = torch.empty(size, dtype=dtype, device=device)
+        return buffer[:size].view(shape)
