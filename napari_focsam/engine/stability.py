@@ -19,9 +19,11 @@ results.
 
 **What the copies see.** They are decoded on the embedding the object uses now (FocSAM's refined embedding once it
 exists; the refiner never runs for a copy) with the mask input of the object's current step (the previous step's
-logits), in one batched decoder call for SAM-family models. ST is computed from the copies' masks in the model's
-low-resolution frame (256² for SAM, inside the image's region), which is what the decoder produces; the fallback,
-which has no such frame, works at the original resolution.
+logits), in one batched decoder call for SAM-family models (SAM's own decoder as
+:class:`~napari_focsam.models.variant_decoder.VariantDecoder`, which shares the image-side work of the copies and
+upscales only the image's part of the frame). ST is computed from the copies' masks in the model's low-resolution
+frame (256² for SAM, inside the image's region), which is what the decoder produces; the fallback, which has no
+such frame, works at the original resolution.
 
 **Robust prompts.** A robust step decodes the prompts as usual (the refiner runs when it is due) and the ``B``
 copies, and keeps the consensus: the mean of the ``B + 1`` logit maps, thresholded at 0 after the model's usual

@@ -51,8 +51,9 @@ class _Constants(NamedTuple):
 def _conv_matrix(conv: torch.nn.ConvTranspose2d, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, int]:
     """A 2x2 stride-2 transposed convolution as a (C_in, 2 * 2 * C_out) GEMM matrix with columns ordered (kernel
     row, kernel column, output channel), its bias repeated to match, and C_out."""
-    if conv.kernel_size != (2, 2) or conv.stride != (2, 2) or conv.padding != (0, 0) or conv.groups != 1:
-        raise ValueError(f"expected a 2x2 stride-2 transposed convolution, got {conv}")
+    if (conv.kernel_size != (2, 2) or conv.stride != (2, 2) or conv.padding != (0, 0) or conv.groups != 1
+            or conv.bias is None):
+        raise ValueError(f"expected a 2x2 stride-2 transposed convolution with a bias, got {conv}")
     matrix = conv.weight.permute(0, 2, 3, 1).reshape(conv.in_channels, -1).to(dtype).contiguous()
     return matrix, conv.bias.repeat(4).to(dtype).contiguous(), conv.out_channels
 
@@ -115,14 +116,13 @@ class VariantDecoder:
     """
 
     def __init__(self, mask_decoder: MaskDecoder, image_pe: torch.Tensor) -> None:
-        conv1, norm, _, conv2, _ = mask_decoder.output_upscaling  # checked in _constants
-        del conv1, norm, conv2
         self.decoder = mask_decoder
         self.model_dtype = image_pe.dtype
         with torch.inference_mode():
             self._pe = image_pe.flatten(2)[0].T.contiguous()  # (N, C)
         self._constants_by_dtype: dict[torch.dtype, _Constants] = {}
         self._buffers = _Buffers()
+        self._constants(self.model_dtype)  # checks the upscaling's layers
 
     def _constants(self, dtype: torch.dtype) -> _Constants:
         constants = self._constants_by_dtype.get(dtype)
