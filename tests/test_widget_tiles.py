@@ -117,3 +117,29 @@ def test_a_click_on_a_large_tiled_slice_allocates_only_its_region(make_napari_vi
     assert isinstance(base, LabelBase) and base.nbytes < labels.nbytes / 8  # not a copy of the slice
     c.cancel()
     assert not (np.asarray(c.labels.data) == 1).any() and (np.asarray(c.labels.data)[3000:3010, 3000:3010] == 7).all()
+
+
+def test_channel_layers_on_a_large_slice_are_tiled(make_napari_viewer, fallback):
+    nuclei = disc_image((1400, 1500), centre=(700, 770), radius=30).astype(np.uint16) * 10
+    membranes = np.full((1400, 1500), 500, np.uint16)
+    viewer = make_napari_viewer()
+    layers = viewer.add_image(np.stack([nuclei, membranes]), channel_axis=0, name=["nuclei", "membranes"])
+    from napari_focsam.plugin.widget import FocsamWidget
+
+    widget = FocsamWidget(viewer)
+    c = widget.controller
+    c.set_manager(fallback)
+    widget.image_combo.setCurrentIndex(widget.image_combo.findData(layers[0]))
+    widget.channel_list.check(list(layers))
+    widget.use_layers()
+    c.wait()
+    assert c.channel_layers == list(layers) and c.is_tiled()
+    c.click(700, 770)
+    c.wait()
+    data, rgb, _, _ = c.model_source()
+    tiled = tiled_image_for(fallback, data, (), rgb, None)
+    tile = tiled.grid.tile_at(700, 770)
+    assert tiled.computed[0] == tile and "channels=[0, 1]" in tiled.tag
+    mask = np.asarray(c.labels.data) == 1
+    disc_mask = nuclei > 1000
+    assert (mask & disc_mask).sum() / (mask | disc_mask).sum() > 0.9

@@ -1,0 +1,86 @@
+"""Mixed channels on slices large enough to tile: each view reads and mixes only its region of the chosen channels,
+the tiled result equals the untiled pipeline on the view's crop, and the tiles' keys name the channel choice."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_focsam import ModelManager
+from napari_focsam.engine.channels import ChannelMix, ChannelStack, MixedPlane
+from napari_focsam.engine.tiles import tiled_image_for
+from napari_focsam.engine.types import CancelToken, Prompts
+from napari_focsam.engine.work import TileSettings, compute_object
+
+
+@pytest.fixture(scope="module")
+def fallback() -> ModelManager:
+    return ModelManager.load("fallback")
+
+
+def _channels(shape=(1400, 1500), centre=(700, 770), radius=30, seed=0) -> list[np.ndarray]:
+    """Three uint16 channels: noise, a bright disc in channel 1 only, a gradient."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[-2], : shape[-1]]
+    noise = rng.integers(100, 600, shape).astype(np.uint16)
+    disc = np.full(shape, 300, np.uint16)
+    disc[..., (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 < radius**2] = 3500
+    gradient = np.broadcast_to((xx * 2).astype(np.uint16), shape).copy()
+    return [noise, disc, gradient]
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_a_tiled_mixed_channel_click_equals_the_untiled_pipeline_on_its_crop(fallback, stacked):
+    arrays = _channels((4, 1400, 1500) if stacked else (1400, 1500))
+    index = (2,) if stacked else ()
+    mix = ChannelMix([1, 0], ["green", "magenta"], [(0, 4000), (0, 3000)])
+    stack = ChannelStack(arrays, mix)
+    tiles = TileSettings()
+    assert tiles.applies(fallback, stack, index, True)  # over twice the fallback's 512 px: tiled
+    prompts = Prompts(np.array([[700.0, 770.0]]), np.array([1]))
+    result = compute_object(fallback, stack, index, True, (0.0, 255.0), 1, prompts, CancelToken(), tiles=tiles)
+    view = result.tiled.view
+    assert result.mask.shape == view.mask.shape != (1400, 1500)  # the view's region only, not the slice
+
+    crop = stack.take(index)[view.slices]  # the untiled pipeline: the whole slice mixed, then cropped
+    y0, x0 = view.region[:2]
+    expected = fallback.new_object(crop, rgb=True).click(700 - y0, 770 - x0)
+    assert np.array_equal(result.mask, expected)
+    assert result.mask[700 - y0, 770 - x0] and 0.8 < result.mask.sum() / (np.pi * 30**2) < 1.2
+    tiled = tiled_image_for(fallback, stack, index, True, None)
+    assert tiled.computed == [result.tiled.tile]  # one tile embedded, the slice never mixed whole by the click
+
+
+def test_the_tiles_keys_name_the_channel_choice(fallback):
+    same = _channels()[1]
+    arrays = [same, same.copy(), _channels()[2]]  # channels 0 and 1 hold the same pixels
+    keys = {}
+    for name, mix in {"0": ChannelMix([0], ["green"], [(0, 4000)]), "1": ChannelMix([1], ["green"], [(0, 4000)]),
+                      "limits": ChannelMix([0], ["green"], [(0, 2000)]),
+                      "colour": ChannelMix([0], ["magenta"], [(0, 4000)])}.items():
+        tiled = tiled_image_for(fallback, ChannelStack(arrays, mix), (), True, None)
+        keys[name] = tiled.embed_tile((1, 2)).key
+        again = tiled_image_for(fallback, ChannelStack(arrays, mix), (), True, None)  # a new stack, same choice
+        assert again is tiled
+    assert len(set(keys.values())) == 4  # channels 0 and 1 mix to the same pixels, yet are two keys
+    plane = MixedPlane(ChannelStack(arrays, ChannelMix([0], ["green"], [(0, 4000)])))
+    assert np.array_equal(plane[100:200, 300:420], ChannelStack(arrays, plane.stack.mix).take(())[100:200, 300:420])
+
+
+def test_mixed_planes_refuse_bad_input_with_a_message():
+    arrays = _channels((3, 64, 64))
+    with pytest.raises(ValueError, match="channel 3 does not exist: the image has 3 channels"):
+        ChannelStack(arrays, ChannelMix([0, 3]))
+    with pytest.raises(ValueError, match="need 1 leading indices"):
+        MixedPlane(ChannelStack(arrays), ())
+    with pytest.raises(IndexError, match="read by region"):
+        MixedPlane(ChannelStack(arrays), (0,))[0:10, 0:10, 1]
+
+
+def test_open_limits_are_taken_from_the_first_region_and_kept():
+    arrays = _channels()
+    plane = MixedPlane(ChannelStack(arrays, ChannelMix([1, 2])))  # no limits given
+    plane[600:800, 700:900]
+    first = list(plane.limits)
+    plane[0:100, 0:100]
+    assert plane.limits == first and all(lim is not None for lim in first)
