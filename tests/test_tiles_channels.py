@@ -38,9 +38,12 @@ def test_a_tiled_mixed_channel_click_equals_the_untiled_pipeline_on_its_crop(fal
     tiles = TileSettings()
     assert tiles.applies(fallback, stack, index, True)  # over twice the fallback's 512 px: tiled
     prompts = Prompts(np.array([[700.0, 770.0]]), np.array([1]))
-    result = compute_object(fallback, stack, index, True, (0.0, 255.0), 1, prompts, CancelToken(), tiles=tiles)
+    result = compute_object(fallback, stack, index, True, (0.0, 255.0), 1, prompts, CancelToken(), tiles=tiles,
+                            region_only=True)
     view = result.tiled.view
     assert result.mask.shape == view.mask.shape != (1400, 1500)  # the view's region only, not the slice
+    whole = compute_object(fallback, stack, index, True, (0.0, 255.0), 1, prompts, CancelToken(), tiles=tiles)
+    assert np.array_equal(whole.mask, view.full())  # without region_only: the slice's mask
 
     crop = stack.take(index)[view.slices]  # the untiled pipeline: the whole slice mixed, then cropped
     y0, x0 = view.region[:2]
@@ -48,7 +51,8 @@ def test_a_tiled_mixed_channel_click_equals_the_untiled_pipeline_on_its_crop(fal
     assert np.array_equal(result.mask, expected)
     assert result.mask[700 - y0, 770 - x0] and 0.8 < result.mask.sum() / (np.pi * 30**2) < 1.2
     tiled = tiled_image_for(fallback, stack, index, True, None)
-    assert tiled.computed == [result.tiled.tile]  # one tile embedded, the slice never mixed whole by the click
+    tiled.stop_prefetch()  # the call without region_only embeds the ring around on a thread of its own
+    assert tiled.computed[0] == result.tiled.tile  # the tile under the click first, the slice never mixed whole
 
 
 def test_the_tiles_keys_name_the_channel_choice(fallback):
@@ -84,3 +88,31 @@ def test_open_limits_are_taken_from_the_first_region_and_kept():
     first = list(plane.limits)
     plane[0:100, 0:100]
     assert plane.limits == first and all(lim is not None for lim in first)
+
+
+class _ChannelOf:
+    """A lazy channel of a (C, H, W) array, made anew for every request (as a front-end may read its channels)."""
+
+    def __init__(self, data, c):
+        self.data, self.c = data, c
+        self.shape, self.dtype = data.shape[1:], data.dtype
+
+    def __getitem__(self, key):
+        return self.data[(self.c,) + (key if isinstance(key, tuple) else (key,))]
+
+
+def test_channel_views_made_anew_for_each_request_keep_one_tiled_image(fallback):
+    data = np.stack(_channels())
+    mix = ChannelMix([1, 0], ["green", "magenta"], [(0, 4000), (0, 3000)])
+
+    def stack(source=data):
+        return ChannelStack([_ChannelOf(source, c) for c in range(3)], mix)
+
+    first = tiled_image_for(fallback, stack(), (), True, None)
+    assert tiled_image_for(fallback, stack(), (), True, None) is first  # the same channels: the same objects
+    assert tiled_image_for(fallback, stack(data.copy()), (), True, None) is not first  # other data
+    tiles = TileSettings()
+    for n, point in enumerate(([700.0, 770.0], [705.0, 772.0])):
+        prompts = Prompts(np.array([[700.0, 770.0], point][: n + 1]), np.ones(n + 1, int))
+        compute_object(fallback, stack(), (), True, (0.0, 255.0), 5, prompts, CancelToken(), tiles=tiles)
+    assert first.object(5, create=False).current.session.n_steps == 2  # one object, its two steps

@@ -34,7 +34,6 @@ percentiles of the smallest level of a multi-scale image, or of the first tile r
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +42,7 @@ import numpy as np
 from .threads import bulk_work
 from .tile_grid import Tile, TileGrid, check_tiling, default_tiling, prompts_extent
 from .tile_source import Plane, level_zero, percentiles
+from .tile_source import tiled_image_for as tiled_image_for  # the front-ends' registry, kept importable here
 from .types import Cancelled, CancelToken, ImageEmbedding, Prompts
 from .views import View, ViewMask, ViewObject, input_side, view_around, view_key
 
@@ -220,43 +220,6 @@ class TiledImage:
             if obj is None and create:
                 obj = self._objects[int(object_id)] = TiledObject(self, int(object_id))
             return obj
-
-
-_REGISTRY: weakref.WeakKeyDictionary[Any, dict[tuple, tuple[tuple[Any, ...], TiledImage]]] = weakref.WeakKeyDictionary()
-_REGISTRY_LOCK = threading.Lock()
-
-
-def tiled_image_for(manager: ModelManager, data: Any, index: tuple[int, ...], rgb: bool,
-                    contrast_limits: Sequence[float] | None, tile: int | None = None, halo: int | None = None, *,
-                    prefetch: int = 0) -> TiledImage:
-    """The :class:`TiledImage` a front-end uses for one slice of ``data`` with ``manager`` (made once, then kept
-    with the manager while the same data array, slice, colour mode, contrast limits and tiling are asked for).
-
-    ``data`` may be a :class:`~.channels.ChannelStack` (made anew for every request by a front-end that reads the
-    mix from its layers): its slice is tiled as a :class:`~.channels.MixedPlane`, kept while the same channel
-    arrays and the same mix (channels, colours, limits) are asked for. ``prefetch``: the rings a new image embeds on
-    its own thread (default none: a front-end runs :meth:`TiledImage.prefetch_work` on its job runner)."""
-    from .channels import ChannelStack, MixedPlane
-
-    limits = None if contrast_limits is None else tuple(float(v) for v in contrast_limits)
-    if isinstance(data, ChannelStack):
-        sources: tuple[Any, ...] = tuple(data.arrays)
-        key: tuple[Any, ...] = ("channels", tuple(id(a) for a in sources), data.mix, tuple(index), tile, halo)
-    else:
-        sources = (data,)
-        key = (id(data), tuple(index), bool(rgb), limits, tile, halo)
-    with _REGISTRY_LOCK:
-        images = _REGISTRY.setdefault(manager, {})
-        held = images.get(key)
-        if held is not None and len(held[0]) == len(sources) and all(a is b for a, b in zip(held[0], sources)):
-            return held[1]
-        if isinstance(data, ChannelStack):
-            tiled = TiledImage(manager, MixedPlane(data, index), tile=tile, halo=halo, rgb=True, prefetch=prefetch)
-        else:
-            tiled = TiledImage(manager, data, tile=tile, halo=halo, rgb=rgb, contrast_limits=limits, index=index,
-                               prefetch=prefetch)
-        images[key] = (sources, tiled)
-        return tiled
 
 
 def _fits(view: View, box: np.ndarray | None) -> bool:

@@ -39,7 +39,7 @@ class ClickResult:
     manager: ModelManager
     index: tuple[int, ...]
     object_id: int
-    mask: np.ndarray  # the slice's mask; for a tiled slice the mask of ``tiled.view.region`` only
+    mask: np.ndarray  # the slice's mask (with ``region_only``, of a tiled slice: that of ``tiled.view.region``)
     embedding_key: str
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
@@ -105,7 +105,7 @@ def embed_slice(manager: ModelManager, data: Any, index: tuple[int, ...], rgb: b
 def compute_object(manager: ModelManager, data: Any, index: tuple[int, ...], rgb: bool,
                    contrast: tuple[float, float], object_id: int, prompts: Prompts,
                    token: CancelToken, known_key: str | None = None, *,
-                   tiles: TileSettings | None = None) -> ClickResult:
+                   tiles: TileSettings | None = None, region_only: bool = False) -> ClickResult:
     """One click job: the embedding (cached; computed to the end even if superseded, since the next job needs it),
     the object's session, and :meth:`~napari_focsam.engine.session.ObjectSession.sync` to the prompts (a superseded
     job stops between model steps and keeps the steps it completed).
@@ -114,11 +114,13 @@ def compute_object(manager: ModelManager, data: Any, index: tuple[int, ...], rgb
     embedding (or the object's session) is still held, the slice is not converted and hashed again (a few
     milliseconds per click on a 1024² image).
 
-    With ``tiles`` that apply to the slice, the object is answered from its tile (:mod:`.tiles`): the result's mask
-    is that of its view's region only (:class:`TiledClick`), and its ``embedding_key`` is ``""`` (no whole-slice
-    session)."""
+    With ``tiles`` that apply to the slice, the object is answered from its tile (:mod:`.tiles`), its ``tiled``
+    (:class:`TiledClick`) says which region the mask covers, and its ``embedding_key`` is ``""`` (no whole-slice
+    session). The mask is the slice's (False outside that region, and the tiles around are embedded on a thread of
+    the tiled image's own) or, with ``region_only``, the region's alone: no array the size of the slice is made,
+    and the front-end runs ``tiled.prefetch`` on its own queue."""
     if tiles is not None and tiles.applies(manager, data, index, rgb):
-        return _compute_tiled(manager, data, index, rgb, contrast, object_id, prompts, token, tiles)
+        return _compute_tiled(manager, data, index, rgb, contrast, object_id, prompts, token, tiles, region_only)
     start = time.perf_counter()
     embedded = None
     session = _known_session(manager, known_key, object_id)
@@ -152,7 +154,6 @@ def _tiled_object(manager: ModelManager, data: Any, index: tuple[int, ...], rgb:
                   contrast: tuple[float, float], object_id: int, tiles: TileSettings) -> Any:
     from .tiles import tiled_image_for
 
-    # no prefetch thread of its own: the front-end runs TiledClick.prefetch on its low-priority queue
     tiled = tiled_image_for(manager, data, index, rgb, None if rgb else contrast, tiles.tile, tiles.halo)
     return tiled, tiled.object(object_id)
 
@@ -164,7 +165,7 @@ def _tiled_click(obj: Any, view: ViewMask, prefetch: Callable[[CancelToken], Any
 
 def _compute_tiled(manager: ModelManager, data: Any, index: tuple[int, ...], rgb: bool,
                    contrast: tuple[float, float], object_id: int, prompts: Prompts, token: CancelToken,
-                   tiles: TileSettings) -> ClickResult:
+                   tiles: TileSettings, region_only: bool) -> ClickResult:
     start = time.perf_counter()
     tiled, obj = _tiled_object(manager, data, index, rgb, contrast, object_id, tiles)
     timings: dict[str, float] = {}
@@ -177,19 +178,22 @@ def _compute_tiled(manager: ModelManager, data: Any, index: tuple[int, ...], rgb
         view = obj.sync(prompts, cancel=token)
         step = obj.current.session.current
         timings = dict(step.prediction.timings) if step is not None else {}
-        work = tiled.prefetch_work(obj.tile, tiles.prefetch) if obj.tile is not None else None
+        work = tiled.prefetch_work(obj.tile, tiles.prefetch) if obj.tile is not None and region_only else None
+        if obj.tile is not None and not region_only:
+            tiled.prefetch(obj.tile, tiles.prefetch)
         click = _tiled_click(obj, view, work)
-    return ClickResult(manager, index, object_id, view.mask, "", time.perf_counter() - start, timings,
-                       finished_at=time.perf_counter(), tiled=click)
+    return ClickResult(manager, index, object_id, view.mask if region_only else view.full(), "",
+                       time.perf_counter() - start, timings, finished_at=time.perf_counter(), tiled=click)
 
 
 def tiled_step(manager: ModelManager, data: Any, index: tuple[int, ...], rgb: bool,
-               contrast: tuple[float, float], object_id: int, which: str, tiles: TileSettings
-               ) -> tuple[TiledClick, Prompts] | None:
-    """Undo (``which="undo"``) or redo one step of a tiled object: its mask (of the region it covers, with the
-    regions to clear) and its prompts (full-slice pixels), or None when the object has no steps."""
+               contrast: tuple[float, float], object_id: int, which: str, tiles: TileSettings, *,
+               region_only: bool = False) -> tuple[Any, Prompts] | None:
+    """Undo (``which="undo"``) or redo one step of a tiled object: its slice mask (with ``region_only``, a
+    :class:`TiledClick`: the mask of the region it covers and the regions to clear) and its prompts (full-slice
+    pixels), or None when the object has no steps."""
     _, obj = _tiled_object(manager, data, index, rgb, contrast, object_id, tiles)
     if obj.current is None:
         return None
     view_mask = obj.undo() if which == "undo" else obj.redo()
-    return _tiled_click(obj, view_mask), obj.prompts
+    return (_tiled_click(obj, view_mask) if region_only else view_mask.full()), obj.prompts

@@ -194,7 +194,7 @@ class AnnotationController(ImageSource, ZoomView, TilesView, PromptInput, ShapeI
         args = (self.manager, data, index, rgb, contrast, object_id, prompts)
 
         def work(token: CancelToken) -> ClickResult:
-            return compute_object(*args, token, known_key=self._known.get(known), tiles=self.tiles)
+            return compute_object(*args, token, known_key=self._known.get(known), tiles=self.tiles, region_only=True)
 
         def done(result: ClickResult) -> None:
             if result.manager is self.manager and self.image is not None and signature == self.model_source()[3]:

@@ -97,7 +97,8 @@ class TilesView(ControllerParts):
         data, rgb, contrast, _ = self.model_source()
         if not self.tiles.applies(self.manager, data, index, rgb):
             return False
-        result = tiled_step(self.manager, data, index, rgb, contrast, self.object_id, which, self.tiles)
+        result = tiled_step(self.manager, data, index, rgb, contrast, self.object_id, which, self.tiles,
+                            region_only=True)
         if result is None:
             return True
         click, prompts = result
