@@ -8,14 +8,14 @@ import pytest
 
 pytest.importorskip("anywidget")
 
-from test_notebook_widget import Browser, discs  # noqa: E402
+from test_notebook_widget import Browser, discs
 
-from napari_focsam.engine.channels import ChannelMix  # noqa: E402
-from napari_focsam.engine.manager import ModelManager  # noqa: E402
-from napari_focsam.engine.types import CancelToken, Prompts  # noqa: E402
-from napari_focsam.engine.work import TileSettings, compute_object  # noqa: E402
-from napari_focsam.notebook import Annotator  # noqa: E402
-from napari_focsam.notebook.geometry import Geometry  # noqa: E402
+from napari_focsam.engine.channels import ChannelMix
+from napari_focsam.engine.manager import ModelManager
+from napari_focsam.engine.types import CancelToken, Prompts
+from napari_focsam.engine.work import TileSettings, compute_object
+from napari_focsam.notebook import Annotator
+from napari_focsam.notebook.geometry import Geometry
 
 
 def _iou(a, b) -> float:
