@@ -54,6 +54,8 @@ class NotebookZoom:
 
         def session(self) -> ObjectSession | None: ...
 
+        def prompts(self) -> Prompts: ...
+
         def _need_model(self) -> ModelManager: ...
 
         def _view(self, index: tuple[int, ...]) -> np.ndarray: ...
@@ -84,14 +86,13 @@ class NotebookZoom:
         if self._tiled(manager, index):
             raise ValueError("refine detail: this slice is annotated in tiles, which the model sees at full "
                              "resolution already")
-        session = self.session()
-        if session is None or session.current is None or session.prompts.is_empty:
-            raise ValueError("refine detail: click on the object first")
-        if session.prompts.box is not None:
+        session, prompts = self.session(), self.prompts()  # the latest clicks (a job may be computing the last)
+        if session is None or session.current is None or not len(prompts.points):
+            raise ValueError("refine detail: click on the object first (and wait for its first mask)")
+        if prompts.box is not None or prompts.mask is not None or prompts.scribbles:
             raise ValueError("refine detail works on clicks: this object has a box")
         self._bases.setdefault((index, object_id), self._view(index).copy())
-        self._submit_zoom(index, object_id, self._zoom_job(index, object_id, session.prompts, None, session.mask),
-                          seq)
+        self._submit_zoom(index, object_id, self._zoom_job(index, object_id, prompts, None, session.mask), seq)
         self._set_status(f"refining object {object_id} on a zoom …", "info")
 
     def _tiled(self, manager: ModelManager, index: tuple[int, ...]) -> bool:
