@@ -80,6 +80,8 @@ class NotebookStability:
             return
         index = self.index if index is None else tuple(index)
         object_id = self.object_id if object_id is None else int(object_id)
+        if (index, object_id) in getattr(self, "zooms", {}):
+            return  # decoded on its zoom: the whole slice's session is not the mask shown
         key = self._keys.get(index)
         session = self.manager.get_object(key, object_id) if key is not None else None
         if session is None or session.current is None or session.prompts.is_empty:
