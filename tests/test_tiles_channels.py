@@ -116,3 +116,26 @@ def test_channel_views_made_anew_for_each_request_keep_one_tiled_image(fallback)
         prompts = Prompts(np.array([[700.0, 770.0], point][: n + 1]), np.ones(n + 1, int))
         compute_object(fallback, stack(), (), True, (0.0, 255.0), 5, prompts, CancelToken(), tiles=tiles)
     assert first.object(5, create=False).current.session.n_steps == 2  # one object, its two steps
+
+
+def test_the_notebook_annotator_tiles_a_large_image_with_a_channel_axis():
+    pytest.importorskip("anywidget")
+    from napari_focsam.notebook import Annotator
+
+    data = np.stack(_channels())
+    ann = Annotator(data, "fallback", channel_axis=0, channels=[1, 0]).wait()
+    try:
+        assert ann.tiled
+        ann.click(700, 770)
+        ann.wait()
+        ann.click(702, 775)
+        ann.wait()
+        after_two = ann.labels == 1
+        disc = np.zeros(after_two.shape, bool)
+        disc[(np.mgrid[:1400, :1500][0] - 700) ** 2 + (np.mgrid[:1400, :1500][1] - 770) ** 2 < 30**2] = True
+        assert (after_two & disc).sum() / (after_two | disc).sum() > 0.8
+        ann.undo()  # the object's steps are kept across clicks: undo goes back one
+        ann.wait()
+        assert ann.controller.prompt_state()["points"] == [[700.0, 770.0, 1]]
+    finally:
+        ann.close()
