@@ -175,11 +175,12 @@ def _compute_tiled(manager: ModelManager, data: Any, index: tuple[int, ...], rgb
         view = ViewMask(tiled.shape, region, np.zeros((region[2] - region[0], region[3] - region[1]), bool))
         click = _tiled_click(obj, view)
     else:
+        before = (obj.current, obj.tile)
         view = obj.sync(prompts, cancel=token)
         step = obj.current.session.current
         timings = dict(step.prediction.timings) if step is not None else {}
         work = tiled.prefetch_work(obj.tile, tiles.prefetch) if obj.tile is not None and region_only else None
-        if obj.tile is not None and not region_only:
+        if obj.tile is not None and not region_only and before != (obj.current, obj.tile):  # entered a tile
             tiled.prefetch(obj.tile, tiles.prefetch)
         click = _tiled_click(obj, view, work)
     return ClickResult(manager, index, object_id, view.mask if region_only else view.full(), "",
