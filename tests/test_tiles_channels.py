@@ -116,6 +116,7 @@ def test_channel_views_made_anew_for_each_request_keep_one_tiled_image(fallback)
         prompts = Prompts(np.array([[700.0, 770.0], point][: n + 1]), np.ones(n + 1, int))
         compute_object(fallback, stack(), (), True, (0.0, 255.0), 5, prompts, CancelToken(), tiles=tiles)
     assert first.object(5, create=False).current.session.n_steps == 2  # one object, its two steps
+    first.stop_prefetch()
 
 
 def test_the_notebook_annotator_tiles_a_large_image_with_a_channel_axis():

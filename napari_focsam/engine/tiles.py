@@ -33,7 +33,9 @@ percentiles of the smallest level of a multi-scale image, or of the first tile r
 
 from __future__ import annotations
 
+import atexit
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -187,6 +189,7 @@ class TiledImage:
 
         thread = threading.Thread(target=run, name="focsam-tile-prefetch", daemon=True)
         self._prefetch_thread = thread
+        _PREFETCHING.add(self)
         thread.start()
         return thread
 
@@ -220,6 +223,17 @@ class TiledImage:
             if obj is None and create:
                 obj = self._objects[int(object_id)] = TiledObject(self, int(object_id))
             return obj
+
+
+#: images whose prefetch thread may still run: stopped at exit, so that no thread is killed inside torch (which
+#: aborts the process: "terminate called without an active exception")
+_PREFETCHING: weakref.WeakSet[TiledImage] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_prefetching() -> None:
+    for tiled in list(_PREFETCHING):
+        tiled.stop_prefetch()
 
 
 def _fits(view: View, box: np.ndarray | None) -> bool:
