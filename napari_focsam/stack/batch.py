@@ -13,7 +13,7 @@ from .labels_io import LabelWriter, label_dtype
 from .prompt_set import PromptSet, build_prompt_set
 from .prompts_file import PromptRecord, PromptsFileError, read_prompts
 from .reader import StackReader, open_stack
-from .results import check_results_path, object_rows, write_results
+from .results import object_rows, results_target, write_results
 from .store import StackStore
 from .worker import segment_objects, task_segment, thread_count_invariant
 
@@ -70,11 +70,8 @@ def segment_from_prompts(
     box, prompts, ...; see :mod:`~napari_focsam.stack.results`), written after the labels; ``stability``: a
     :class:`~napari_focsam.engine.stability.Jitter` to compute each object's stability (ST) into those rows.
     """
-    if stability is not None and results is None:
-        raise ValueError("the stability goes into the per-object results: give a results path too (--results)")
-    if results is not None:
-        results = check_results_path(results, overwrite,
-                                     {"prompts file": prompts, "stack": stack, "labels": output})
+    results = results_target(results, stability, overwrite,
+                             {"prompts file": prompts, "stack": stack, "labels": output})
     limits = normalise_limits(contrast_limits)
     reader = open_stack(stack, rgb=rgb, key=key)
     try:

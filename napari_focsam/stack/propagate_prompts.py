@@ -25,7 +25,7 @@ from .prompt_set import PromptSet
 from .prompts_file import PromptRecord
 from .propagate import DEFAULT_IOU_THRESHOLD, DEFAULT_MIN_CONTRAST, Crop, propagate_object
 from .reader import StackReader, open_stack
-from .results import check_results_path, object_rows, write_results
+from .results import object_rows, results_target, write_results
 from .store import StackStore
 from .worker import ModelConfig, manager_for, thread_count_invariant, use_store
 
@@ -117,11 +117,8 @@ def segment_with_propagation(
     ``results`` and ``stability`` as in :func:`~napari_focsam.stack.batch.segment_from_prompts` (the stability is
     computed on the prompted slices; propagated rows leave it empty).
     """
-    if stability is not None and results is None:
-        raise ValueError("the stability goes into the per-object results: give a results path too (--results)")
-    if results is not None:
-        results = check_results_path(results, overwrite,
-                                     {"prompts file": prompts, "stack": stack, "labels": output})
+    results = results_target(results, stability, overwrite,
+                             {"prompts file": prompts, "stack": stack, "labels": output})
     limits = normalise_limits(contrast_limits)
     reader = open_stack(stack, rgb=rgb, key=key)
     try:
