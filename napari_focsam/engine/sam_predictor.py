@@ -69,8 +69,8 @@ class SamFamilyPredictor(LoadedWeightsPredictor[LoadedModel]):
     ``decoder_autocast=torch.bfloat16`` runs all of it under autocast instead (further from float32). All are off
     here (None: the model's dtype throughout); ``benchmarks/bench_engine.py`` measures speed and mask agreement.
 
-    Passing ``encoder_autocast`` without ``encoder_attention`` selects the reference path, as before these options
-    existed. The choice is part of :attr:`fingerprint`, so embeddings of different numerics never share a cache key.
+    Passing ``encoder_autocast`` without ``encoder_attention`` selects the reference path. The choice is part of
+    :attr:`fingerprint`, so embeddings of different numerics never share a cache key.
     """
 
     is_fallback = False
@@ -171,8 +171,8 @@ class SamFamilyPredictor(LoadedWeightsPredictor[LoadedModel]):
     def encoder_numerics(self) -> str:
         """The encoder's numerics, as they appear in :attr:`fingerprint`.
 
-        ``float32`` / ``bfloat16`` (reference path, model dtype or autocast dtype: the strings used before the fast
-        path existed, so existing caches stay valid) or ``fast1-bfloat16`` (the fast path, its version and dtype).
+        ``float32`` / ``bfloat16`` (reference path: the model's dtype or the autocast dtype, no version) or
+        ``fast1-bfloat16`` (the fast path, its version and dtype).
         """
         if self.fast_encoder is not None:
             return f"fast{FAST_ENCODER_VERSION}-{str(self.fast_encoder.dtype).replace('torch.', '')}"

@@ -1,7 +1,7 @@
 """A faster forward pass of segment-anything's ``ImageEncoderViT``: the same function of the same parameters.
 
 :class:`FastImageEncoder` wraps an ``ImageEncoderViT`` without touching it (its modules and ``state_dict`` stay as
-they are, so official checkpoints load as before) and computes ``ImageEncoderViT.forward`` differently:
+they are, so official checkpoints load unchanged) and computes ``ImageEncoderViT.forward`` differently:
 
 * **Attention** goes through ``F.scaled_dot_product_attention`` (a fused kernel: the ``heads x L x L`` logits and
   their softmax are never materialised, where segment-anything holds both in float32). SAM's decomposed
