@@ -17,7 +17,7 @@ import numpy as np
 from ..engine.session import ObjectSession
 from ..engine.stability import Jitter
 from ..engine.types import CancelToken, Prompts
-from .batch import check_boxes, load_prompt_set
+from .batch import check_boxes, open_prompted_stack
 from .common import JobSetup, ModelLike, Progress, ProgressCallback, job_setup, normalise_limits, prepare, store_in_use
 from .distributed import DaskRunner, Runner
 from .labels_io import LabelWriter, label_dtype
@@ -120,14 +120,12 @@ def segment_with_propagation(
     results = results_target(results, stability, overwrite,
                              {"prompts file": prompts, "stack": stack, "labels": output})
     limits = normalise_limits(contrast_limits)
-    reader = open_stack(stack, rgb=rgb, key=key)
-    try:
-        prompt_set = load_prompt_set(prompts, reader)
+    with open_prompted_stack(stack, prompts, rgb=rgb, key=key) as (reader, prompt_set):
         jobs = _jobs(prompt_set, reader.leading_shape)
         options = {"strategy": strategy, "iou_threshold": iou_threshold, "min_contrast": min_contrast,
                    "max_distance": max_distance, "rgb": reader.rgb, "key": key, "stability": stability}
         with job_setup(model, client, workers, scheduler) as setup:
-            check_boxes(prompt_set, setup.info["supports_boxes"], setup.info["display_name"])
+            check_boxes(prompt_set, setup)
             with store_in_use(setup, store) as opened:
                 scores: dict[int, dict[int, float]] = {}
                 crops = _propagate_jobs(setup, opened, stack, reader, jobs, limits, options,
@@ -152,9 +150,6 @@ def segment_with_propagation(
         except BaseException:
             writer.abort()
             raise
-    finally:
-        if reader is not stack:
-            reader.close()
 
 
 def _propagate_jobs(setup: JobSetup, opened: StackStore | None, stack: Any, reader: StackReader, jobs: list[Job],
