@@ -31,7 +31,7 @@ def stability_colour(score: float) -> str:
 class StabilityRequests:
     """ST of the current object after each mask (a controller mixin). The controller holds ``manager``, ``jobs``,
     ``object_id``, ``index`` and ``_keys`` (embedding key per slice), and says what a result or a failure shows
-    (:meth:`_stability_done`, :meth:`_stability_failed`)."""
+    (:meth:`_stability_done`, :meth:`_stability_failed`) and which masks get none (:meth:`_stability_skipped`)."""
 
     if TYPE_CHECKING:
         manager: ModelManager | None
@@ -58,6 +58,11 @@ class StabilityRequests:
         """Show that ``object_id`` has no stability (its value was just dropped)."""
         raise NotImplementedError
 
+    def _stability_skipped(self, index: tuple[int, ...], object_id: int) -> bool:
+        """Whether the mask shown for ``object_id`` on slice ``index`` gets no stability (default: every mask gets
+        one)."""
+        return False
+
     def cancel_stability(self) -> None:
         """Drop the stability being computed (the next request makes it out of date)."""
         self._stability_generation += 1
@@ -80,6 +85,8 @@ class StabilityRequests:
             return
         index = self.index if index is None else tuple(index)
         object_id = self.object_id if object_id is None else int(object_id)
+        if self._stability_skipped(index, object_id):
+            return
         key = self._keys.get(index)
         session = self.manager.get_object(key, object_id) if key is not None else None
         if session is None or session.current is None or session.prompts.is_empty:

@@ -15,7 +15,12 @@ from ..engine.work import embed_slice
 from .overlay import png_bytes, rle_encode
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ..engine.channels import ChannelMix
     from ..engine.jobs import JobRunner
+    from ..engine.work import TileSettings
+    from .geometry import Geometry
     from .source import ImageSource
 
 CLICK = "click"  # job keys: (CLICK, slice, object id), ("embed",), ("load",)
@@ -31,6 +36,8 @@ class SliceAndModel:
         model_name: str | None
         z: int
         contrast: tuple[float, float]
+        geometry: Geometry
+        tiles: TileSettings
         _lock: threading.RLock
         _emit: Callable[[dict, list], None]
         _keys: dict[tuple[int, ...], str]
@@ -46,6 +53,8 @@ class SliceAndModel:
         def _set_status(self, text: str, level: str = "info", *, send: bool = True) -> None: ...
 
         def _update(self, prompts: bool = False) -> None: ...
+
+        def _forget_zooms(self, object_id: int | None = None) -> None: ...
 
     def set_slice(self, z: int) -> None:
         with self._lock:
@@ -65,7 +74,22 @@ class SliceAndModel:
             if not (np.isfinite(low) and np.isfinite(high) and low < high):
                 raise ValueError(f"contrast limits must be two finite numbers, low < high; got ({low}, {high})")
             self.contrast = (low, high)
+            self._forget_zooms()  # a zoom shows the slice as it was
             self._emit({"type": "image", **self.view_state()}, self.view_buffers(labels=False))
+            self._embed()
+
+    def set_channels(self, channels: ChannelMix | Sequence[int] | None = None,
+                     colours: Sequence[object] | None = None,
+                     contrast_limits: Sequence[Sequence[float] | None] | None = None) -> None:
+        """Let the model see other channels of an image with a channel axis (see
+        :meth:`~napari_focsam.notebook.source.ImageSource.with_mix`): another input, so another embedding."""
+        with self._lock:
+            self.source = self.source.with_mix(channels, colours, contrast_limits)
+            self._keys.clear()
+            self._known.clear()
+            self._forget_zooms()
+            self._emit({"type": "image", **self.view_state()}, self.view_buffers(labels=False))
+            self._update()
             self._embed()
 
     def load_model(self, model: str | ModelManager, device: str = "auto", precision: str = "fast",
@@ -97,6 +121,7 @@ class SliceAndModel:
         self.manager, self.model_name = manager, name
         self._keys.clear()
         self._known.clear()
+        self._forget_zooms()
         self._set_status(f"{manager.display_name} on {manager.device}", "info", send=False)
         self._update()
         self._embed()
@@ -104,14 +129,16 @@ class SliceAndModel:
     def _embed(self) -> None:
         if self.manager is None:
             return
-        args = (self.manager, self.source.data, self.index, self.source.rgb, self.contrast)
+        args = (self.manager, self.source.model_data, self.index, self.source.model_rgb, self.contrast)
+        tiles = self.tiles
         self._progress("embed", f"Embedding slice {self.z} …" if self.source.depth else "Embedding the image …")
-        self.jobs.submit(("embed",), lambda token: embed_slice(*args), self._on_embedded, self._on_embed_error,
+        self.jobs.submit(("embed",), lambda token: embed_slice(*args, tiles=tiles), self._on_embedded,
+                         self._on_embed_error,
                          on_finished=lambda: self._progress("embed", None), supersede=False)
 
     def _on_embedded(self, result: tuple[ModelManager, tuple[int, ...], str, float | None]) -> None:
         manager, index, key, seconds = result
-        if manager is self.manager:
+        if manager is self.manager and key:  # "" for a tiled slice (its tiles are embedded on the first click)
             self._keys[index] = key
             if seconds is not None:
                 self._set_status(f"embedded in {seconds:.1f} s", "info")
@@ -121,8 +148,11 @@ class SliceAndModel:
 
     def view_state(self) -> dict:
         source = self.source
+        mix = source.mix
+        channels = None if mix is None else {"count": source.n_channels, "chosen": list(mix.channels)}
         return {"height": source.height, "width": source.width, "depth": source.depth, "z": self.z,
-                "contrast": list(self.contrast), "range": list(source.value_range(self.index)), "rgb": source.rgb}
+                "contrast": list(self.contrast), "range": list(source.value_range(self.index)),
+                "rgb": source.model_rgb, "channels": channels, **self.geometry.state(self.z)}
 
     def view_buffers(self, labels: bool = True) -> list[bytes]:
         png = png_bytes(self.source.display(self.index, self.contrast))

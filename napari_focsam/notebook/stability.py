@@ -42,6 +42,10 @@ class NotebookStability(StabilityRequests):
     def _stability_failed(self, object_id: int) -> None:
         self._update()
 
+    def _stability_skipped(self, index: tuple[int, ...], object_id: int) -> bool:
+        # decoded on its zoom: the whole slice's session is not the mask shown
+        return (index, object_id) in getattr(self, "zooms", {})
+
     def stability_info(self) -> dict:
         """The info fields of the current object's stability: ``stability`` (ST or None), its ``stability_colour``,
         and whether the display is on."""

@@ -30,7 +30,7 @@ function make(tag, cls, parent, text) {
 
 const SHORTCUTS = "click: positive · Shift/right click: negative · drag: box · Ctrl/Alt+click: pick a label · " +
   "C/N: commit · Esc: cancel · Ctrl+Z / Ctrl+Shift+Z: undo / redo · T: sign of the next click · R: re-open · " +
-  "Shift+Del: delete";
+  "Shift+Del: delete · D: refine detail (zoom)";
 
 function render({ model, el }) {
   const root = make("div", "focsam", el);
@@ -47,7 +47,8 @@ function render({ model, el }) {
   for (const [name, text, tip] of [["undo", "Undo", "Ctrl+Z"], ["redo", "Redo", "Ctrl+Shift+Z"],
     ["commit", "Commit / next", "C or N"], ["cancel", "Cancel object", "Esc"],
     ["reopen", "Re-open label", "R (pick the label with Ctrl+click)"],
-    ["delete", "Delete label", "Shift+Delete (pick the label with Ctrl+click)"]]) {
+    ["delete", "Delete label", "Shift+Delete (pick the label with Ctrl+click)"],
+    ["refine", "Refine detail", "D: zoom on the current object and decode it at the model's full resolution"]]) {
     buttons[name] = make("button", `focsam-${name}`, actions, text);
     buttons[name].title = tip;
     buttons[name].addEventListener("click", () => act(name));
@@ -78,12 +79,19 @@ function render({ model, el }) {
   stabilityCheck.type = "checkbox";
   stabilityBox.append(" stability ");
   const stabilityText = make("span", "focsam-stability", stabilityBox);
+  const zoomBox = make("label", "", controls, " ");
+  const autoZoom = make("input", "focsam-auto-zoom", zoomBox);
+  autoZoom.type = "checkbox";
+  zoomBox.append(" auto zoom");
+  const channelBox = make("span", "focsam-channels", controls, " channels ");
+  const coords = make("div", "focsam-coords", root);
   const progress = make("div", "focsam-progress", root);
   const status = make("div", "focsam-status", root);
   make("div", "focsam-help", root, SHORTCUTS);
 
   const S = { h: 0, w: 0, depth: 0, z: 0, ids: null, pixels: null, objectId: 1, selected: 0, points: [],
-    box: null, seq: 0, pending: new Map(), nextPositive: true, takesBoxes: false, alive: true, drag: null };
+    box: null, seq: 0, pending: new Map(), nextPositive: true, takesBoxes: false, alive: true, drag: null,
+    zoom: null, world: null, units: "", axes: [], channelCount: -1 };
   const labelCtx = labelCanvas.getContext("2d");
   const promptCtx = promptCanvas.getContext("2d");
   const imageCtx = imageCanvas.getContext("2d");
@@ -103,11 +111,15 @@ function render({ model, el }) {
   function setView(msg, png) {
     const sized = S.h !== msg.height || S.w !== msg.width;
     Object.assign(S, { h: msg.height, w: msg.width, depth: msg.depth, z: msg.z });
+    S.world = msg.identity ? null : msg.world;
+    S.units = msg.units || "";
+    S.axes = msg.axes || [];
     if (sized) {
       for (const c of [imageCanvas, labelCanvas, promptCanvas]) { c.width = S.w; c.height = S.h; }
-      const width = model.get("display_width") || Math.min(S.w, 768);
+      const [sy, sx] = msg.pixel_size || [1, 1]; // the true proportions of an anisotropic pixel
+      const width = model.get("display_width") || Math.min(S.w * Math.min(1, sx / sy), 768);
       stage.style.width = `${width}px`;
-      stage.style.height = `${(width * S.h) / S.w}px`;
+      stage.style.height = `${(width * S.h * sy) / (S.w * sx)}px`;
       S.ids = new Int32Array(S.w * S.h);
       S.pixels = labelCtx.createImageData(S.w, S.h);
     }
@@ -116,6 +128,7 @@ function render({ model, el }) {
     slider.value = S.z;
     sliceText.textContent = ` ${S.z} / ${Math.max(0, S.depth - 1)}`;
     contrastBox.style.display = msg.rgb ? "none" : "";
+    setChannels(msg.channels);
     const [lo, hi] = msg.range;
     for (const input of [low, high]) { input.min = lo; input.max = hi; }
     low.value = msg.contrast[0];
@@ -125,6 +138,43 @@ function render({ model, el }) {
       imageCtx.drawImage(bitmap, 0, 0);
       root.dataset.image = `${S.z}`;
     });
+  }
+
+  function setChannels(channels) {
+    channelBox.style.display = channels ? "" : "none";
+    if (!channels) return;
+    if (S.channelCount !== channels.count) {
+      S.channelCount = channels.count;
+      channelBox.replaceChildren(" channels ");
+      for (let c = 0; c < channels.count; c++) {
+        const item = make("label", "", channelBox);
+        const box = make("input", "focsam-channel", item);
+        box.type = "checkbox";
+        box.value = `${c}`;
+        item.append(` ${c} `);
+        box.addEventListener("change", chooseChannels);
+      }
+    }
+    for (const box of channelBox.querySelectorAll("input")) box.checked = channels.chosen.includes(+box.value);
+  }
+
+  function chooseChannels(ev) {
+    const chosen = [...channelBox.querySelectorAll("input")].filter((b) => b.checked).map((b) => +b.value);
+    if (!chosen.length) {
+      ev.target.checked = true;
+      setStatus("the model needs at least one channel", "warning");
+      return;
+    }
+    act("channels", { channels: chosen });
+  }
+
+  function showCoords(y, x) {
+    // the pixel under the pointer and, for an image placed in the world (scale, translate, affine), its position
+    if (!(y >= 0 && x >= 0 && y < S.h && x < S.w)) { coords.textContent = ""; return; }
+    const where = S.depth ? `pixel (${S.z}, ${y}, ${x})` : `pixel (${y}, ${x})`;
+    if (!S.world) { coords.textContent = where; return; }
+    const parts = S.world.map((row, i) => `${S.axes[i]} ${(row[0] * y + row[1] * x + row[2]).toPrecision(5)}`);
+    coords.textContent = `${parts.join(", ")}${S.units ? " " + S.units : ""} · ${where}`;
   }
 
   function paint(x0, y0, x1, y1) {
@@ -161,6 +211,14 @@ function render({ model, el }) {
       promptCtx.strokeStyle = "rgb(255, 204, 26)";
       promptCtx.strokeRect(x0, y0, x1 - x0 + 1, y1 - y0 + 1);
     }
+    if (S.zoom) {
+      const [y0, x0, y1, x1] = S.zoom;
+      promptCtx.save();
+      promptCtx.setLineDash([4, 3]);
+      promptCtx.strokeStyle = "rgba(0, 220, 255, 0.9)";
+      promptCtx.strokeRect(x0, y0, x1 - x0, y1 - y0);
+      promptCtx.restore();
+    }
     if (S.drag && S.drag.moved) {
       promptCtx.strokeStyle = "rgba(255, 204, 26, 0.7)";
       const { x0, y0, x1, y1 } = S.drag;
@@ -190,7 +248,13 @@ function render({ model, el }) {
     S.objectId = info.object_id;
     S.selected = info.selected || S.selected;
     S.takesBoxes = info.takes_boxes;
-    objectLabel.textContent = ` object ${info.object_id}` + (S.selected ? ` · picked label ${S.selected}` : "");
+    objectLabel.textContent = ` object ${info.object_id}` + (S.selected ? ` · picked label ${S.selected}` : "") +
+      (info.zoom ? " · on its zoom" : "") + (info.tiled ? " · in tiles" : "");
+    autoZoom.checked = !!info.auto_zoom;
+    root.dataset.zoom = info.zoom ? "1" : "0";
+    const zoomChanged = JSON.stringify(info.zoom || null) !== JSON.stringify(S.zoom);
+    S.zoom = info.zoom || null;
+    if (zoomChanged && S.w) drawPrompts();
     buttons.undo.disabled = !info.can_undo;
     buttons.redo.disabled = !info.can_redo;
     if (info.model && modelSelect.value !== info.model) modelSelect.value = info.model;
@@ -295,6 +359,7 @@ function render({ model, el }) {
     ev.preventDefault();
   });
   view.addEventListener("pointermove", (ev) => {
+    if (S.w) showCoords(...pixel(ev));
     if (!S.drag) return;
     [S.drag.y1, S.drag.x1] = pixel(ev);
     if (Math.hypot(ev.clientX - S.drag.cx, ev.clientY - S.drag.cy) > DRAG_PX) S.drag.moved = true;
@@ -335,6 +400,7 @@ function render({ model, el }) {
     else if (key === "escape") name = "cancel";
     else if (key === "r") name = "reopen";
     else if (key === "delete" && ev.shiftKey) name = "delete";
+    else if (key === "d") name = "refine";
     else if (key === "t") {
       S.nextPositive = !S.nextPositive;
       setStatus(`next click: ${S.nextPositive ? "positive" : "negative"}`, "info");
@@ -349,6 +415,7 @@ function render({ model, el }) {
   high.addEventListener("change", contrast);
   overwrite.addEventListener("change", () => act("overwrite", { on: overwrite.checked }));
   stabilityCheck.addEventListener("change", () => act("stability", { on: stabilityCheck.checked }));
+  autoZoom.addEventListener("change", () => act("auto_zoom", { on: autoZoom.checked }));
   loadButton.addEventListener("click", () => act("load", { model: modelSelect.value,
     device: deviceSelect.value, precision: precisionSelect.value }));
 
