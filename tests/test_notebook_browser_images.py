@@ -6,7 +6,6 @@ detail* decode a small object on its zoom, and undo leaves it. Read back from th
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -43,19 +42,27 @@ CELLS = [
     # a fallback working at 96 px, so a 240-px image is shrunk to reach it and small objects gain from a zoom
     "ann = Annotator(image, ModelManager(FallbackPredictor(max_side=96)), channel_axis=0, channels=[0], "
     f"scale={SCALE}, translate={TRANSLATE}, units='µm', display_width=480)\nann.wait()\nann",
+    # a slice too tall to show whole: a 256-px window and an overview
+    "yy, xx = np.mgrid[:4400, :300]\ntall = np.where((yy - 150) ** 2 + (xx - 150) ** 2 < 25 ** 2, 200, 30)"
+    ".astype(np.uint8)\nbig = Annotator(tall, 'fallback', window_side=256)\nbig.wait()\nbig",
 ]
 READ = ("print(json.dumps({'channels': list(ann.channel_mix.channels), 'zoomed': ann.zoomed, "
         "'auto_zoom': ann.auto_zoom, 'prompts': ann.controller.prompt_state(), 'labels': int(ann.labels.max())}))")
 
 
 class ScaledWidget(WidgetDriver):
-    """Image pixels → CSS pixels on a canvas shown at any size (here: not one CSS pixel per image pixel)."""
+    """Canvas pixels (of the shown window, ``shape``) → CSS pixels on a canvas shown at any size."""
+
+    def __init__(self, page, root, shape=(H, W)) -> None:
+        super().__init__(page, root)
+        self.shape = shape
 
     def _point(self, y: float, x: float) -> tuple[int, int]:
         left, top, width, height = self.page.driver.execute_script(
             "arguments[0].scrollIntoView({block: 'center', inline: 'nearest'});"
             "const r = arguments[0].getBoundingClientRect(); return [r.left, r.top, r.width, r.height];", self.canvas)
-        return math.floor(left + (x + 0.5) * width / W), math.floor(top + (y + 0.5) * height / H)
+        h, w = self.shape
+        return round(left + (x + 0.5) * width / w), round(top + (y + 0.5) * height / h)
 
     def hover(self, y: float, x: float) -> None:
         self._chain(y, x).perform()
@@ -78,8 +85,9 @@ def test_microscopy_controls_in_a_real_browser(tmp_path):
         try:
             page = NotebookPage(lab, driver, "microscopy.ipynb")
             page.run_all()
-            page.wait_for(lambda: len(page.widgets()) == 1, "the widget")
+            page.wait_for(lambda: len(page.widgets()) == 2, "the widgets")
             widget = ScaledWidget(page, page.widgets()[0])
+            big = ScaledWidget(page, page.widgets()[1], (256, 256))
             page.wait_for(lambda: widget.data("image") is not None and widget.data("model"), "the image shown")
             widget.wait_settled("the model and the embedding")
 
@@ -135,6 +143,27 @@ def test_microscopy_controls_in_a_real_browser(tmp_path):
             page.wait_for(lambda: widget.data("zoom") == "1", "Refine detail to zoom")
             widget.wait_settled()
             assert read(page)["zoomed"] is not None and read(page)["labels"] == 2
+
+            # a tall slice: a window of it, moved by a click on the overview; clicks land on slice pixels
+            page.wait_for(lambda: big.data("overview") == "2072,22,2328,278", "the overview")
+            assert big.data("window") == "2072,22,2328,278"
+            mini = big.root.find_element(By.CSS_SELECTOR, "canvas.focsam-overview")
+            assert mini.is_displayed()
+            from selenium.webdriver.common.action_chains import ActionChains
+
+            driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", mini)
+            ActionChains(driver).move_to_element_with_offset(mini, 0, -mini.size["height"] // 2 + 2).click().perform()
+            page.wait_for(lambda: big.data("window").startswith("0,"), "the window at the top of the slice")
+            shown = [int(v) for v in big.data("window").split(",")]
+            page.wait_for(lambda: big.data("overview") == big.data("window"), "the overview's frame moved")
+            assert json.loads(page.execute("print(json.dumps(big.window))")) == shown
+            assert shown[2] == 256 and shown[3] - shown[1] == 256
+            big.wait_settled()
+            big.click(150, 150 - shown[1])  # canvas pixels of the window: slice pixel (150, 150)
+            big.wait_settled("the click in the window")
+            got = json.loads(page.execute("print(json.dumps(big.controller.prompt_state()['points']))"))
+            assert got == [[150.0, 150.0, 1]], got
+            page.wait_for(lambda: page.execute("print(int(big.labels[150, 150]))").strip() == "1", "the mask")
             outputs = page.output_texts()
             assert not any("Traceback" in text or "Error" in text for text in outputs), outputs
         finally:

@@ -248,3 +248,74 @@ def test_a_large_image_is_annotated_in_tiles_with_undo_and_redo():
     ann.wait()
     assert not ann.tiled
     ann.close()
+
+
+# ------------------------------------------------------------------------------------------- the shown window
+def _tall(height=4400, width=300) -> np.ndarray:
+    return discs(shape=(height, width), centres=((150, 150), (4000, 100)), radius=25)
+
+
+def test_a_slice_too_large_to_show_whole_is_seen_through_a_window_with_an_overview():
+    image = _tall()
+    ann = Annotator(image, "fallback", window_side=512).wait()
+    browser = Browser(ann)
+    assert ann.window == (1944, 0, 2456, 300)  # centred; as wide as the image
+    browser(type="hello")
+    state, buffers = browser.of("state")[-1]
+    assert state["window"] == [1944, 0, 2456, 300] and (state["height"], state["width"]) == image.shape
+    import io
+
+    from PIL import Image
+
+    assert Image.open(io.BytesIO(buffers[0])).size == (300, 512)  # only the window's picture travels
+    overview, (png,) = browser.of("overview")[-1]
+    assert overview["window"] == [1944, 0, 2456, 300] and overview["full"] == [4400, 300]
+    assert max(Image.open(io.BytesIO(png)).size) <= 256
+    browser(type="window", y=100, x=150)  # a click on the overview: the window moves (clipped to the slice)
+    assert ann.window == (0, 0, 512, 300) and browser.of("image")[-1][0]["window"] == [0, 0, 512, 300]
+    browser(type="click", y=150, x=150, positive=True, seq=1)
+    ann.wait()
+    assert ann.labels[150, 150] == 1 and not ann.labels[2000:].any()
+    patch, buffers = browser.of("labels")[-1]
+    y0, x0, y1, x1 = patch["box"]  # window pixels (here the window starts at the slice's corner)
+    from napari_focsam.notebook.overlay import rle_decode
+
+    np.testing.assert_array_equal(rle_decode(buffers[0], buffers[1], (y1 - y0, x1 - x0)), ann.labels[y0:y1, x0:x1])
+    ann.commit()
+    ann.show_at(4000, 100)
+    assert ann.window == (3744, 0, 4256, 300)
+    ann.click(4000, 100)
+    ann.wait()
+    patch, buffers = browser.of("labels")[-1]
+    wy = ann.window[0]
+    y0, x0, y1, x1 = patch["box"]
+    np.testing.assert_array_equal(rle_decode(buffers[0], buffers[1], (y1 - y0, x1 - x0)),
+                                  ann.labels[wy + y0:wy + y1, x0:x1])
+    ann.delete(1)  # a change outside the window: nothing of it is sent
+    assert browser.of("labels")[-1][0]["box"] == [0, 0, 512, 300]
+    ann.window = (100, 50, 300, 250)
+    assert browser.of("image")[-1][0]["window"] == [100, 50, 300, 250]
+    with pytest.raises(ValueError, match="not a non-empty rectangle inside the 4400×300 image"):
+        ann.window = (0, 0, 5000, 10)
+    with pytest.raises(ValueError, match="at most 4096 pixels a side"):
+        ann.window = (0, 0, 4200, 10)
+    ann.close()
+    small = Annotator(discs(), "fallback")
+    assert small.window == (0, 0, 120, 160) and small.controller.overview_message() is None
+    small.close()
+    assert "window_side must be between" in Annotator(image, window_side=8).error
+
+
+def test_the_window_reads_only_its_pixels():
+    image = _tall()
+    ann = Annotator(image, "fallback", window_side=256, contrast_limits=(0, 255))
+    source = ann.controller.source
+    whole = source.display((), (0, 255))
+    np.testing.assert_array_equal(source.display((), (0, 255), (100, 20, 356, 276)), whole[100:356, 20:276])
+    np.testing.assert_array_equal(source.display((), (0, 255), step=17), whole[::17, ::17])
+    mixed_ann = Annotator(np.stack([image, image // 2]), "fallback", channel_axis=0, channels=[1, 0])
+    channels = mixed_ann.controller.source
+    mixed = channels.display((), (0, 1))
+    np.testing.assert_array_equal(channels.display((), (0, 1), (8, 9, 40, 50)), mixed[8:40, 9:50])
+    for a in (ann, mixed_ann):
+        a.close()

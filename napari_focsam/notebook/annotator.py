@@ -10,7 +10,8 @@ Messages from the browser are ``{"type": ...}`` dicts: ``hello`` (send everythin
 seq``), ``box`` (``y0, x0, y1, x1, seq``), ``undo``, ``redo``, ``commit``, ``cancel``, ``reopen``, ``delete``,
 ``select`` (``label``), ``slice`` (``z``), ``contrast`` (``low, high``), ``overwrite`` (``on``), ``stability``
 (``on``), ``load`` (``model, device, precision``), ``refine`` (refine detail: zoom on the current object),
-``auto_zoom`` (``on``), ``channels`` (``channels``: indices along the channel axis). A refused request (a click
+``auto_zoom`` (``on``), ``channels`` (``channels``: indices along the channel axis), ``window`` (``y, x``: centre
+the shown window there). A refused request (a click
 outside the image, a box for a click-only model, ...) becomes a message in the widget,
 never an exception in the notebook.
 """
@@ -72,7 +73,8 @@ class Annotator(anywidget.AnyWidget, AnnotatorViews):
     true proportions and clicks can be given in world units (``click(..., world=True)``). ``channel_axis`` (and
     ``channels``: indices or a :class:`ChannelMix`) mixes a multi-channel image into the model's input. ``tiles``
     (a :class:`TileSettings`, True, False; None: automatic) annotates large slices in tiles; ``auto_zoom`` decodes a
-    small object on its zoom after its first click.
+    small object on its zoom after its first click. A slice larger than 4,096 px is shown through a window of
+    ``window_side`` px (default 1,024) that an overview moves (:attr:`window`).
     """
 
     _esm = STATIC / "annotator.js"
@@ -85,7 +87,8 @@ class Annotator(anywidget.AnyWidget, AnnotatorViews):
                  precision: str = "fast", save_to: str | os.PathLike | None = None, display_width: int = 0,
                  scale: Any = None, translate: Any = None, affine: Any = None, units: str = "",
                  channel_axis: int | None = None, channels: ChannelMix | Any = None,
-                 tiles: TileSettings | bool | None = None, auto_zoom: bool = True, **load_kwargs: Any) -> None:
+                 tiles: TileSettings | bool | None = None, auto_zoom: bool = True, window_side: int | None = None,
+                 **load_kwargs: Any) -> None:
         super().__init__(display_width=int(display_width))
         self._send_lock = threading.Lock()
         self._callbacks: list[Callable[[int, np.ndarray], None]] = []
@@ -100,7 +103,7 @@ class Annotator(anywidget.AnyWidget, AnnotatorViews):
             geometry = Geometry.of(3 if source.depth else 2, scale, translate, affine, units)
             initial = self._initial_labels(labels, source)
             self.controller = NotebookController(source, self._post, initial, contrast_limits, geometry,
-                                                 tile_settings(tiles))
+                                                 tile_settings(tiles), window_side)
         except (ValueError, OSError) as exc:
             self.error = str(exc)
             return
@@ -316,6 +319,11 @@ class Annotator(anywidget.AnyWidget, AnnotatorViews):
         try:
             if kind == "hello":
                 self._post(*self._state())
+                if self.controller is not None:
+                    with self.controller._lock:
+                        overview = self.controller.overview_message()
+                    if overview is not None:
+                        self._post(*overview)
                 return
             controller = self._ready()
             self._act(controller, kind, content)
@@ -355,6 +363,9 @@ class Annotator(anywidget.AnyWidget, AnnotatorViews):
         elif kind == "refine":
             with controller._lock:
                 controller.refine_detail(seq=m.get("seq"))
+        elif kind == "window":
+            with controller._lock:
+                controller.centre_window(float(m["y"]), float(m["x"]))
         elif kind == "auto_zoom":
             self.auto_zoom = bool(m.get("on"))
         elif kind == "channels":

@@ -102,6 +102,26 @@ class AnnotatorViews:
         region = self._ready().zoom_info()["zoom"]
         return None if region is None else (int(region[0]), int(region[1]), int(region[2]), int(region[3]))
 
+    # ------------------------------------------------------------------ the shown window
+    @property
+    def window(self) -> tuple[int, int, int, int]:
+        """The part of the slice the widget shows, (y0, x0, y1, x1) in pixels: the whole slice up to 4,096 px a
+        side, else a window (``window_side``) that the overview, or setting this, moves."""
+        return self._ready().window
+
+    @window.setter
+    def window(self, region: Sequence[int]) -> None:
+        controller = self._ready()
+        with controller._lock:
+            controller.set_window(*region)
+
+    def show_at(self, y: float, x: float, *, world: bool = False) -> None:
+        """Centre the shown window on pixel (y, x) (``world``: world y, x), keeping its size."""
+        y, x = self._plane_pixels((y, x), world)
+        controller = self._ready()
+        with controller._lock:
+            controller.centre_window(y, x)
+
     # ------------------------------------------------------------------ tiles
     @property
     def tiles(self) -> TileSettings:

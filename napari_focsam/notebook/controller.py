@@ -33,20 +33,23 @@ from .overlay import changed_box, merge_object, rle_encode
 from .slice_model import CLICK, SliceAndModel
 from .source import ImageSource
 from .stability import NotebookStability
+from .window import NotebookWindow
 from .zoom import NotebookZoom
 
 Emit = Callable[[dict, list], None]
 
 
-class NotebookController(NotebookMessages, SliceAndModel, ObjectCommits, NotebookStability, NotebookZoom):
+class NotebookController(NotebookMessages, NotebookWindow, SliceAndModel, ObjectCommits, NotebookStability,
+                         NotebookZoom):
     """One image, its labels and a model; every public method is one user action (see :class:`Annotator`).
 
     ``geometry``: where the pixels are in the world (the widget's aspect and readout; actions take pixels);
-    ``tiles``: when a large slice is annotated in tiles (:class:`~napari_focsam.engine.work.TileSettings`)."""
+    ``tiles``: when a large slice is annotated in tiles (:class:`~napari_focsam.engine.work.TileSettings`);
+    ``window_side``: the side of the window a slice larger than the widget shows whole is seen through."""
 
     def __init__(self, source: ImageSource, emit: Emit, labels: np.ndarray,
                  contrast: tuple[float, float] | None = None, geometry: Geometry | None = None,
-                 tiles: TileSettings | None = None) -> None:
+                 tiles: TileSettings | None = None, window_side: int | None = None) -> None:
         self.source = source
         self.geometry = geometry or Geometry.of(3 if source.depth else 2)
         self.tiles = tiles or TileSettings()
@@ -74,6 +77,7 @@ class NotebookController(NotebookMessages, SliceAndModel, ObjectCommits, Noteboo
         self.status: tuple[str, str] = ("", "info")
         self._init_stability()
         self._init_zoom()
+        self._init_window(window_side)
         self._start_new_object()
 
     # ------------------------------------------------------------------ state
@@ -195,12 +199,15 @@ class NotebookController(NotebookMessages, SliceAndModel, ObjectCommits, Noteboo
             self._send_patch(box, seq=seq, model_ms=model_ms)
 
     def _send_patch(self, box: tuple[int, int, int, int] | None, **extra: Any) -> None:
+        """Send the labels of ``box`` (slice pixels) cut to the shown window, in window pixels."""
         view = self._view(self.index)
         buffers: list[bytes] = [b"", b""]
-        if box is not None:
-            y0, x0, y1, x1 = box
-            buffers = list(rle_encode(view[y0:y1, x0:x1]))
-        self._emit({"type": "labels", "z": self.z, "box": list(box) if box else None, **extra}, buffers)
+        shown = None if box is None else self.clip_to_window(box)
+        if shown is not None:
+            y0, x0, y1, x1 = shown
+            wy, wx = self.window[:2]
+            buffers = list(rle_encode(view[wy + y0:wy + y1, wx + x0:wx + x1]))
+        self._emit({"type": "labels", "z": self.z, "box": list(shown) if shown else None, **extra}, buffers)
 
     def _on_click_error(self, exc: BaseException) -> None:
         self._set_status(f"the mask could not be computed (the labels are unchanged): {exc}", "error")

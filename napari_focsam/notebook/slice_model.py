@@ -12,7 +12,6 @@ import numpy as np
 
 from ..engine.manager import ModelManager
 from ..engine.work import embed_slice
-from .overlay import png_bytes, rle_encode
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -36,6 +35,7 @@ class SliceAndModel:
         model_name: str | None
         z: int
         contrast: tuple[float, float]
+        window: tuple[int, int, int, int]
         geometry: Geometry
         tiles: TileSettings
         _lock: threading.RLock
@@ -56,6 +56,8 @@ class SliceAndModel:
 
         def _forget_zooms(self, object_id: int | None = None) -> None: ...
 
+        def send_image(self, labels: bool = True) -> None: ...
+
     def set_slice(self, z: int) -> None:
         with self._lock:
             if not self.source.depth:
@@ -63,7 +65,7 @@ class SliceAndModel:
             if not 0 <= int(z) < self.source.depth:
                 raise ValueError(f"slice {z} is outside the stack of {self.source.depth} slices")
             self.z = int(z)
-            self._emit({"type": "image", **self.view_state()}, self.view_buffers())
+            self.send_image()
             self._update(prompts=True)
             self._embed()
 
@@ -75,7 +77,7 @@ class SliceAndModel:
                 raise ValueError(f"contrast limits must be two finite numbers, low < high; got ({low}, {high})")
             self.contrast = (low, high)
             self._forget_zooms()  # a zoom shows the slice as it was
-            self._emit({"type": "image", **self.view_state()}, self.view_buffers(labels=False))
+            self.send_image(labels=False)
             self._embed()
 
     def set_channels(self, channels: ChannelMix | Sequence[int] | None = None,
@@ -88,7 +90,7 @@ class SliceAndModel:
             self._keys.clear()
             self._known.clear()
             self._forget_zooms()
-            self._emit({"type": "image", **self.view_state()}, self.view_buffers(labels=False))
+            self.send_image(labels=False)
             self._update()
             self._embed()
 
@@ -151,9 +153,7 @@ class SliceAndModel:
         mix = source.mix
         channels = None if mix is None else {"count": source.n_channels, "chosen": list(mix.channels)}
         return {"height": source.height, "width": source.width, "depth": source.depth, "z": self.z,
+                "window": list(self.window),
                 "contrast": list(self.contrast), "range": list(source.value_range(self.index)),
                 "rgb": source.model_rgb, "channels": channels, **self.geometry.state(self.z)}
 
-    def view_buffers(self, labels: bool = True) -> list[bytes]:
-        png = png_bytes(self.source.display(self.index, self.contrast))
-        return [png, *rle_encode(self._view(self.index))] if labels else [png]

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.channels import ChannelMix, ChannelStack, default_colours, default_mix
+from ..engine.channels import ChannelMix, ChannelStack, default_colours, default_mix, mix_channels
 from ..engine.image import take_slice, to_model_rgb
 
 SHAPES = "(H, W), (H, W, 3|4) colour, (Z, H, W) or (Z, H, W, 3|4), and with channel_axis (C, H, W) or (Z, C, H, W)"
@@ -172,11 +172,23 @@ class ImageSource:
         low, high = float(values.min()), float(values.max())
         return (low, high) if high > low else (low, low + 1.0)
 
-    def display(self, index: tuple[int, ...], contrast: tuple[float, float]) -> np.ndarray:
-        """What the model sees of a slice (and so what the widget shows): (H, W, 3) uint8."""
+    def display(self, index: tuple[int, ...], contrast: tuple[float, float],
+                region: tuple[int, int, int, int] | None = None, step: int = 1) -> np.ndarray:
+        """What the model sees of a slice (and so what the widget shows): (h, w, 3) uint8, of the rectangle
+        ``region`` (y0, x0, y1, x1; default the whole slice) every ``step``-th pixel. Only that part is read."""
+        y0, x0, y1, x1 = region or (0, 0, self.height, self.width)
+        window = (slice(y0, y1, step), slice(x0, x1, step))
         if self.mix is not None:
-            return self.model_data.take(index)
-        return to_model_rgb(self.slice(index), rgb=self.rgb, contrast_limits=None if self.rgb else contrast)
+            if region is None and step == 1:
+                return self.model_data.take(index)
+            planes = np.stack([self.channel(c)[tuple(index) + window] for c in self.mix.channels])
+            return mix_channels(planes, ChannelMix(range(len(planes)), self.mix.colours, self.mix.contrast_limits))
+        if region is None and step == 1:
+            crop = self.slice(index)
+        else:
+            part = self.data[tuple(index) + window]
+            crop = np.asarray(part.compute() if hasattr(part, "compute") else part)
+        return to_model_rgb(crop, rgb=self.rgb, contrast_limits=None if self.rgb else contrast)
 
 
 def _default_contrast(array: np.ndarray) -> tuple[float, float]:

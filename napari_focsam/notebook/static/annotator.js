@@ -85,13 +85,20 @@ function render({ model, el }) {
   zoomBox.append(" auto zoom");
   const channelBox = make("span", "focsam-channels", controls, " channels ");
   const coords = make("div", "focsam-coords", root);
+  const overviewBox = make("div", "focsam-overview-box", root);
+  make("div", "focsam-help", overviewBox, "the whole slice: click to move the window shown above");
+  const overview = make("canvas", "focsam-overview", overviewBox);
+  const overviewCtx = overview.getContext("2d");
+  overviewBox.style.display = "none";
+  let overviewPicture = null;
   const progress = make("div", "focsam-progress", root);
   const status = make("div", "focsam-status", root);
   make("div", "focsam-help", root, SHORTCUTS);
 
   const S = { h: 0, w: 0, depth: 0, z: 0, ids: null, pixels: null, objectId: 1, selected: 0, points: [],
     box: null, seq: 0, pending: new Map(), nextPositive: true, takesBoxes: false, alive: true, drag: null,
-    zoom: null, world: null, units: "", axes: [], channelCount: -1 };
+    zoom: null, world: null, units: "", axes: [], channelCount: -1, oy: 0, ox: 0, fullH: 0, fullW: 0,
+    windowed: false };
   const labelCtx = labelCanvas.getContext("2d");
   const promptCtx = promptCanvas.getContext("2d");
   const imageCtx = imageCanvas.getContext("2d");
@@ -109,8 +116,14 @@ function render({ model, el }) {
 
   // ------------------------------------------------------------------ drawing
   function setView(msg, png) {
-    const sized = S.h !== msg.height || S.w !== msg.width;
-    Object.assign(S, { h: msg.height, w: msg.width, depth: msg.depth, z: msg.z });
+    // the canvas shows the window (y0, x0, y1, x1) of the slice: all of it, or a part of a large one
+    const [wy0, wx0, wy1, wx1] = msg.window || [0, 0, msg.height, msg.width];
+    const sized = S.h !== wy1 - wy0 || S.w !== wx1 - wx0;
+    Object.assign(S, { h: wy1 - wy0, w: wx1 - wx0, oy: wy0, ox: wx0, fullH: msg.height, fullW: msg.width,
+      depth: msg.depth, z: msg.z });
+    S.windowed = S.h !== S.fullH || S.w !== S.fullW;
+    overviewBox.style.display = S.windowed ? "" : "none";
+    root.dataset.window = `${wy0},${wx0},${wy1},${wx1}`;
     S.world = msg.identity ? null : msg.world;
     S.units = msg.units || "";
     S.axes = msg.axes || [];
@@ -168,9 +181,43 @@ function render({ model, el }) {
     act("channels", { channels: chosen });
   }
 
+  function inWindow(y, x) {
+    return y >= S.oy && x >= S.ox && y < S.oy + S.h && x < S.ox + S.w;
+  }
+
+  function drawOverview(msg, png) {
+    const [fh, fw] = msg.full;
+    createImageBitmap(new Blob([png], { type: "image/png" })).then((bitmap) => {
+      overviewPicture = { bitmap, fh, fw };
+      overview.width = bitmap.width;
+      overview.height = bitmap.height;
+      const scale = 200 / Math.max(bitmap.width, bitmap.height);
+      overview.style.width = `${bitmap.width * scale}px`;
+      overview.style.height = `${bitmap.height * scale}px`;
+      paintOverview();
+      root.dataset.overview = `${msg.window.join(",")}`;
+    });
+  }
+
+  function paintOverview() {
+    if (!overviewPicture) return;
+    const { bitmap, fh, fw } = overviewPicture;
+    overviewCtx.drawImage(bitmap, 0, 0);
+    const sy = bitmap.height / fh, sx = bitmap.width / fw;
+    overviewCtx.strokeStyle = "rgb(255, 204, 26)";
+    overviewCtx.lineWidth = Math.max(1, bitmap.width / 150);
+    overviewCtx.strokeRect(S.ox * sx, S.oy * sy, S.w * sx, S.h * sy);
+  }
+
+  overview.addEventListener("click", (ev) => {
+    const rect = overview.getBoundingClientRect();
+    const y = ((ev.clientY - rect.top) / rect.height) * S.fullH, x = ((ev.clientX - rect.left) / rect.width) * S.fullW;
+    act("window", { y, x });
+  });
+
   function showCoords(y, x) {
     // the pixel under the pointer and, for an image placed in the world (scale, translate, affine), its position
-    if (!(y >= 0 && x >= 0 && y < S.h && x < S.w)) { coords.textContent = ""; return; }
+    if (!inWindow(y, x)) { coords.textContent = ""; return; }
     const where = S.depth ? `pixel (${S.z}, ${y}, ${x})` : `pixel (${y}, ${x})`;
     if (!S.world) { coords.textContent = where; return; }
     const parts = S.world.map((row, i) => `${S.axes[i]} ${(row[0] * y + row[1] * x + row[2]).toPrecision(5)}`);
@@ -203,7 +250,9 @@ function render({ model, el }) {
   }
 
   function drawPrompts() {
+    promptCtx.setTransform(1, 0, 0, 1, 0, 0);
     promptCtx.clearRect(0, 0, S.w, S.h);
+    promptCtx.setTransform(1, 0, 0, 1, -S.ox, -S.oy); // prompts are in slice pixels, the canvas is the window
     const r = Math.max(3, 0.012 * Math.max(S.w, S.h));
     promptCtx.lineWidth = Math.max(1, r / 3);
     if (S.box) {
@@ -219,7 +268,7 @@ function render({ model, el }) {
       promptCtx.strokeRect(x0, y0, x1 - x0, y1 - y0);
       promptCtx.restore();
     }
-    if (S.drag && S.drag.moved) {
+    if (S.drag && S.drag.moved) { // the drag, too, is in slice pixels
       promptCtx.strokeStyle = "rgba(255, 204, 26, 0.7)";
       const { x0, y0, x1, y1 } = S.drag;
       promptCtx.strokeRect(Math.min(x0, x1), Math.min(y0, y1), Math.abs(x1 - x0), Math.abs(y1 - y0));
@@ -291,7 +340,9 @@ function render({ model, el }) {
   }
 
   model.on("msg:custom", (msg, buffers) => {
-    if (msg.type === "state" || msg.type === "image") {
+    if (msg.type === "overview") {
+      if (msg.z === S.z) drawOverview(msg, buffers[0]);
+    } else if (msg.type === "state" || msg.type === "image") {
       if (msg.type === "state" && msg.error) { setStatus(msg.error, "error"); root.dataset.error = "1"; return; }
       if (msg.models) fillChoices(msg);
       setView(msg, buffers[0]);
@@ -344,9 +395,10 @@ function render({ model, el }) {
   }
 
   function pixel(ev) {
+    // the slice pixel (not the window's) under the pointer
     const rect = imageCanvas.getBoundingClientRect();
-    return [Math.floor(((ev.clientY - rect.top) * S.h) / rect.height),
-      Math.floor(((ev.clientX - rect.left) * S.w) / rect.width)];
+    return [S.oy + Math.floor(((ev.clientY - rect.top) * S.h) / rect.height),
+      S.ox + Math.floor(((ev.clientX - rect.left) * S.w) / rect.width)];
   }
 
   view.addEventListener("contextmenu", (ev) => ev.preventDefault());
@@ -378,14 +430,18 @@ function render({ model, el }) {
       drawPrompts();
     } else if (ev.ctrlKey || ev.altKey || ev.metaKey) {
       const [y, x] = pixel(ev);
-      const inside = y >= 0 && x >= 0 && y < S.h && x < S.w;
-      act("select", { label: inside ? S.ids[y * S.w + x] : 0 });
+      act("select", { label: inWindow(y, x) ? S.ids[(y - S.oy) * S.w + x - S.ox] : 0 });
       return;
     } else {
       const positive = !(ev.shiftKey || ev.button === 2) && S.nextPositive;
       const [y, x] = pixel(ev);
+      const inImage = y >= 0 && x >= 0 && y < S.fullH && x < S.fullW;
+      if (S.windowed && inImage && !inWindow(y, x)) {
+        setStatus("that click is outside the part of the image shown: move the window with the overview", "warning");
+        return;
+      }
       S.pending.set(seq, t0);
-      if (y >= 0 && x >= 0 && y < S.h && x < S.w) { S.points.push([y, x, positive ? 1 : 0]); drawPrompts(); }
+      if (inImage) { S.points.push([y, x, positive ? 1 : 0]); drawPrompts(); }
       act("click", { y, x, positive, seq });
     }
     root.dataset.pending = `${S.pending.size}`;
