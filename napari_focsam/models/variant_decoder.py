@@ -26,13 +26,14 @@ bfloat16 the masks differ from float32 on a fraction of the boundary pixels and 
 
 from __future__ import annotations
 
-import math
-import threading
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import MaskDecoder
+
+from .decoder_ops import Workspace, self_attention
+from .fast_upscaling import Upscaling, upscaled_logits
 
 __all__ = ["VariantDecoder"]
 
@@ -43,32 +44,7 @@ class _Constants(NamedTuple):
 
     pe: torch.Tensor  # (N, C) the dense positional encoding, channel-last
     norms: tuple[tuple[torch.Tensor, torch.Tensor, float], ...]  # each layer's norm4: weight, bias, eps
-    up1: tuple[torch.Tensor, torch.Tensor, int]  # first transposed convolution: GEMM matrix, bias, out channels
-    up_norm: tuple[torch.Tensor, torch.Tensor, float]
-    up2: tuple[torch.Tensor, torch.Tensor, int]
-
-
-def _conv_matrix(conv: torch.nn.ConvTranspose2d, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """A 2x2 stride-2 transposed convolution as a (C_in, 2 * 2 * C_out) GEMM matrix with columns ordered (kernel
-    row, kernel column, output channel), its bias repeated to match, and C_out."""
-    if (conv.kernel_size != (2, 2) or conv.stride != (2, 2) or conv.padding != (0, 0) or conv.groups != 1
-            or conv.bias is None):
-        raise ValueError(f"expected a 2x2 stride-2 transposed convolution with a bias, got {conv}")
-    matrix = conv.weight.permute(0, 2, 3, 1).reshape(conv.in_channels, -1).to(dtype).contiguous()
-    return matrix, conv.bias.repeat(4).to(dtype).contiguous(), conv.out_channels
-
-
-def _self_attention(module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """segment-anything's ``Attention.forward`` (few tokens on both sides) through SDPA."""
-    heads = module.num_heads
-
-    def split(x: torch.Tensor) -> torch.Tensor:
-        batch, length, channels = x.shape
-        return x.view(batch, length, heads, channels // heads).transpose(1, 2)
-
-    out = F.scaled_dot_product_attention(split(module.q_proj(q)), split(module.k_proj(k)), split(module.v_proj(v)))
-    batch, _, length, head_dim = out.shape
-    return module.out_proj(out.transpose(1, 2).reshape(batch, length, heads * head_dim))
+    upscaling: Upscaling
 
 
 def _queries_folded(module, q: torch.Tensor) -> torch.Tensor:
@@ -121,21 +97,18 @@ class VariantDecoder:
         with torch.inference_mode():
             self._pe = image_pe.flatten(2)[0].T.contiguous()  # (N, C)
         self._constants_by_dtype: dict[torch.dtype, _Constants] = {}
-        self._buffers = _Buffers()
+        self._workspace = Workspace()
         self._constants(self.model_dtype)  # checks the upscaling's layers
 
     def _constants(self, dtype: torch.dtype) -> _Constants:
         constants = self._constants_by_dtype.get(dtype)
         if constants is None:
-            conv1, norm, _, conv2, _ = self.decoder.output_upscaling
             with torch.inference_mode():
                 constants = _Constants(
                     pe=self._pe.to(dtype),
                     norms=tuple((layer.norm4.weight.to(dtype), layer.norm4.bias.to(dtype), layer.norm4.eps)
                                 for layer in self.decoder.transformer.layers),
-                    up1=_conv_matrix(conv1, dtype),
-                    up_norm=(norm.weight.to(dtype), norm.bias.to(dtype), norm.eps),
-                    up2=_conv_matrix(conv2, dtype),
+                    upscaling=Upscaling.of(self.decoder.output_upscaling, dtype),
                 )
             self._constants_by_dtype[dtype] = constants  # a race builds the same values twice, harmlessly
         return constants
@@ -175,7 +148,7 @@ class VariantDecoder:
 
         # first layer: the image tokens are the same for every copy
         first, *rest = transformer.layers
-        queries = self._self_attention(first, query_pe, query_pe)
+        queries = first.norm1(self_attention(first, query_pe, query_pe))
         t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
         folded = _queries_folded(t2i, queries + query_pe).to(dtype)
         # scores transposed, (N, B * H * T): GEMMs with the image tokens as rows run several times faster
@@ -190,7 +163,7 @@ class VariantDecoder:
         keys = F.layer_norm(keys, (c,), *constants.norms[0])
 
         for index, layer in enumerate(rest, start=1):
-            queries = self._self_attention(layer, queries, query_pe)
+            queries = layer.norm1(self_attention(layer, queries, query_pe))
             keys_pe = keys + constants.pe
             t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
             folded = _queries_folded(t2i, queries + query_pe).to(dtype)
@@ -218,64 +191,22 @@ class VariantDecoder:
         region = (h, w) if region is None else (min(h, max(1, region[0])), min(w, max(1, region[1])))
         return self._upscaled_logits(keys, hyper_in, (h, w), region, upscale_dtype or dtype)
 
-    @staticmethod
-    def _self_attention(layer, queries: torch.Tensor, query_pe: torch.Tensor) -> torch.Tensor:
-        """The self-attention of a two-way block and its norm: the first block's replaces the tokens (no positional
-        encoding, no residual), the others' is added to them."""
-        sa = layer.self_attn
-        if layer.skip_first_layer_pe:
-            return layer.norm1(_self_attention(sa, queries, queries, queries))
-        q = queries + query_pe
-        return layer.norm1(queries + _self_attention(sa, q, q, queries))
-
     def _upscaled_logits(self, keys: torch.Tensor, hyper_in: torch.Tensor, grid: tuple[int, int],
                          region: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
         """``output_upscaling`` and the dot product with ``hyper_in`` on the (B, N, C) image tokens of the
-        ``region`` (rows, columns) at the top left of the (h, w) ``grid``; the logits elsewhere read 0.
-
-        Each 2x2 stride-2 transposed convolution is one GEMM per token, and the (h, w, 2, 2, 2, 2) logits of a copy
-        are rearranged into its (4h, 4w) grid at the end (pixel (i, j, a1, b1, a2, b2) is row 4i + 2a1 + a2,
-        column 4j + 2b1 + b2). All copies go through each stage at once (few operations: with more threads than
-        free cores every operation waits for its slowest thread), in this thread's scratch buffers.
-        """
-        constants = self._constants(dtype)
-        (matrix1, bias1, out1), (matrix2, bias2, out2) = constants.up1, constants.up2
+        ``region`` (rows, columns) at the top left of the (h, w) ``grid``, all copies at once in this thread's
+        scratch buffers (few operations: with more threads than free cores each one waits for its slowest
+        thread); the logits elsewhere read 0."""
         batch, _, c = keys.shape
         (h, w), (rows, columns) = grid, region
-        count = batch * rows * columns
-        buffers = self._buffers
-        tokens = buffers.get("tokens", (batch, rows, columns, c), dtype, keys.device)
+        ws = self._workspace
+        tokens = ws.get("tokens", (batch, rows, columns, c), keys, dtype)
+        assert tokens is not None  # the workspace is never switched off here
         tokens.copy_(keys.view(batch, h, w, c)[:, :rows, :columns])
-        x = torch.addmm(bias1, tokens.view(count, c), matrix1,
-                        out=buffers.get("up1", (count, 4 * out1), dtype, keys.device)).view(-1, out1)
-        normed = buffers.get("up1_norm", x.shape, dtype, keys.device)
-        stats = buffers.get("up1_stats", (2, x.shape[0], 1), dtype, keys.device)
-        weight, bias, eps = constants.up_norm
-        torch.ops.aten.native_layer_norm.out(x, [out1], weight, bias, eps, out0=normed, out1=stats[0], out2=stats[1])
-        x = torch.addmm(bias2, torch.ops.aten.gelu_(normed), matrix2,
-                        out=buffers.get("up2", (x.shape[0], 4 * out2), dtype, keys.device))
-        x = torch.ops.aten.gelu_(x).view(batch, -1, out2)
-        logits = torch.bmm(x, hyper_in.to(dtype).view(batch, out2, 1),
-                           out=buffers.get("logits", (batch, x.shape[1], 1), dtype, keys.device))
-        # (B, rows, a1, a2, columns, b1, b2) into (B, 1, 4h, 4w) viewed as (B, h, a1, a2, w, b1, b2)
-        logits = logits.view(batch, rows, columns, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
-        make = torch.empty if (rows, columns) == (h, w) else torch.zeros
-        out = make(batch, 1, 4 * h, 4 * w, dtype=self.model_dtype, device=keys.device)
-        out.view(batch, h, 2, 2, w, 2, 2)[:, :rows, :, :, :columns].copy_(logits)
+        logits = upscaled_logits(self._constants(dtype).upscaling, tokens.view(-1, c), hyper_in.unsqueeze(2),
+                                 batch, rows, columns, ws)
+        if (rows, columns) == (h, w):
+            return logits.to(self.model_dtype)
+        out = torch.zeros(batch, 1, 4 * h, 4 * w, dtype=self.model_dtype, device=keys.device)
+        out[..., : 4 * rows, : 4 * columns] = logits
         return out
-
-
-class _Buffers(threading.local):
-    """Scratch tensors of one thread, reused from call to call: the upscaling's intermediates are tens of
-    megabytes, and memory freshly mapped for each call costs page faults on every call."""
-
-    def __init__(self) -> None:
-        self.tensors: dict[str, torch.Tensor] = {}
-
-    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """A ``shape`` tensor of ``dtype`` on ``device``, its contents undefined."""
-        size = math.prod(shape)
-        buffer = self.tensors.get(name)
-        if buffer is None or buffer.numel() < size or buffer.dtype != dtype or buffer.device != device:
-            buffer = self.tensors[name] = torch.empty(size, dtype=dtype, device=device)
-        return buffer[:size].view(shape)
