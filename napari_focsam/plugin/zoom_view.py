@@ -46,8 +46,8 @@ class ZoomView(ControllerParts):
             del self.zooms[key]
             return None
         session = self.session()
-        if (not self.auto_zoom or session is None or self.manager is None or session.current is None or not len(prompts.points)
-                or prompts.box is not None or prompts.mask is not None or prompts.scribbles
+        if (not self.auto_zoom or session is None or self.manager is None or session.current is None
+                or not len(prompts.points) or prompts.box is not None or prompts.mask is not None or prompts.scribbles
                 or not should_zoom(session.mask, input_side=input_side(self.manager.predictor))):
             return None
         return self._zoom_job(index, object_id, prompts, None, session.mask)

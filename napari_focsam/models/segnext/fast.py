@@ -20,7 +20,6 @@ The derived weights are made on first use and remade when a parameter changes. T
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
@@ -28,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..fast_linear import PackedLinear, onednn_packing, parameter_signature
+from ..fast_linear import DerivedWeights, PackedLinear, onednn_packing
 from .attention import split_attention
 from .network import Block, ConvRelu, SegNextNet
 
@@ -74,62 +73,55 @@ class FastPromptPath:
         self.net = net
         self.dtype = dtype
         self.split = split
-        self._lock = threading.Lock()
-        self._signature: tuple | None = None
-        self._parts: dict[str, Any] = {}
+        self._parts = DerivedWeights(net, self._make_parts)
 
     def _lin(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int | None) -> PackedLinear:
         return PackedLinear(_as_linear(weight.float(), None if bias is None else bias.float()), self.dtype,
                        rows if self._pack else None)
 
     def _prepare(self) -> dict[str, Any]:
-        sig = parameter_signature(self.net)
-        if sig == self._signature:
-            return self._parts
-        with self._lock:
-            if sig == self._signature:
-                return self._parts
-            net = self.net
-            device = next(net.parameters()).device
-            self._pack = onednn_packing(device, self.dtype)
-            g = net.cfg.grid
-            n = g * g
-            parts: dict[str, Any] = {}
-            with torch.no_grad():
-                blocks = []
-                self._split = device.type == "cpu" if self.split is None else self.split
-                for b in _each(net.fusion_blocks, Block):
-                    qkv_w, qkv_b = b.attn.qkv.weight.float(), b.attn.qkv.bias.float()
-                    if self._split:  # the queries pre-scaled by head_dim ** -0.5 (1/8: exact)
-                        scale = torch.ones_like(qkv_b)
-                        scale[:net.cfg.embed_dim] = (net.cfg.embed_dim // b.attn.num_heads) ** -0.5
-                        qkv_w, qkv_b = qkv_w * scale[:, None], qkv_b * scale
-                    blocks.append((
-                        (b.norm1.weight.float(), b.norm1.bias.float(), b.norm1.eps),
-                        self._lin(qkv_w, qkv_b, n),
-                        self._lin(b.attn.proj.weight, b.attn.proj.bias, n),
-                        (b.norm2.weight.float(), b.norm2.bias.float(), b.norm2.eps),
-                        self._lin(b.mlp.fc1.weight, b.mlp.fc1.bias, n),
-                        self._lin(b.mlp.fc2.weight, b.mlp.fc2.bias, n),
-                        b.attn.num_heads))
-                parts["blocks"] = blocks
-                parts["neck"] = [self._sequence(seq, g) for seq in
-                                 (net.neck.down_4, net.neck.down_8, net.neck.down_16, net.neck.down_32)]
-                head = net.head
-                convs = _each(head.convs, ConvRelu)
-                sizes = [g * 4 // (2 ** i) for i in range(4)]
-                parts["convs"] = [self._lin(c.conv.weight.flatten(1), c.conv.bias, s * s)
-                                  for c, s in zip(convs, sizes)]
-                weight = head.fusion_conv.conv.weight.flatten(1)
-                slices = weight.split([c.conv.weight.shape[0] for c in convs], dim=1)
-                parts["fusion"] = [self._lin(w, None, s * s) for w, s in zip(slices, sizes)]
-                parts["fusion_bias"] = _bias(head.fusion_conv.conv).float()
-                parts["seg"] = (head.seg_conv.weight.flatten(1).float(), _bias(head.seg_conv).float())
-                proj = net.visual_prompts_encoder.proj  # a 16 × 16 stride-16 convolution: a linear over patches
-                parts["prompt"] = self._lin(proj.weight.flatten(1), _bias(proj), n)
-            self._parts = parts
-            self._signature = sig
-            return parts
+        return self._parts.get()
+
+    def _make_parts(self) -> dict[str, Any]:
+        net = self.net
+        device = next(net.parameters()).device
+        self._pack = onednn_packing(device, self.dtype)
+        g = net.cfg.grid
+        n = g * g
+        parts: dict[str, Any] = {}
+        with torch.no_grad():
+            blocks = []
+            self._split = device.type == "cpu" if self.split is None else self.split
+            for b in _each(net.fusion_blocks, Block):
+                qkv_w, qkv_b = b.attn.qkv.weight.float(), b.attn.qkv.bias.float()
+                if self._split:  # the queries pre-scaled by head_dim ** -0.5 (1/8: exact)
+                    scale = torch.ones_like(qkv_b)
+                    scale[:net.cfg.embed_dim] = (net.cfg.embed_dim // b.attn.num_heads) ** -0.5
+                    qkv_w, qkv_b = qkv_w * scale[:, None], qkv_b * scale
+                blocks.append((
+                    (b.norm1.weight.float(), b.norm1.bias.float(), b.norm1.eps),
+                    self._lin(qkv_w, qkv_b, n),
+                    self._lin(b.attn.proj.weight, b.attn.proj.bias, n),
+                    (b.norm2.weight.float(), b.norm2.bias.float(), b.norm2.eps),
+                    self._lin(b.mlp.fc1.weight, b.mlp.fc1.bias, n),
+                    self._lin(b.mlp.fc2.weight, b.mlp.fc2.bias, n),
+                    b.attn.num_heads))
+            parts["blocks"] = blocks
+            parts["neck"] = [self._sequence(seq, g) for seq in
+                             (net.neck.down_4, net.neck.down_8, net.neck.down_16, net.neck.down_32)]
+            head = net.head
+            convs = _each(head.convs, ConvRelu)
+            sizes = [g * 4 // (2 ** i) for i in range(4)]
+            parts["convs"] = [self._lin(c.conv.weight.flatten(1), c.conv.bias, s * s)
+                              for c, s in zip(convs, sizes)]
+            weight = head.fusion_conv.conv.weight.flatten(1)
+            slices = weight.split([c.conv.weight.shape[0] for c in convs], dim=1)
+            parts["fusion"] = [self._lin(w, None, s * s) for w, s in zip(slices, sizes)]
+            parts["fusion_bias"] = _bias(head.fusion_conv.conv).float()
+            parts["seg"] = (head.seg_conv.weight.flatten(1).float(), _bias(head.seg_conv).float())
+            proj = net.visual_prompts_encoder.proj  # a 16 × 16 stride-16 convolution: a linear over patches
+            parts["prompt"] = self._lin(proj.weight.flatten(1), _bias(proj), n)
+        return parts
 
     def _sequence(self, seq: nn.Sequential, size: int) -> list[tuple]:
         """One pyramid branch as steps on (H, W, C) maps: ("up", linear, cout), ("down", linear), ("mm", linear),
