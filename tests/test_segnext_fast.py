@@ -5,6 +5,7 @@ network's agreement with the float32 network (logits and masks) on several promp
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import pytest
@@ -14,8 +15,8 @@ import torch.nn.functional as F
 from napari_focsam.models.segnext.attention import split_attention
 from napari_focsam.models.segnext.config import SegNextConfig
 from napari_focsam.models.segnext.fast import FastPromptPath, strips
-from napari_focsam.models.segnext.pyramid import _source_rows, norm_stats
 from napari_focsam.models.segnext.network import SegNextNet
+from napari_focsam.models.segnext.pyramid import _source_rows, norm_stats
 
 #: a SegNext at full token count (4,096) with narrow channels: realistic attention, quick to run
 MID = SegNextConfig(embed_dim=192, depth=3, num_heads=3, fusion_depth=2, neck_dims=(32, 64, 128, 256),
@@ -128,7 +129,7 @@ def test_strips_cover_the_grid_in_even_rows():
     for grid, workers in [(64, 1), (64, 2), (64, 3), (64, 5), (8, 16), (2, 4)]:
         bounds = strips(grid, workers)
         assert bounds[0] == 0 and bounds[-1] == grid
-        sizes = [b - a for a, b in zip(bounds, bounds[1:])]
+        sizes = [b - a for a, b in itertools.pairwise(bounds)]
         assert all(s > 0 and s % 2 == 0 for s in sizes) and len(sizes) == min(workers, grid // 2)
         assert max(sizes) - min(sizes) <= 2
 

@@ -133,7 +133,7 @@ class ModelManager:
         with AVX512-BF16/AMX and on CUDA, else the model's dtype), within about 0.5 % of the float32 reference;
         ``encoder_dtype=torch.float32`` keeps the fast path within 1e-6 of it; ``encoder_attention="reference"``
         runs segment-anything's own blocks (bit-identical to ``SamPredictor`` in float32, or under
-        ``encoder_autocast``; passing only ``encoder_autocast`` selects the reference path as before).
+        ``encoder_autocast``; passing only ``encoder_autocast`` selects the reference path).
         The decoder: by default the fused one (``decoder="fast"``) with its products with the image tokens in the
         device's fast dtype (``decoder_upscale_dtype="auto"`` for the output upscaling and
         ``decoder_attention_dtype="auto"`` for the attention: bfloat16 on CPUs with native bfloat16, where masks stay

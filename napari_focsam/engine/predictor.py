@@ -82,3 +82,18 @@ class LoadedWeightsPredictor(Generic[W]):
     @property
     def source(self) -> str:
         return self._loaded.source
+
+
+def as_dtype(value: torch.dtype | str | None) -> torch.dtype | None:
+    """A dtype option's value: ``torch.bfloat16``, ``"bfloat16"``/``"bf16"`` (also ``fp16``, ``half``, ``fp32``,
+    ``float``, ``fp64``, ``double``), or None/``"auto"`` (None); a name of no floating-point dtype is refused."""
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    name = {"auto": None, "bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32",
+            "float": "float32", "fp64": "float64", "double": "float64"}.get(str(value), str(value))
+    if name is None:
+        return None
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"unknown dtype {value!r}; use e.g. 'float32', 'bfloat16', 'float16' or 'auto'")
+    return dtype

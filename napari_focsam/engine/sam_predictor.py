@@ -9,38 +9,30 @@ One interactive step follows the official FocSAM pipeline (``interact_test``/``i
   prompts and mask input; the refined embedding then replaces the original for this object, for every later step;
 * logits are brought to the original resolution with the model's own post-processing and thresholded at 0.
 
-Prompts that are not clicks become what SAM takes (:meth:`SamFamilyPredictor.model_inputs`):
-
-* a **region** (mask, label, filled polygons): at the step that sets or changes it, its low-resolution logits
-  (:func:`~.prompt_shapes.mask_to_low_res`, ``±mask_logit_scale``) replace the previous step's logits as the mask
-  input; at every step it adds a positive click at its deepest interior point and, for SAM (not FocSAM, which
-  never saw boxes), its bounding box unless the user gave a box;
-* a **scribble**: points sampled along it (:func:`~.prompt_shapes.sample_stroke`: one per
-  ``scribble_spacing`` × the image's longest side, at most ``scribble_points``), with the scribble's label.
-
-FocSAM thus always sees what it was fine-tuned on: clicks and a previous-logits mask input. The rule for the
-refiner does not change: it runs once, at step index 1 (the object's second step, whatever its kind), with the
-coarse logits and mask token of a pass on the original embedding with that step's prompts and mask input.
+Prompts that are not clicks (regions, scribbles) become clicks, a box and a mask input (:mod:`.sam_inputs`,
+:meth:`SamFamilyPredictor.model_inputs`). The refiner runs once, at step index 1 (the object's second step, whatever
+its kind), with the coarse logits and mask token of a pass on the original embedding with that step's prompts and
+mask input. HQ-SAM's and PA-SAM's decoders and their per-image extras: :mod:`.sam_heads`.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from ..models.decoding import DecoderOutput, decode, dense_positional_encoding, encode_prompts
+from ..models.decoding import DecoderOutput, decode, dense_positional_encoding
 from ..models.fast_decoder import FastDecoder, default_decoder_dtype
 from ..models.fast_encoder import ATTENTION_MODES, FAST_ENCODER_VERSION, FastImageEncoder, default_encoder_dtype
 from ..models.transforms import make_transform
 from ..weights.loader import LoadedModel
-from .predictor import LoadedWeightsPredictor
-from .prompt_shapes import bounding_box, deepest_point, mask_to_low_res, sample_stroke
+from .predictor import LoadedWeightsPredictor, as_dtype
+from .sam_heads import EXTRAS, decode_head, extras_payload, image_extras
+from .sam_inputs import MASK_LOGIT_SCALE, SCRIBBLE_POINTS, SCRIBBLE_SPACING, ModelInputs, SamInputs
 from .types import CancelToken, ImageEmbedding, ImageGeometry, ObjectState, Prediction, Prompts, check_cancel
 
 if TYPE_CHECKING:
@@ -48,53 +40,8 @@ if TYPE_CHECKING:
 
 #: the official ``refine_start_step``: the refiner runs at step index 1, i.e. the second click
 REFINE_STEP = 1
-#: a region prompt's logits: ±logit(0.999), the magnitude micro-sam gives its mask prompts
-MASK_LOGIT_SCALE = 6.9068
-#: scribble sampling: one point per this fraction of the image's longest side, at most SCRIBBLE_POINTS per stroke
-SCRIBBLE_SPACING = 1 / 16
-SCRIBBLE_POINTS = 6
-
-
-@dataclass(frozen=True, eq=False)
-class _Region:
-    """A region prompt as an object's state remembers it: the mask and what was derived from it once."""
-
-    mask: np.ndarray
-    point: tuple[float, float]
-    box: np.ndarray
-
-    def same(self, mask: np.ndarray) -> bool:
-        return self.mask is mask or (self.mask.shape == mask.shape and np.array_equal(self.mask, mask))
-
-
-#: the per-image extra tensor each decoder head needs, and its payload version (part of the fingerprint)
-_EXTRAS = {"hq": ("hq_features", 1), "pa": ("pa_guide", 1)}
-
-
-def extras_payload(head: str) -> str:
-    """The name of the per-image extra a decoder head reads from the embedding ('' for SAM's plain decoder).
-
-    HQ-SAM: ``"hq_features"``, (1, 32, 256, 256), ``embedding_encoder(embedding) + compress_vit_feat(early ViT
-    features)``, which no prompt changes (8 MiB in float32; the early features themselves would be 12-20 MiB).
-    PA-SAM: ``"pa_guide"``, (1, 256, 64, 64), the guiding branch's embedding of the preprocessed image (4 MiB).
-    """
-    return _EXTRAS[head][0] if head in _EXTRAS else ""
-
-
-def _as_dtype(value: torch.dtype | str | None) -> torch.dtype | None:
-    """``torch.bfloat16``, ``"bfloat16"``/``"bf16"``, or None/``"auto"`` (None)."""
-    if value is None or isinstance(value, torch.dtype):
-        return value
-    name = {"auto": None, "bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32",
-            "float": "float32", "fp64": "float64", "double": "float64"}.get(str(value), str(value))
-    if name is None:
-        return None
-    dtype = getattr(torch, name, None)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"unknown dtype {value!r}; use e.g. 'float32', 'bfloat16', 'float16' or 'auto'")
-    return dtype
-
-
+__all__ = ["MASK_LOGIT_SCALE", "REFINE_STEP", "SCRIBBLE_POINTS", "SCRIBBLE_SPACING", "SamFamilyPredictor",
+           "extras_payload"]
 class SamFamilyPredictor(LoadedWeightsPredictor[LoadedModel]):
     """A SAM or FocSAM model on one device, in one dtype; stateless between calls and safe to share by threads.
 
@@ -122,8 +69,8 @@ class SamFamilyPredictor(LoadedWeightsPredictor[LoadedModel]):
     ``decoder_autocast=torch.bfloat16`` runs all of it under autocast instead (further from float32). All are off
     here (None: the model's dtype throughout); ``benchmarks/bench_engine.py`` measures speed and mask agreement.
 
-    Passing ``encoder_autocast`` without ``encoder_attention`` selects the reference path, as before these options
-    existed. The choice is part of :attr:`fingerprint`, so embeddings of different numerics never share a cache key.
+    Passing ``encoder_autocast`` without ``encoder_attention`` selects the reference path. The choice is part of
+    :attr:`fingerprint`, so embeddings of different numerics never share a cache key.
     """
 
     is_fallback = False
@@ -146,9 +93,6 @@ class SamFamilyPredictor(LoadedWeightsPredictor[LoadedModel]):
         preprocessing: str | None = None,
     ) -> None:
         self._loaded = loaded
-        self.mask_logit_scale = float(mask_logit_scale)
-        self.scribble_spacing = float(scribble_spacing)
-        self.scribble_points = int(scribble_points)
         self.model = loaded.model
         spec = loaded.spec
         self.spec = spec
@@ -160,10 +104,13 @@ class SamFamilyPredictor(LoadedWeightsPredictor[LoadedModel]):
         self.transform = make_transform(preprocessing or spec.preprocessing, self.model.input_size)
         param = next(self.model.parameters())
         self._device, self.dtype = param.device, param.dtype
+        #: the prompts' conversion into model inputs (regions, scribbles: see :mod:`.sam_inputs`)
+        self.inputs = SamInputs(self.transform, self._device, self.dtype, self.supports_boxes,
+                                float(mask_logit_scale), float(scribble_spacing), int(scribble_points))
         attention = encoder_attention or "reference"
         if attention not in ATTENTION_MODES:
             raise ValueError(f"encoder_attention must be one of {ATTENTION_MODES}, got {encoder_attention!r}")
-        dtype = _as_dtype(encoder_dtype)
+        dtype = as_dtype(encoder_dtype)
         self.fast_encoder: FastImageEncoder | None = None
         if attention == "fast":
             if encoder_autocast is not None:
@@ -200,17 +147,32 @@ class SamFamilyPredictor(LoadedWeightsPredictor[LoadedModel]):
         """The dtype asked for by one of the fast decoder's precision options (None: the model's)."""
         if value == "auto":
             return default_decoder_dtype(self._device, self.dtype) if self.decoder == "fast" else None
-        dtype = _as_dtype(value)
+        dtype = as_dtype(value)
         if dtype is not None and self.decoder != "fast":
             raise ValueError(f"{option} applies to decoder='fast'")
         return dtype
 
     @property
+    def mask_logit_scale(self) -> float:
+        """The magnitude of a region prompt's logits."""
+        return self.inputs.mask_logit_scale
+
+    @property
+    def scribble_spacing(self) -> float:
+        """One point sampled per this fraction of the image's longest side along a scribble."""
+        return self.inputs.scribble_spacing
+
+    @property
+    def scribble_points(self) -> int:
+        """At most this many points sampled along one scribble."""
+        return self.inputs.scribble_points
+
+    @property
     def encoder_numerics(self) -> str:
         """The encoder's numerics, as they appear in :attr:`fingerprint`.
 
-        ``float32`` / ``bfloat16`` (reference path, model dtype or autocast dtype: the strings used before the fast
-        path existed, so existing caches stay valid) or ``fast1-bfloat16`` (the fast path, its version and dtype).
+        ``float32`` / ``bfloat16`` (reference path: the model's dtype or the autocast dtype, no version) or
+        ``fast1-bfloat16`` (the fast path, its version and dtype).
         """
         if self.fast_encoder is not None:
             return f"fast{FAST_ENCODER_VERSION}-{str(self.fast_encoder.dtype).replace('torch.', '')}"
@@ -219,9 +181,9 @@ class SamFamilyPredictor(LoadedWeightsPredictor[LoadedModel]):
     @property
     def fingerprint(self) -> str:
         base = f"{self.name}|weights={self._loaded.weights_id}|{self.transform.name}|encoder={self.encoder_numerics}"
-        if self.head not in _EXTRAS:
+        if self.head not in EXTRAS:
             return base
-        name, version = _EXTRAS[self.head]
+        name, version = EXTRAS[self.head]
         return f"{base}|extras={name}-v{version}"
 
     # ------------------------------------------------------------------ embedding
@@ -246,18 +208,11 @@ class SamFamilyPredictor(LoadedWeightsPredictor[LoadedModel]):
             else:
                 features, early = self._encode(x, cancel)
             features = features.to(self.dtype)
-            if self.head == "hq":
-                from ..models.hq_decoder import hq_image_features
-
+            if self.head in EXTRAS:
                 check_cancel(cancel)
-                assert early is not None  # wanted for HQ-SAM
-                extras = {"hq_features": hq_image_features(self.model.mask_decoder, features, early).to(self.dtype)}
+                extras = image_extras(self.head, self.model.mask_decoder, features, early, x)
+                assert extras is not None  # a head with extras
                 return features, geometry, extras
-            if self.head == "pa":
-                from ..models.pa_decoder import guiding_features
-
-                check_cancel(cancel)
-                return features, geometry, {"pa_guide": guiding_features(self.model.mask_decoder, x).to(self.dtype)}
         return features, geometry
 
     def _encode(self, x: torch.Tensor, cancel: CancelToken | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -293,8 +248,8 @@ class SamFamilyPredictor(LoadedWeightsPredictor[LoadedModel]):
         check_cancel(cancel)
         timings: dict[str, float] = {}
         with torch.inference_mode():
-            points, labels, box, mask_input, region = self._model_inputs(prompts, geometry, state)
-            sparse, dense = self._encode_prompts(points, labels, box, geometry, mask_input)
+            inputs = self._model_inputs(prompts, geometry, state)
+            sparse, dense = self.inputs.encode(self.model.prompt_encoder, [inputs], geometry)
             refine_now = self.uses_refiner and state.features is None and state.step == REFINE_STEP
             features = state.features
             start = time.perf_counter()
@@ -318,7 +273,7 @@ class SamFamilyPredictor(LoadedWeightsPredictor[LoadedModel]):
             start = time.perf_counter()
             mask = (self.transform.logits_to_original(out.logits, geometry) > 0)[0, 0].cpu().numpy()
             timings["postprocess"] = time.perf_counter() - start
-        next_state = ObjectState(logits=out.logits, features=features, step=state.step + 1, extra=region)
+        next_state = ObjectState(logits=out.logits, features=features, step=state.step + 1, extra=inputs.region)
         return Prediction(mask=mask, state=next_state, score=float(out.iou[0, 0]), timings=timings)
 
     def predict_variants(
@@ -341,19 +296,11 @@ class SamFamilyPredictor(LoadedWeightsPredictor[LoadedModel]):
         if first.box is not None and not self.supports_boxes:
             raise ValueError(f"{self.display_name} takes clicks only (it was never trained with boxes)")
         inputs = [self._model_inputs(p, geometry, state) for p in variants]
-        if any(len(i[0]) != len(inputs[0][0]) or (i[2] is None) != (inputs[0][2] is None) for i in inputs):
+        if any(len(i.points) != len(inputs[0].points) or (i.box is None) != (inputs[0].box is None) for i in inputs):
             raise ValueError("the prompt sets of one batch must give as many clicks and all or no box")
         check_cancel(cancel)
-        coords = labels = boxes = None
         with torch.inference_mode():
-            if len(inputs[0][0]):
-                xy = np.stack([self.transform.points_to_input(i[0], geometry) for i in inputs])
-                coords = torch.as_tensor(xy, dtype=torch.float32, device=self.device)
-                labels = torch.as_tensor(np.stack([i[1] for i in inputs]), device=self.device)
-            if inputs[0][2] is not None:
-                corners = np.stack([self.transform.box_to_input(i[2], geometry) for i in inputs if i[2] is not None])
-                boxes = torch.as_tensor(corners, dtype=torch.float32, device=self.device)
-            sparse, dense = encode_prompts(self.model.prompt_encoder, coords, labels, boxes, inputs[0][3])
+            sparse, dense = self.inputs.encode(self.model.prompt_encoder, inputs, geometry)
             features = embedding.features if state.features is None else state.features
             if self.head == "pa":  # PA-SAM's decoder takes one prompt set at a time, as the official one
                 logits = torch.cat([self._decode(features, sparse[i : i + 1], dense, embedding.extras).logits
@@ -391,68 +338,21 @@ class SamFamilyPredictor(LoadedWeightsPredictor[LoadedModel]):
         """The clicks (y, x), labels, box and mask input that the model gets for ``prompts`` (see the module)."""
         return self._model_inputs(prompts, geometry, state)[:4]
 
-    def _model_inputs(
-        self, prompts: Prompts, geometry: ImageGeometry, state: ObjectState
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, torch.Tensor | None, _Region | None]:
-        points, labels = [], []
-        box = prompts.box
-        mask_input = state.logits
-        region = None
-        if prompts.mask is not None:
-            mask = prompts.mask
-            if tuple(mask.shape) != tuple(geometry.original_size):
-                raise ValueError(f"the mask prompt is {mask.shape}, the image {tuple(geometry.original_size)}")
-            region = state.extra if isinstance(state.extra, _Region) and state.extra.same(mask) else None
-            if region is None:  # set or changed at this step: its logits replace the previous ones
-                region = _Region(mask, deepest_point(mask), bounding_box(mask))
-                mask_input = mask_to_low_res(mask, geometry, self.mask_logit_scale, device=self.device,
-                                             dtype=self.dtype)
-            points.append(np.array([region.point]))
-            labels.append(np.ones(1, np.int64))
-            if box is None and self.supports_boxes:
-                box = region.box
-        spacing = self.scribble_spacing * max(geometry.original_size)
-        for scribble in prompts.scribbles:
-            sampled = sample_stroke(scribble.points, spacing, self.scribble_points)
-            points.append(sampled)
-            labels.append(np.full(len(sampled), int(scribble.positive), np.int64))
-        points.append(prompts.points)
-        labels.append(prompts.labels)
-        return np.concatenate(points).reshape(-1, 2), np.concatenate(labels), box, mask_input, region
+    def _model_inputs(self, prompts: Prompts, geometry: ImageGeometry, state: ObjectState) -> ModelInputs:
+        return self.inputs.model_inputs(prompts, geometry, state)
 
     def _decode_head(self, features: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
                      extras: Mapping[str, torch.Tensor]) -> DecoderOutput:
-        """HQ-SAM's or PA-SAM's decoder, single-mask output (SAM's token 0 plus the HQ mask / PA's token 0)."""
-        needed = extras_payload(self.head)
-        if needed not in extras:
-            raise ValueError(f"this embedding has no {needed!r}: it was not computed by {self.display_name} "
-                             f"(its extras: {sorted(extras) or 'none'})")
-        if self.head == "hq":
-            from ..models.hq_decoder import decode_hq
-
-            upscale = self.decoder_upscale_dtype if self.decoder_upscale_dtype != self.dtype else None
-            if upscale is not None and self.device.type == "cpu" and not torch.backends.mkldnn.enabled:
-                upscale = None  # torch's generic bfloat16 convolution is far slower than float32
-            hq = decode_hq(self.model.mask_decoder, features, extras[needed], self._image_pe, sparse, dense,
-                           hq_token_only=self.hq_token_only, upscale_dtype=upscale, fast=self._fast_decoder)
-            return DecoderOutput(logits=hq.logits, iou=hq.iou, token=hq.token)
-        from ..models.pa_decoder import decode_pa
-
-        out = decode_pa(self.model.mask_decoder, self.model.prompt_encoder, features, extras[needed],
-                        self._image_pe, sparse, dense)
-        return DecoderOutput(logits=out.logits, iou=out.iou[:, :1], token=out.hs[:, 1:2])
+        """HQ-SAM's or PA-SAM's decoder, single-mask output (:func:`~.sam_heads.decode_head`)."""
+        upscale = self.decoder_upscale_dtype if self.decoder_upscale_dtype != self.dtype else None
+        return decode_head(self.head, self.model, self._image_pe, features, sparse, dense, extras,
+                           display_name=self.display_name, hq_token_only=self.hq_token_only, upscale_dtype=upscale,
+                           fast=self._fast_decoder)
 
     def _encode_prompts(
         self, points: np.ndarray, labels: np.ndarray, box: np.ndarray | None, geometry: ImageGeometry,
         mask_input: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        coords = label_tensor = boxes = None
-        if len(points):
-            xy = self.transform.points_to_input(points, geometry)
-            # float32, as both official codes
-            coords = torch.as_tensor(xy, dtype=torch.float32, device=self.device)[None]
-            label_tensor = torch.tensor(labels, device=self.device)[None]
-        if box is not None:
-            boxes = torch.as_tensor(self.transform.box_to_input(box, geometry), dtype=torch.float32,
-                                    device=self.device)[None]
-        return encode_prompts(self.model.prompt_encoder, coords, label_tensor, boxes, mask_input)
+        """The sparse and dense prompt embeddings of one prompt set (:meth:`~.sam_inputs.SamInputs.encode`)."""
+        inputs = ModelInputs(points, labels, box, mask_input, None)
+        return self.inputs.encode(self.model.prompt_encoder, [inputs], geometry)

@@ -344,6 +344,15 @@ class TiledObject:
                 return self.current.mask
             return self.current.undo()
 
+    @property
+    def can_undo(self) -> bool:
+        """Whether :meth:`undo` has a step to go back to (on this view, or back to a view left)."""
+        return self.current is not None and (self.current.session.can_undo or bool(self._left))
+
+    @property
+    def can_redo(self) -> bool:
+        return self.current is not None and (self.current.session.can_redo or bool(self._undone))
+
     def redo(self) -> ViewMask | None:
         with self._lock:
             if self.current is None:

@@ -1,7 +1,7 @@
 """A faster forward pass of segment-anything's ``ImageEncoderViT``: the same function of the same parameters.
 
 :class:`FastImageEncoder` wraps an ``ImageEncoderViT`` without touching it (its modules and ``state_dict`` stay as
-they are, so official checkpoints load as before) and computes ``ImageEncoderViT.forward`` differently:
+they are, so official checkpoints load unchanged) and computes ``ImageEncoderViT.forward`` differently:
 
 * **Attention** goes through ``F.scaled_dot_product_attention`` (a fused kernel: the ``heads x L x L`` logits and
   their softmax are never materialised, where segment-anything holds both in float32). SAM's decomposed
@@ -33,7 +33,6 @@ and on CUDA devices that support it, float16 on older CUDA devices, and the mode
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, cast
@@ -43,7 +42,7 @@ import torch.nn.functional as F
 from segment_anything.modeling.image_encoder import ImageEncoderViT, get_rel_pos
 from torch import nn
 
-from .fast_linear import PackedLinear, cpu_has_fast_bf16, onednn_packing, parameter_signature
+from .fast_linear import DerivedWeights, PackedLinear, cpu_has_fast_bf16, onednn_packing
 
 #: the attention implementations of :class:`~napari_focsam.engine.sam_predictor.SamFamilyPredictor`
 ATTENTION_MODES = ("fast", "reference")
@@ -112,9 +111,7 @@ class FastImageEncoder:
             raise ValueError(f"encoder dtype must be a floating point dtype, got {self.dtype}")
         self.stat_dtype = _stat_dtype(self.dtype)
         self.mask_budget = int(mask_budget)
-        self._lock = threading.Lock()
-        self._signature: tuple | None = None
-        self._blocks: list[_Block] = []
+        self._blocks = DerivedWeights(encoder, self._make_blocks)
         self._tables: dict[tuple, object] = {}
 
     # ------------------------------------------------------------------ derived parameters
@@ -123,43 +120,38 @@ class FastImageEncoder:
         self._prepare()
 
     def _prepare(self) -> list[_Block]:
-        signature = parameter_signature(self.encoder)
-        if signature == self._signature:
-            return self._blocks
-        with self._lock:
-            if signature == self._signature:
-                return self._blocks
-            blocks = []
-            device = self.encoder.pos_embed.device if self.encoder.pos_embed is not None else next(
-                self.encoder.parameters()).device
-            pack = onednn_packing(device, self.dtype)
-            grid = self.encoder.patch_embed.proj.stride
-            tokens = (self.encoder.img_size // grid[0]) * (self.encoder.img_size // grid[1])
-            with torch.no_grad():
-                for blk in self.encoder.blocks:
-                    attn = blk.attn
-                    rows = tokens if pack else None
-                    use_rel = getattr(attn, "use_rel_pos", False)
-                    blocks.append(_Block(
-                        norm1=(blk.norm1.weight.detach().to(self.stat_dtype),
-                               blk.norm1.bias.detach().to(self.stat_dtype), blk.norm1.eps),
-                        norm2=(blk.norm2.weight.detach().to(self.stat_dtype),
-                               blk.norm2.bias.detach().to(self.stat_dtype), blk.norm2.eps),
-                        qkv=PackedLinear(attn.qkv, self.dtype, rows),
-                        proj=PackedLinear(attn.proj, self.dtype, rows),
-                        fc1=PackedLinear(blk.mlp.lin1, self.dtype, rows),
-                        fc2=PackedLinear(blk.mlp.lin2, self.dtype, rows),
-                        rel_pos_h=attn.rel_pos_h.detach().to(self.stat_dtype) if use_rel else None,
-                        rel_pos_w=attn.rel_pos_w.detach().to(self.stat_dtype) if use_rel else None,
-                        num_heads=attn.num_heads,
-                        window_size=blk.window_size,
-                    ))
-                    if not isinstance(blk.mlp.act, nn.GELU) or blk.mlp.act.approximate != "none":
-                        raise NotImplementedError("the fast encoder path implements SAM's exact GELU MLP only")
-            self._blocks = blocks
-            self._tables = {}
-            self._signature = signature
-            return blocks
+        return self._blocks.get()
+
+    def _make_blocks(self) -> list[_Block]:
+        blocks = []
+        device = self.encoder.pos_embed.device if self.encoder.pos_embed is not None else next(
+            self.encoder.parameters()).device
+        pack = onednn_packing(device, self.dtype)
+        grid = self.encoder.patch_embed.proj.stride
+        tokens = (self.encoder.img_size // grid[0]) * (self.encoder.img_size // grid[1])
+        with torch.no_grad():
+            for blk in self.encoder.blocks:
+                attn = blk.attn
+                rows = tokens if pack else None
+                use_rel = getattr(attn, "use_rel_pos", False)
+                blocks.append(_Block(
+                    norm1=(blk.norm1.weight.detach().to(self.stat_dtype),
+                           blk.norm1.bias.detach().to(self.stat_dtype), blk.norm1.eps),
+                    norm2=(blk.norm2.weight.detach().to(self.stat_dtype),
+                           blk.norm2.bias.detach().to(self.stat_dtype), blk.norm2.eps),
+                    qkv=PackedLinear(attn.qkv, self.dtype, rows),
+                    proj=PackedLinear(attn.proj, self.dtype, rows),
+                    fc1=PackedLinear(blk.mlp.lin1, self.dtype, rows),
+                    fc2=PackedLinear(blk.mlp.lin2, self.dtype, rows),
+                    rel_pos_h=attn.rel_pos_h.detach().to(self.stat_dtype) if use_rel else None,
+                    rel_pos_w=attn.rel_pos_w.detach().to(self.stat_dtype) if use_rel else None,
+                    num_heads=attn.num_heads,
+                    window_size=blk.window_size,
+                ))
+                if not isinstance(blk.mlp.act, nn.GELU) or blk.mlp.act.approximate != "none":
+                    raise NotImplementedError("the fast encoder path implements SAM's exact GELU MLP only")
+        self._tables = {}
+        return blocks
 
     def _table(self, key: tuple, make: Callable[[], object]) -> object:
         table = self._tables.get(key)

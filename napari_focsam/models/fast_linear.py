@@ -2,10 +2,15 @@
 
 A :class:`PackedLinear` holds one derived copy of an ``nn.Linear``'s weight in the compute dtype, pre-packed for
 oneDNN's matmul where :func:`onednn_packing` says so (bfloat16 on a CPU with native bfloat16 instructions), with
-GELU optionally fused into the matmul; :func:`parameter_signature` tells when such derived copies must be remade.
+GELU optionally fused into the matmul; :func:`parameter_signature` tells when such derived copies must be remade, and
+:class:`DerivedWeights` remakes them then.
 """
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +41,31 @@ def parameter_signature(module: nn.Module) -> tuple:
             version = -1
         sig.append((p.data_ptr(), version, p.dtype, p.device))
     return tuple(sig)
+
+
+T = TypeVar("T")
+
+
+class DerivedWeights(Generic[T]):
+    """What ``make`` derives from ``module``'s parameters, made on first use and made again when they change
+    (:func:`parameter_signature`); thread-safe: made once per change, under a lock."""
+
+    def __init__(self, module: nn.Module, make: Callable[[], T]) -> None:
+        self.module = module
+        self._make = make
+        self._lock = threading.Lock()
+        self._current: tuple[tuple, T] | None = None  # (signature, derived), replaced as one
+
+    def get(self) -> T:
+        signature = parameter_signature(self.module)
+        current = self._current
+        if current is not None and current[0] == signature:
+            return current[1]
+        with self._lock:
+            current = self._current
+            if current is None or current[0] != signature:
+                current = self._current = (signature, self._make())
+            return current[1]
 
 
 def onednn_packing(device: torch.device, dtype: torch.dtype) -> bool:

@@ -221,19 +221,12 @@ def select_windows(cell_mask: torch.Tensor, grid: WindowGrid) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class WindowSelection:
-    """The selected windows of a batch, as indices into a flattened ``(B * Hp * Wp, C)`` channel-last canvas.
+    """The selected windows of a batch, as indices into a flattened ``(B * Hp * Wp, C)`` channel-last canvas."""
 
-    Attributes:
-        selected: ``(B, num_windows)`` boolean selection.
-        batch_index: ``(n,)`` sample of each selected window, in ``(b, window)`` row-major order.
-        window_index: ``(n,)`` window id of each selected window.
-        token_index: ``(n * window_size**2,)`` flat canvas row of every token of the selected windows.
-    """
-
-    selected: torch.Tensor
-    batch_index: torch.Tensor
-    window_index: torch.Tensor
-    token_index: torch.Tensor
+    selected: torch.Tensor  #: ``(B, num_windows)`` boolean selection
+    batch_index: torch.Tensor  #: ``(n,)`` sample of each selected window, in ``(b, window)`` row-major order
+    window_index: torch.Tensor  #: ``(n,)`` window id of each selected window
+    token_index: torch.Tensor  #: ``(n * window_size**2,)`` flat canvas row of every token of the selected windows
 
     @property
     def count(self) -> int:
@@ -250,23 +243,14 @@ class WindowSelection:
 
 @dataclass(frozen=True)
 class FocusPlan:
-    """Everything the refiner needs to know about where to work, for one batch.
+    """Everything the refiner needs to know about where to work, for one batch."""
 
-    Attributes:
-        boxes: the expanded focus box of each sample, in input-frame pixels.
-        cell_mask: ``(B, h, w)`` embedding cells touched by the boxes.
-        plain: windows selected in the plain partition (even blocks).
-        shifted: windows selected in the half-window-shifted partition (odd blocks).
-        plain_grid: the plain partition.
-        shifted_grid: the shifted partition.
-    """
-
-    boxes: list[BBox]
-    cell_mask: torch.Tensor
-    plain: WindowSelection
-    shifted: WindowSelection
-    plain_grid: WindowGrid
-    shifted_grid: WindowGrid
+    boxes: list[BBox]  #: the expanded focus box of each sample, in input-frame pixels
+    cell_mask: torch.Tensor  #: ``(B, h, w)`` embedding cells touched by the boxes
+    plain: WindowSelection  #: windows selected in the plain partition (even blocks)
+    shifted: WindowSelection  #: windows selected in the half-window-shifted partition (odd blocks)
+    plain_grid: WindowGrid  #: the plain partition
+    shifted_grid: WindowGrid  #: the shifted partition
 
 
 def plan_focus(

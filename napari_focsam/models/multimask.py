@@ -24,6 +24,7 @@ import torch
 from segment_anything.modeling import MaskDecoder
 
 from .fast_decoder import FastDecoder
+from .fast_upscaling import upscaled_logits
 
 __all__ = ["decode_multimask_fast", "decode_multimask_reference"]
 
@@ -59,14 +60,8 @@ def decode_multimask_fast(
     batch = sparse.shape[0]
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
     _, c, h, w = image_embeddings.shape
-    hs, keys, keys_low, folded = fast._run(image_embeddings, sparse, dense, output_tokens, _KEPT)
-    upscaling = fast._upscaling_now
-    dtype = upscaling.dtype
-    if folded:
-        keys = keys_low if keys_low is not None and keys_low.dtype == dtype else keys
-        rows = keys.to(dtype).transpose(1, 2).reshape(batch * h * w, c)
-    else:
-        rows = keys.to(dtype).reshape(batch * h * w, c)
+    result = fast.run(image_embeddings, sparse, dense, output_tokens, _KEPT)
+    hs, rows = result.hs, fast.token_rows(result)
     iou = decoder.iou_prediction_head(hs[:, 0, :])[:, 1:4]
     wanted = torch.ones_like(iou, dtype=torch.bool) if keep is None else keep(iou)
     flat = torch.nonzero(wanted.flatten())[:, 0]
@@ -77,25 +72,9 @@ def decode_multimask_fast(
         [decoder.output_hypernetworks_mlps[i](hs[sets, i, :]) for i in range(1, 4)], dim=2
     )  # (S, c', 3): mask token i's hypernetwork MLP on its final embedding
     if len(sets) < batch:
-        rows = rows.view(batch, h * w, c)[sets].reshape(-1, c)
-    logits = _upscaled_logits(upscaling, rows, hyper, len(sets), h, w)  # (S, 3, 4h, 4w)
+        rows = rows.reshape(batch, h * w, c)[sets].reshape(-1, c)
+    logits = upscaled_logits(fast.upscaling_now, rows, hyper, len(sets), h, w)  # (S, 3, 4h, 4w)
     position = torch.full((batch,), -1, dtype=torch.long, device=iou.device)
     position[sets] = torch.arange(len(sets), device=iou.device)
     selected = logits[position[flat // 3], flat % 3]
     return selected.to(hs.dtype), iou, flat
-
-
-def _upscaled_logits(upscaling, rows: torch.Tensor, hyper: torch.Tensor, batch: int, h: int, w: int) -> torch.Tensor:
-    """``output_upscaling`` on (B * h * w, C) token rows (two 2x2 stride-2 transposed convolutions as GEMMs, see
-    :class:`~napari_focsam.models.fast_decoder.FastDecoder`) contracted with (B, c', M) hypernetwork vectors:
-    (B, M, 4h, 4w) logits."""
-    matrix, bias, out = upscaling.first
-    x = torch.addmm(bias, rows, matrix).view(-1, out)  # rows (b, i, j, a1, b1)
-    weight, norm_bias, eps = upscaling.norm
-    x = torch.nn.functional.gelu(torch.nn.functional.layer_norm(x, (out,), weight, norm_bias, eps))
-    matrix, bias, out = upscaling.second
-    x = torch.nn.functional.gelu(torch.addmm(bias, x, matrix))  # rows (b, i, j, a1, b1), columns (a2, b2, c)
-    masks = hyper.shape[2]
-    logits = torch.bmm(x.view(batch, -1, out), hyper.to(x.dtype))  # (B, h*w*2*2*2*2, M)
-    logits = logits.view(batch, h, w, 2, 2, 2, 2, masks).permute(0, 7, 1, 3, 5, 2, 4, 6)
-    return logits.reshape(batch, masks, 4 * h, 4 * w)

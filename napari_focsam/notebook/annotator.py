@@ -9,8 +9,11 @@ in the job runner's threads and sent from there, under one lock, as soon as they
 Messages from the browser are ``{"type": ...}`` dicts: ``hello`` (send everything), ``click`` (``y, x, positive,
 seq``), ``box`` (``y0, x0, y1, x1, seq``), ``undo``, ``redo``, ``commit``, ``cancel``, ``reopen``, ``delete``,
 ``select`` (``label``), ``slice`` (``z``), ``contrast`` (``low, high``), ``overwrite`` (``on``), ``stability``
-(``on``), ``load`` (``model, device, precision``). A refused request (a click outside the image, a box for a
-click-only model, ...) becomes a message in the widget, never an exception in the notebook.
+(``on``), ``load`` (``model, device, precision``), ``refine`` (refine detail: zoom on the current object),
+``auto_zoom`` (``on``), ``channels`` (``channels``: indices along the channel axis), ``window`` (``y, x``: centre
+the shown window there). A refused request (a click
+outside the image, a box for a click-only model, ...) becomes a message in the widget,
+never an exception in the notebook.
 """
 
 from __future__ import annotations
@@ -26,11 +29,15 @@ import anywidget
 import numpy as np
 import traitlets
 
+from ..engine.channels import ChannelMix
 from ..engine.manager import PRECISIONS, ModelManager
 from ..engine.stability import Jitter, Stability
+from ..engine.work import TileSettings
 from ..weights.registry import REGISTRY
+from .annotator_views import AnnotatorViews, tile_settings
 from .controller import NotebookController
-from .source import ImageSource, check_labels
+from .geometry import Geometry
+from .source import ImageSource, check_labels, read_labels, write_labels
 
 STATIC = Path(__file__).parent / "static"
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -47,9 +54,11 @@ class ObjectInfo:
     current: bool  #: the object being annotated now (not committed yet)
     #: the ST of its latest mask while the stability display was on (:meth:`Annotator.show_stability`), else None
     stability: float | None = None
+    #: its area (2D) or volume (stack) in world units: pixels × the world size of a pixel (``scale``, ``affine``)
+    size: float = 0.0
 
 
-class Annotator(anywidget.AnyWidget):
+class Annotator(anywidget.AnyWidget, AnnotatorViews):
     """Annotate ``image`` object by object with ``model`` (a name, or a :class:`ModelManager`; default: the most
     accurate cached model, else the weight-free fallback).
 
@@ -58,6 +67,14 @@ class Annotator(anywidget.AnyWidget):
     after every commit and delete, and read back when it exists (so a kernel restart loses no committed object).
     ``contrast_limits``: (low, high) for gray images (default: 8-bit as is, else the 0.5-99.5 percentiles); what the
     widget shows is what the model sees. Further keywords go to :meth:`ModelManager.load`.
+
+    Microscopy (see ``docs/notebook.md``): ``scale``, ``translate`` (one value per spatial axis: (y, x), or
+    (z, y, x) for a stack) and ``affine`` place the pixels in the world (``units`` names them); the canvas shows the
+    true proportions and clicks can be given in world units (``click(..., world=True)``). ``channel_axis`` (and
+    ``channels``: indices or a :class:`ChannelMix`) mixes a multi-channel image into the model's input. ``tiles``
+    (a :class:`TileSettings`, True, False; None: automatic) annotates large slices in tiles; ``auto_zoom`` decodes a
+    small object on its zoom after its first click. A slice larger than 4,096 px is shown through a window of
+    ``window_side`` px (default 1,024) that an overview moves (:attr:`window`).
     """
 
     _esm = STATIC / "annotator.js"
@@ -68,6 +85,9 @@ class Annotator(anywidget.AnyWidget):
     def __init__(self, image: Any, model: str | ModelManager | None = None, *, labels: Any = None,
                  rgb: bool | None = None, contrast_limits: tuple[float, float] | None = None, device: str = "auto",
                  precision: str = "fast", save_to: str | os.PathLike | None = None, display_width: int = 0,
+                 scale: Any = None, translate: Any = None, affine: Any = None, units: str = "",
+                 channel_axis: int | None = None, channels: ChannelMix | Any = None,
+                 tiles: TileSettings | bool | None = None, auto_zoom: bool = True, window_side: int | None = None,
                  **load_kwargs: Any) -> None:
         super().__init__(display_width=int(display_width))
         self._send_lock = threading.Lock()
@@ -79,12 +99,15 @@ class Annotator(anywidget.AnyWidget):
         self.error: str | None = None
         self.on_msg(self._on_message)
         try:
-            source = ImageSource.of(image, rgb)
+            source = ImageSource.of(image, rgb, channel_axis, channels)
+            geometry = Geometry.of(3 if source.depth else 2, scale, translate, affine, units)
             initial = self._initial_labels(labels, source)
-            self.controller = NotebookController(source, self._post, initial, contrast_limits)
+            self.controller = NotebookController(source, self._post, initial, contrast_limits, geometry,
+                                                 tile_settings(tiles), window_side)
         except (ValueError, OSError) as exc:
             self.error = str(exc)
             return
+        self.controller.auto_zoom = bool(auto_zoom)
         self.controller.on_committed = self._committed
         if model is None:
             from ..weights.preference import best_cached_model
@@ -106,13 +129,14 @@ class Annotator(anywidget.AnyWidget):
         controller = self._ready()
         with controller._lock:
             labels = controller.labels
+            voxel = controller.geometry.voxel
             ids, counts = np.unique(labels[labels != 0], return_counts=True)
             out = []
             for label, count in zip(ids.tolist(), counts.tolist()):
                 slices = (tuple(int(z) for z in np.flatnonzero((labels == label).any(axis=(1, 2))))
                           if labels.ndim == 3 else ())
                 out.append(ObjectInfo(int(label), int(count), slices, int(label) == controller.object_id,
-                                      controller.stabilities.get(int(label))))
+                                      controller.stabilities.get(int(label)), float(count) * voxel))
             return out
 
     @property
@@ -139,15 +163,19 @@ class Annotator(anywidget.AnyWidget):
     def slice(self, z: int) -> None:
         self._ready().set_slice(z)
 
-    def click(self, y: float, x: float, positive: bool = True) -> None:
-        """A click at pixel (y, x) of the shown slice; the mask follows in a job thread (:meth:`wait` waits).
+    def click(self, y: float, x: float, positive: bool = True, *, world: bool = False) -> None:
+        """A click at pixel (y, x) of the shown slice (``world``: at world y, x on it, in the units of ``scale``);
+        the mask follows in a job thread (:meth:`wait` waits).
 
         Unlike mouse clicks, which coalesce while a job runs (the latest wins), each click from Python starts
         after the object's previous one is computed, so every click is its own undo step."""
+        y, x = self._plane_pixels((y, x), world)
         self._settle_current().click(y, x, positive)
 
-    def box(self, y0: float, x0: float, y1: float, x1: float) -> None:
-        """The current object's box on the shown slice (models that take boxes), as one step."""
+    def box(self, y0: float, x0: float, y1: float, x1: float, *, world: bool = False) -> None:
+        """The current object's box on the shown slice (models that take boxes), as one step; corners in pixels
+        (``world``: world units, the box then covers both corners' pixels)."""
+        y0, x0, y1, x1 = self._plane_pixels((y0, x0, y1, x1), world)
         self._settle_current().box(y0, x0, y1, x1)
 
     def undo(self) -> None:
@@ -232,21 +260,7 @@ class Annotator(anywidget.AnyWidget):
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the labels to ``path`` (``.tif``/``.tiff`` or ``.npy``), atomically (a ``.partial`` file first)."""
-        path = Path(path)
-        labels = self.labels
-        suffix = path.suffix.lower()
-        if suffix not in (".tif", ".tiff", ".npy"):
-            raise ValueError(f"save labels as .tif, .tiff or .npy, not {path.name!r}")
-        partial = path.with_name(path.name + ".partial")
-        if suffix == ".npy":
-            with open(partial, "wb") as handle:
-                np.save(handle, labels)
-        else:
-            import tifffile
-
-            tifffile.imwrite(partial, labels, compression="zlib")
-        os.replace(partial, path)
-        return path
+        return write_labels(path, self.labels)
 
     def close(self) -> None:
         """Stop the job threads and close the widget."""
@@ -266,13 +280,7 @@ class Annotator(anywidget.AnyWidget):
         if labels is None:
             return np.zeros(source.labels_shape, np.int32)
         if isinstance(labels, (str, os.PathLike)):
-            path = Path(labels)
-            if path.suffix.lower() == ".npy":
-                labels = np.load(path, allow_pickle=False)
-            else:
-                import tifffile
-
-                labels = tifffile.imread(path)
+            labels = read_labels(labels)
         return check_labels(labels, source)
 
     def _committed(self, label: int) -> None:
@@ -311,6 +319,11 @@ class Annotator(anywidget.AnyWidget):
         try:
             if kind == "hello":
                 self._post(*self._state())
+                if self.controller is not None:
+                    with self.controller._lock:
+                        overview = self.controller.overview_message()
+                    if overview is not None:
+                        self._post(*overview)
                 return
             controller = self._ready()
             self._act(controller, kind, content)
@@ -347,6 +360,16 @@ class Annotator(anywidget.AnyWidget):
         elif kind == "stability":
             with controller._lock:
                 controller.set_stability(bool(m.get("on")))
+        elif kind == "refine":
+            with controller._lock:
+                controller.refine_detail(seq=m.get("seq"))
+        elif kind == "window":
+            with controller._lock:
+                controller.centre_window(float(m["y"]), float(m["x"]))
+        elif kind == "auto_zoom":
+            self.auto_zoom = bool(m.get("on"))
+        elif kind == "channels":
+            controller.set_channels([int(c) for c in m.get("channels") or []])
         elif kind == "load":
             self.device, self.precision = str(m.get("device", self.device)), str(m.get("precision", self.precision))
             controller.load_model(str(m["model"]), self.device, self.precision)

@@ -15,7 +15,6 @@ action never interleave, and messages leave in the order the state changed.
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -27,21 +26,33 @@ from ..engine.manager import ModelManager
 from ..engine.object_commits import ObjectCommits
 from ..engine.session import ObjectSession
 from ..engine.types import Prompts
-from ..engine.work import ClickResult, compute_object
+from ..engine.work import ClickResult, TileSettings, compute_object, tiled_step
+from .geometry import Geometry
+from .messages import NotebookMessages
 from .overlay import changed_box, merge_object, rle_encode
 from .slice_model import CLICK, SliceAndModel
 from .source import ImageSource
 from .stability import NotebookStability
+from .window import NotebookWindow
+from .zoom import NotebookZoom
 
 Emit = Callable[[dict, list], None]
 
 
-class NotebookController(SliceAndModel, ObjectCommits, NotebookStability):
-    """One image, its labels and a model; every public method is one user action (see :class:`Annotator`)."""
+class NotebookController(NotebookMessages, NotebookWindow, SliceAndModel, ObjectCommits, NotebookStability,
+                         NotebookZoom):
+    """One image, its labels and a model; every public method is one user action (see :class:`Annotator`).
+
+    ``geometry``: where the pixels are in the world (the widget's aspect and readout; actions take pixels);
+    ``tiles``: when a large slice is annotated in tiles (:class:`~napari_focsam.engine.work.TileSettings`);
+    ``window_side``: the side of the window a slice larger than the widget shows whole is seen through."""
 
     def __init__(self, source: ImageSource, emit: Emit, labels: np.ndarray,
-                 contrast: tuple[float, float] | None = None) -> None:
+                 contrast: tuple[float, float] | None = None, geometry: Geometry | None = None,
+                 tiles: TileSettings | None = None, window_side: int | None = None) -> None:
         self.source = source
+        self.geometry = geometry or Geometry.of(3 if source.depth else 2)
+        self.tiles = tiles or TileSettings()
         self._emit = emit
         self._lock = threading.RLock()
         self.jobs = JobRunner(dispatch=self._deliver)
@@ -65,6 +76,8 @@ class NotebookController(SliceAndModel, ObjectCommits, NotebookStability):
         self.on_committed: Callable[[int], None] | None = None  # called when a committed object is final
         self.status: tuple[str, str] = ("", "info")
         self._init_stability()
+        self._init_zoom()
+        self._init_window(window_side)
         self._start_new_object()
 
     # ------------------------------------------------------------------ state
@@ -85,6 +98,15 @@ class NotebookController(SliceAndModel, ObjectCommits, NotebookStability):
 
     def _view(self, index: tuple[int, ...]) -> np.ndarray:
         return self.labels[index] if index else self.labels
+
+    @property
+    def signature(self) -> tuple:
+        """Everything but the pixels that decides what the model sees: the contrast and the channel mix."""
+        return self.contrast, self.source.mix
+
+    def tiled(self, index: tuple[int, ...] | None = None) -> bool:
+        """Whether a slice (default: the shown one) is annotated in tiles with the current model."""
+        return self.manager is not None and self._tiled(self.manager, self.index if index is None else index)
 
     # ------------------------------------------------------------------ prompts
     def click(self, y: float, x: float, positive: bool = True, seq: int | None = None) -> None:
@@ -127,21 +149,35 @@ class NotebookController(SliceAndModel, ObjectCommits, NotebookStability):
         self._bases.setdefault(key, self._view(index).copy())
         manager = self._need_model()
         ticket = self._stability_ticket()  # the stability under way is out of date
-        args = (manager, self.source.data, index, self.source.rgb, self.contrast, object_id, self._prompts[key])
-        known = self._known.get((self.manager, index, self.contrast))  # the slice is not converted and hashed again
-        self._running[object_id] += 1
-        self.jobs.submit((CLICK, index, object_id), lambda token: compute_object(*args, token, known_key=known),
-                         lambda result: self._on_result(result, seq, args[4], ticket), self._on_click_error,
-                         on_finished=lambda: self._job_finished(object_id), threads="interactive")
+        zoom_work = self._zoom_work(index, object_id, self._prompts[key])
+        if zoom_work is not None:
+            self._submit_zoom(index, object_id, zoom_work, seq)
+            self._update(prompts=True)
+            return
+        args = (manager, self.source.model_data, index, self.source.model_rgb, self.contrast, object_id,
+                self._prompts[key])
+        signature, tiles = self.signature, self.tiles
+        known = self._known.get((self.manager, index, signature))  # the slice is not converted and hashed again
+        self._submit_work(index, object_id,
+                          lambda token: compute_object(*args, token, known_key=known, tiles=tiles),
+                          lambda result: self._on_result(result, seq, signature, ticket))
         self._update(prompts=True)
 
-    def _on_result(self, result: ClickResult, seq: int | None, contrast: tuple[float, float],
+    def _submit_work(self, index: tuple[int, ...], object_id: int, work: Callable[[Any], Any],
+                     done: Callable[[Any], None]) -> None:
+        """A click job of the object on a slice (one per key: the latest wins, requests coalesce)."""
+        self._running[object_id] += 1
+        self.jobs.submit((CLICK, index, object_id), work, done, self._on_click_error,
+                         on_finished=lambda: self._job_finished(object_id), threads="interactive")
+
+    def _on_result(self, result: ClickResult, seq: int | None, signature: tuple,
                    ticket: int | None = None) -> None:
         key = (result.index, result.object_id)
-        self._known[(result.manager, result.index, contrast)] = result.embedding_key
+        if result.embedding_key:  # "" for a tiled slice: no whole-slice embedding
+            self._known[(result.manager, result.index, signature)] = result.embedding_key
         base = self._bases.get(key)
         self._write(result.index, result.mask, result.object_id, base, seq=seq, model_ms=1000 * result.seconds)
-        if result.manager is self.manager:
+        if result.manager is self.manager and result.embedding_key:
             self._keys[result.index] = result.embedding_key
         self.last_click_ms = 1000 * result.seconds
         self._set_status(f"click {self.last_click_ms:.0f} ms", "info", send=False)
@@ -163,12 +199,15 @@ class NotebookController(SliceAndModel, ObjectCommits, NotebookStability):
             self._send_patch(box, seq=seq, model_ms=model_ms)
 
     def _send_patch(self, box: tuple[int, int, int, int] | None, **extra: Any) -> None:
+        """Send the labels of ``box`` (slice pixels) cut to the shown window, in window pixels."""
         view = self._view(self.index)
         buffers: list[bytes] = [b"", b""]
-        if box is not None:
-            y0, x0, y1, x1 = box
-            buffers = list(rle_encode(view[y0:y1, x0:x1]))
-        self._emit({"type": "labels", "z": self.z, "box": list(box) if box else None, **extra}, buffers)
+        shown = None if box is None else self.clip_to_window(box)
+        if shown is not None:
+            y0, x0, y1, x1 = shown
+            wy, wx = self.window[:2]
+            buffers = list(rle_encode(view[wy + y0:wy + y1, wx + x0:wx + x1]))
+        self._emit({"type": "labels", "z": self.z, "box": list(shown) if shown else None, **extra}, buffers)
 
     def _on_click_error(self, exc: BaseException) -> None:
         self._set_status(f"the mask could not be computed (the labels are unchanged): {exc}", "error")
@@ -193,10 +232,18 @@ class NotebookController(SliceAndModel, ObjectCommits, NotebookStability):
 
     def _step(self, which: str) -> None:
         with self._lock:
+            index = self.index
+            if (index, self.object_id) in self.zooms:
+                self.cancel_stability()
+                self.jobs.cancel((CLICK, index, self.object_id))
+                self._step_zoom(which)
+                return
+            if self.tiled():
+                self._step_tiled(which)
+                return
             session = self.session()
             if session is None or not (session.can_undo if which == "undo" else session.can_redo):
                 raise ValueError(f"nothing to {which} for object {self.object_id} on this slice")
-            index = self.index
             self.cancel_stability()
             self.jobs.cancel((CLICK, index, self.object_id))  # undo/redo act on the recorded steps
             mask = session.undo() if which == "undo" else session.redo()
@@ -206,9 +253,24 @@ class NotebookController(SliceAndModel, ObjectCommits, NotebookStability):
             self._update(prompts=True)
             self.request_stability(index, self.object_id)
 
+    def _step_tiled(self, which: str) -> None:
+        """Undo or redo a tiled object's recorded step (no model runs: the steps are kept)."""
+        manager, index, object_id = self._need_model(), self.index, self.object_id
+        self.jobs.cancel((CLICK, index, object_id))
+        result = tiled_step(manager, self.source.model_data, index, self.source.model_rgb, self.contrast, object_id,
+                            which, self.tiles)
+        if result is None:
+            raise ValueError(f"nothing to {which} for object {object_id} on this slice")
+        mask, prompts = result
+        self._prompts[(index, object_id)] = prompts
+        base = self._bases.setdefault((index, object_id), self._view(index).copy())
+        self._write(index, mask, object_id, base)
+        self._update(prompts=True)
+
     def commit(self) -> int:
         """Keep the current object and start the next one (id = max + 1). Returns the committed id."""
         with self._lock:
+            self._forget_zooms(self.object_id)
             self._prompts = {k: v for k, v in self._prompts.items() if k[1] != self.object_id}
             committed = self._commit_current()
             self._set_status(f"committed object {committed}; now object {self.object_id}", "info", send=False)
@@ -239,6 +301,7 @@ class NotebookController(SliceAndModel, ObjectCommits, NotebookStability):
                     self._write(index, np.zeros(base.shape, bool), object_id, base, overwrite=True)
                     del self._bases[(index, oid)]
             self._close_sessions(object_id)
+            self._forget_zooms(object_id)
             self._prompts = {k: v for k, v in self._prompts.items() if k[1] != object_id}
             self._set_status(f"object {object_id} cancelled", "info", send=False)
             self._update(prompts=True)
@@ -275,59 +338,10 @@ class NotebookController(SliceAndModel, ObjectCommits, NotebookStability):
             self._bases = {k: v for k, v in self._bases.items() if k[1] != label}
             self.labels[self.labels == label] = 0
             self._close_sessions(label)
+            self._forget_zooms(label)
             self._set_status(f"object {label} deleted", "info", send=False)
             self._send_patch((0, 0, self.source.height, self.source.width))
             self._update()
-
-    # ------------------------------------------------------------------ messages
-    def _deliver(self, callback: Callable[[], None]) -> None:
-        """The job runner's results, on its threads, serialised with the actions."""
-        with self._lock:
-            try:
-                callback()
-            except Exception as exc:  # noqa: BLE001 - a job thread has no one to raise to: the widget says it
-                self._set_status(f"internal error while showing a result: {type(exc).__name__}: {exc}", "error")
-
-    def _progress(self, kind: str, text: str | None) -> None:
-        if text is None:
-            self._busy.pop(kind, None)
-        else:
-            self._busy[kind] = text
-        self._update()
-
-    def _set_status(self, text: str, level: str = "info", *, send: bool = True) -> None:
-        self.status = (text, level)
-        if send:
-            self._update()
-
-    def info(self) -> dict:
-        session = self.session()
-        return {"object_id": self.object_id, "selected": self.selected, "model": self.model_name,
-                "model_display": self.manager.display_name if self.manager else None,
-                "takes_boxes": self.takes_boxes, "can_undo": bool(session and session.can_undo),
-                "can_redo": bool(session and session.can_redo), "busy": list(self._busy.values()),
-                "status": self.status[0], "level": self.status[1], "last_click_ms": self.last_click_ms,
-                **self.stability_info()}
-
-    def prompt_state(self) -> dict:
-        prompts = self.prompts()
-        return {"z": self.z, "points": [[float(y), float(x), int(s)] for (y, x), s in zip(prompts.points,
-                                                                                         prompts.labels)],
-                "box": None if prompts.box is None else [float(v) for v in prompts.box]}
-
-    def _update(self, prompts: bool = False) -> None:
-        message = {"type": "update", "info": self.info()}
-        if prompts:
-            message["prompts"] = self.prompt_state()
-        self._emit(message, [])
-
-    def wait(self, timeout: float = 60.0, match: Callable[[Any], bool] | None = None) -> None:
-        """Block until no job runs (or none of the keys ``match`` selects), results delivered."""
-        deadline = time.monotonic() + timeout
-        while self.jobs.busy if match is None else self.jobs.active(match):
-            if time.monotonic() > deadline:
-                raise TimeoutError("the annotator's jobs are still running")
-            time.sleep(0.002)
 
     def close(self) -> None:
         self.jobs.shutdown()

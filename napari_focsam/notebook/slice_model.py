@@ -12,10 +12,14 @@ import numpy as np
 
 from ..engine.manager import ModelManager
 from ..engine.work import embed_slice
-from .overlay import png_bytes, rle_encode
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ..engine.channels import ChannelMix
     from ..engine.jobs import JobRunner
+    from ..engine.work import TileSettings
+    from .geometry import Geometry
     from .source import ImageSource
 
 CLICK = "click"  # job keys: (CLICK, slice, object id), ("embed",), ("load",)
@@ -31,6 +35,9 @@ class SliceAndModel:
         model_name: str | None
         z: int
         contrast: tuple[float, float]
+        window: tuple[int, int, int, int]
+        geometry: Geometry
+        tiles: TileSettings
         _lock: threading.RLock
         _emit: Callable[[dict, list], None]
         _keys: dict[tuple[int, ...], str]
@@ -47,6 +54,10 @@ class SliceAndModel:
 
         def _update(self, prompts: bool = False) -> None: ...
 
+        def _forget_zooms(self, object_id: int | None = None) -> None: ...
+
+        def send_image(self, labels: bool = True) -> None: ...
+
     def set_slice(self, z: int) -> None:
         with self._lock:
             if not self.source.depth:
@@ -54,7 +65,7 @@ class SliceAndModel:
             if not 0 <= int(z) < self.source.depth:
                 raise ValueError(f"slice {z} is outside the stack of {self.source.depth} slices")
             self.z = int(z)
-            self._emit({"type": "image", **self.view_state()}, self.view_buffers())
+            self.send_image()
             self._update(prompts=True)
             self._embed()
 
@@ -65,7 +76,22 @@ class SliceAndModel:
             if not (np.isfinite(low) and np.isfinite(high) and low < high):
                 raise ValueError(f"contrast limits must be two finite numbers, low < high; got ({low}, {high})")
             self.contrast = (low, high)
-            self._emit({"type": "image", **self.view_state()}, self.view_buffers(labels=False))
+            self._forget_zooms()  # a zoom shows the slice as it was
+            self.send_image(labels=False)
+            self._embed()
+
+    def set_channels(self, channels: ChannelMix | Sequence[int] | None = None,
+                     colours: Sequence[object] | None = None,
+                     contrast_limits: Sequence[Sequence[float] | None] | None = None) -> None:
+        """Let the model see other channels of an image with a channel axis (see
+        :meth:`~napari_focsam.notebook.source.ImageSource.with_mix`): another input, so another embedding."""
+        with self._lock:
+            self.source = self.source.with_mix(channels, colours, contrast_limits)
+            self._keys.clear()
+            self._known.clear()
+            self._forget_zooms()
+            self.send_image(labels=False)
+            self._update()
             self._embed()
 
     def load_model(self, model: str | ModelManager, device: str = "auto", precision: str = "fast",
@@ -97,6 +123,7 @@ class SliceAndModel:
         self.manager, self.model_name = manager, name
         self._keys.clear()
         self._known.clear()
+        self._forget_zooms()
         self._set_status(f"{manager.display_name} on {manager.device}", "info", send=False)
         self._update()
         self._embed()
@@ -104,14 +131,16 @@ class SliceAndModel:
     def _embed(self) -> None:
         if self.manager is None:
             return
-        args = (self.manager, self.source.data, self.index, self.source.rgb, self.contrast)
+        args = (self.manager, self.source.model_data, self.index, self.source.model_rgb, self.contrast)
+        tiles = self.tiles
         self._progress("embed", f"Embedding slice {self.z} …" if self.source.depth else "Embedding the image …")
-        self.jobs.submit(("embed",), lambda token: embed_slice(*args), self._on_embedded, self._on_embed_error,
+        self.jobs.submit(("embed",), lambda token: embed_slice(*args, tiles=tiles), self._on_embedded,
+                         self._on_embed_error,
                          on_finished=lambda: self._progress("embed", None), supersede=False)
 
     def _on_embedded(self, result: tuple[ModelManager, tuple[int, ...], str, float | None]) -> None:
         manager, index, key, seconds = result
-        if manager is self.manager:
+        if manager is self.manager and key:  # "" for a tiled slice (its tiles are embedded on the first click)
             self._keys[index] = key
             if seconds is not None:
                 self._set_status(f"embedded in {seconds:.1f} s", "info")
@@ -121,9 +150,10 @@ class SliceAndModel:
 
     def view_state(self) -> dict:
         source = self.source
+        mix = source.mix
+        channels = None if mix is None else {"count": source.n_channels, "chosen": list(mix.channels)}
         return {"height": source.height, "width": source.width, "depth": source.depth, "z": self.z,
-                "contrast": list(self.contrast), "range": list(source.value_range(self.index)), "rgb": source.rgb}
+                "window": list(self.window),
+                "contrast": list(self.contrast), "range": list(source.value_range(self.index)),
+                "rgb": source.model_rgb, "channels": channels, **self.geometry.state(self.z)}
 
-    def view_buffers(self, labels: bool = True) -> list[bytes]:
-        png = png_bytes(self.source.display(self.index, self.contrast))
-        return [png, *rle_encode(self._view(self.index))] if labels else [png]

@@ -1,17 +1,28 @@
 """The image an annotator works on: which shapes it takes (2D gray or RGB(A), or a stack of them along one leading
-axis), numpy, dask or zarr alike (only the shown slice is read), its default contrast limits, the labels it gets.
+axis, or either of them with a channel axis), numpy, dask or zarr alike (only the shown slice is read), its default
+contrast limits, the labels it gets, and what the model sees of it.
+
+Channels: with ``channel_axis`` the chosen channels are mixed into the model's RGB input by the engine's
+:class:`~napari_focsam.engine.channels.ChannelStack` (each through its contrast limits and in its colour, added up);
+the mix is part of the input, so another choice, colour or limit is another embedding key. A channel's limits left
+as None are fixed when the mix is made, to the channel's default (8-bit: 0-255; else the 0.5-99.5 percentiles of
+the first slice), so every slice and every zoom of the image sees one mapping.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..engine.channels import ChannelMix, ChannelStack, default_colours, default_mix, mix_channels
 from ..engine.image import take_slice, to_model_rgb
 
-SHAPES = "(H, W), (H, W, 3|4) colour, (Z, H, W) or (Z, H, W, 3|4)"
+SHAPES = "(H, W), (H, W, 3|4) colour, (Z, H, W) or (Z, H, W, 3|4), and with channel_axis (C, H, W) or (Z, C, H, W)"
 
 
 class ImageShapeError(ValueError):
@@ -27,10 +38,15 @@ class ImageSource:
     depth: int  #: number of slices along the leading axis (0: a 2D image)
     height: int
     width: int
+    channel_axis: int | None = None  #: the channel axis of ``data`` (non-negative), or None
+    n_channels: int = 0
+    mix: ChannelMix | None = None  #: the channels the model sees (with a channel axis)
 
     @classmethod
-    def of(cls, data: Any, rgb: bool | None = None) -> ImageSource:
-        """Check ``data`` and describe it; raises :class:`ImageShapeError` with a clear message otherwise."""
+    def of(cls, data: Any, rgb: bool | None = None, channel_axis: int | None = None,
+           channels: ChannelMix | Sequence[int] | None = None) -> ImageSource:
+        """Check ``data`` and describe it; raises :class:`ImageShapeError` with a clear message otherwise (a bad
+        channel choice: ValueError)."""
         if not hasattr(data, "shape") or not hasattr(data, "dtype"):
             try:
                 data = np.asarray(data)
@@ -42,6 +58,10 @@ class ImageSource:
         if kind not in "biuf":
             what = "complex values (take np.abs first)" if kind == "c" else f"dtype {data.dtype}"
             raise ImageShapeError(f"cannot annotate an image of {what}; use integers, floats or booleans")
+        if channel_axis is not None:
+            return cls._with_channels(data, shape, channel_axis, rgb, channels)
+        if channels is not None:
+            raise ValueError("channels are chosen along a channel axis: give channel_axis= as well")
         if rgb is None:
             rgb = len(shape) in (3, 4) and shape[-1] in (3, 4)
         spatial = 3 if rgb else 2
@@ -53,6 +73,71 @@ class ImageSource:
             raise ImageShapeError(f"the image of shape {shape} is too small: at least 2×2 pixels are needed")
         return cls(data, bool(rgb), shape[0] if leading else 0, height, width)
 
+    @classmethod
+    def _with_channels(cls, data: Any, shape: tuple[int, ...], channel_axis: int, rgb: bool | None,
+                       channels: ChannelMix | Sequence[int] | None) -> ImageSource:
+        if rgb:
+            raise ImageShapeError("an image with a channel axis is mixed into colour, it is not RGB itself: "
+                                  "leave rgb unset")
+        if isinstance(channel_axis, bool) or not isinstance(channel_axis, (int, np.integer)) \
+                or not -len(shape) <= channel_axis < len(shape):
+            raise ImageShapeError(f"channel_axis {channel_axis!r} is not an axis of the image of shape {shape}")
+        axis = int(channel_axis) % len(shape)
+        rest = shape[:axis] + shape[axis + 1:]
+        if len(rest) not in (2, 3) or min(rest[-2:]) < 2:
+            raise ImageShapeError(f"cannot annotate an image of shape {shape} with channel_axis={channel_axis}: the "
+                                  f"other axes must be (H, W) or (Z, H, W) of at least 2×2 pixels")
+        if len(rest) == 3 and axis == 0:
+            raise ImageShapeError(f"the channel axis of a stack of shape {shape} comes after its slice axis: "
+                                  "(Z, C, H, W) or (Z, H, W, C)")
+        source = cls(data, False, rest[0] if len(rest) == 3 else 0, rest[-2], rest[-1], axis, shape[axis])
+        return source.with_mix(channels)
+
+    def with_mix(self, channels: ChannelMix | Sequence[int] | None, colours: Sequence[object] | None = None,
+                 contrast_limits: Sequence[Sequence[float] | None] | None = None) -> ImageSource:
+        """The same image with another channel choice (a :class:`ChannelMix`, or channel indices with optional
+        colours and limits; None: the default, all channels up to three). Limits left None become the channel's
+        default (see the module)."""
+        if self.channel_axis is None:
+            raise ValueError("the image has no channel axis: give channel_axis= to the annotator")
+        if isinstance(channels, ChannelMix):
+            if colours is not None or contrast_limits is not None:
+                raise ValueError("give either a ChannelMix or channels with colours and limits, not both")
+            mix = channels
+        elif channels is None and colours is None and contrast_limits is None:
+            mix = default_mix(self.n_channels)
+        else:
+            chosen = default_mix(self.n_channels).channels if channels is None else tuple(channels)
+            mix = ChannelMix(chosen, colours if colours is not None else default_colours(len(chosen)),
+                             contrast_limits)
+        mix.check(self.n_channels)
+        limits = [lim if lim is not None else self.channel_contrast(c)
+                  for c, lim in zip(mix.channels, mix.contrast_limits)]
+        for c, (low, high) in zip(mix.channels, limits):
+            if not low < high:
+                raise ValueError(f"the contrast limits of channel {c} must be low < high, got ({low:g}, {high:g})")
+        return replace(self, mix=ChannelMix(mix.channels, mix.colours, limits))
+
+    def channel(self, c: int) -> _ChannelView:
+        """Channel ``c`` as a lazy array of the labels' shape (reading it reads only what is indexed)."""
+        assert self.channel_axis is not None
+        return _ChannelView(self.data, self.channel_axis, c)
+
+    def channel_contrast(self, c: int) -> tuple[float, float]:
+        """A channel's default limits: the dtype's range for 8-bit data, else the first slice's percentiles."""
+        return _default_contrast(np.asarray(self.channel(c)[self.index(0)]))
+
+    @property
+    def model_data(self) -> Any:
+        """What the engine's jobs read: ``data``, or the :class:`ChannelStack` of the chosen channels."""
+        if self.mix is None:
+            return self.data
+        return ChannelStack([self.channel(c) for c in range(self.n_channels)], self.mix)
+
+    @property
+    def model_rgb(self) -> bool:
+        return self.rgb or self.mix is not None
+
     @property
     def labels_shape(self) -> tuple[int, ...]:
         return ((self.depth,) if self.depth else ()) + (self.height, self.width)
@@ -61,25 +146,16 @@ class ImageSource:
         return (int(z),) if self.depth else ()
 
     def slice(self, index: tuple[int, ...]) -> np.ndarray:
-        """One slice as numpy (only that slice is read from dask or zarr)."""
+        """One slice as numpy (only that slice is read from dask or zarr; of a channel image, its first chosen
+        channel)."""
+        if self.mix is not None:
+            return np.asarray(self.channel(self.mix.channels[0])[index])
         return take_slice(self.data, index, rgb=self.rgb)
 
     def default_contrast(self, index: tuple[int, ...] = ()) -> tuple[float, float]:
         """The contrast limits the model would pick for a slice: the dtype's range for 8-bit data, else the 0.5th
         and 99.5th percentiles of the finite pixels."""
-        array = self.slice(index or self.index(0))
-        if array.dtype == np.uint8:
-            return 0.0, 255.0
-        if array.dtype == bool:
-            return 0.0, 1.0
-        values = np.asarray(array, np.float32)
-        values = values[np.isfinite(values)]
-        if values.size == 0:
-            return 0.0, 1.0
-        if values.size > 1_000_000:
-            values = values[:: values.size // 1_000_000]
-        low, high = (float(v) for v in np.percentile(values, (0.5, 99.5)))
-        return (low, high) if high > low else (low, low + 1.0)
+        return _default_contrast(self.slice(index or self.index(0)))
 
     def value_range(self, index: tuple[int, ...] = ()) -> tuple[float, float]:
         """The span the contrast sliders offer: the dtype's range for integers up to 16 bits, else the slice's."""
@@ -96,9 +172,63 @@ class ImageSource:
         low, high = float(values.min()), float(values.max())
         return (low, high) if high > low else (low, low + 1.0)
 
-    def display(self, index: tuple[int, ...], contrast: tuple[float, float]) -> np.ndarray:
-        """What the model sees of a slice (and so what the widget shows): (H, W, 3) uint8."""
-        return to_model_rgb(self.slice(index), rgb=self.rgb, contrast_limits=None if self.rgb else contrast)
+    def display(self, index: tuple[int, ...], contrast: tuple[float, float],
+                region: tuple[int, int, int, int] | None = None, step: int = 1) -> np.ndarray:
+        """What the model sees of a slice (and so what the widget shows): (h, w, 3) uint8, of the rectangle
+        ``region`` (y0, x0, y1, x1; default the whole slice) every ``step``-th pixel. Only that part is read."""
+        y0, x0, y1, x1 = region or (0, 0, self.height, self.width)
+        window = (slice(y0, y1, step), slice(x0, x1, step))
+        if self.mix is not None:
+            if region is None and step == 1:
+                return self.model_data.take(index)
+            planes = np.stack([self.channel(c)[tuple(index) + window] for c in self.mix.channels])
+            return mix_channels(planes, ChannelMix(range(len(planes)), self.mix.colours, self.mix.contrast_limits))
+        if region is None and step == 1:
+            crop = self.slice(index)
+        else:
+            part = self.data[tuple(index) + window]
+            crop = np.asarray(part.compute() if hasattr(part, "compute") else part)
+        return to_model_rgb(crop, rgb=self.rgb, contrast_limits=None if self.rgb else contrast)
+
+
+def _default_contrast(array: np.ndarray) -> tuple[float, float]:
+    if array.dtype == np.uint8:
+        return 0.0, 255.0
+    if array.dtype == bool:
+        return 0.0, 1.0
+    values = np.asarray(array, np.float32)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 0.0, 1.0
+    if values.size > 1_000_000:
+        values = values[:: values.size // 1_000_000]
+    low, high = (float(v) for v in np.percentile(values, (0.5, 99.5)))
+    return (low, high) if high > low else (low, low + 1.0)
+
+
+class _ChannelView:
+    """One channel of an image with a channel axis, read lazily: ``view[index]`` (leading slice indices) reads only
+    that plane of ``data`` (numpy, dask, zarr); ``np.asarray(view)`` reads the whole channel (a 2D image)."""
+
+    def __init__(self, data: Any, axis: int, channel: int) -> None:
+        self.data, self.axis, self.channel = data, axis, int(channel)
+        shape = tuple(int(n) for n in data.shape)
+        self.shape = shape[:axis] + shape[axis + 1:]
+        self.dtype = np.dtype(data.dtype)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        index = tuple(index) if isinstance(index, tuple) else (index,)
+        full: list[Any] = [slice(None)] * (len(self.shape) + 1)
+        positions = [a for a in range(len(full)) if a != self.axis]
+        for position, value in zip(positions, index):
+            full[position] = value
+        full[self.axis] = self.channel
+        plane = self.data[tuple(full)]
+        return np.asarray(plane.compute() if hasattr(plane, "compute") else plane)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[()]
+        return out if dtype is None else out.astype(dtype, copy=False)
 
 
 def check_labels(labels: Any, source: ImageSource) -> np.ndarray:
@@ -111,3 +241,31 @@ def check_labels(labels: Any, source: ImageSource) -> np.ndarray:
     if array.size and (array.min() < 0 or array.max() > np.iinfo(np.int32).max):
         raise ImageShapeError("labels must be between 0 and 2**31 - 1")
     return array.astype(np.int32, copy=True)
+
+
+def read_labels(path: str | os.PathLike) -> np.ndarray:
+    """Labels from a ``.npy`` or TIFF file."""
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        return np.load(path, allow_pickle=False)
+    import tifffile
+
+    return tifffile.imread(path)
+
+
+def write_labels(path: str | os.PathLike, labels: np.ndarray) -> Path:
+    """Write ``labels`` to ``path`` (``.tif``/``.tiff`` or ``.npy``), atomically (a ``.partial`` file first)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".tif", ".tiff", ".npy"):
+        raise ValueError(f"save labels as .tif, .tiff or .npy, not {path.name!r}")
+    partial = path.with_name(path.name + ".partial")
+    if suffix == ".npy":
+        with open(partial, "wb") as handle:
+            np.save(handle, labels)
+    else:
+        import tifffile
+
+        tifffile.imwrite(partial, labels, compression="zlib")
+    os.replace(partial, path)
+    return path

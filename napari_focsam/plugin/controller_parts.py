@@ -1,7 +1,8 @@
 """What the annotation controller's parts (its mixins) use of the controller and of each other.
 
-:class:`~napari_focsam.plugin.controller.AnnotationController` is assembled from mixins (:mod:`.prompt_input`,
-:mod:`.shape_input`, :mod:`.stability_view`, :mod:`.label_edits`, :mod:`.gui_jobs`). :class:`ControllerParts`, their
+:class:`~napari_focsam.plugin.controller.AnnotationController` is assembled from mixins (:mod:`.image_source`,
+:mod:`.zoom_view`, :mod:`.prompt_input`, :mod:`.shape_input`, :mod:`.stability_view`, :mod:`.label_edits`,
+:mod:`.gui_jobs`). :class:`ControllerParts`, their
 common base, declares for type checkers the state and the methods they share; at run time it is empty, so it never
 hides a method of a mixin.
 """
@@ -21,8 +22,10 @@ if TYPE_CHECKING:
 
     from ..engine.jobs import Job, JobRunner
     from ..engine.manager import ModelManager
+    from ..engine.session import ObjectSession
     from ..engine.types import CancelToken, Prompts
     from ..engine.work import TileSettings
+    from ..engine.zoom import ZoomedObject
 
 
 class ControllerParts:
@@ -45,6 +48,8 @@ class ControllerParts:
         status: SignalInstance
         changed: SignalInstance
         progress: SignalInstance
+        auto_zoom: bool
+        zooms: dict[tuple[tuple[int, ...], int], ZoomedObject]
         _keys: dict[tuple[int, ...], str]
         _known: dict[tuple[Any, ...], str]
         _bases: dict[tuple[tuple[int, ...], int], np.ndarray]
@@ -62,6 +67,12 @@ class ControllerParts:
                     key: Hashable | None = None, token: CancelToken | None = None, progress: str | None = None,
                     steps: int | None = None, on_finished: Callable[[], None] | None = None,
                     supersede: bool = True) -> Job: ...
+
+        def session(self) -> ObjectSession | None: ...
+
+        def model_source(self) -> tuple[Any, bool, tuple[float, float], tuple[Any, ...]]: ...
+
+        def _submit_click(self, index: tuple[int, ...], object_id: int, work: Callable[[CancelToken], Any]) -> None: ...
 
         def _on_error(self, exc: BaseException) -> None: ...
 

@@ -16,84 +16,29 @@ from typing import Any
 import numpy as np
 from napari.layers import Labels
 
-from ..engine.jobs import Job
-from ..engine.stability import Jitter, Stability
-from ..engine.types import CancelToken
+from ..engine.stability import Stability
+from ..engine.stability_requests import StabilityRequests, stability_colour
 from .controller_parts import ControllerParts
 
-STABLE, SHAKY = 0.9, 0.7  # ST at or above: green; at or above: orange; below: red
 UNSTABLE_COLOR = (1.0, 0.0, 1.0, 0.7)
 
 
-def stability_colour(score: float) -> str:
-    """The colour the widget shows ``score`` in (green, orange or red)."""
-    return "#2ca02c" if score >= STABLE else "#ff8c00" if score >= SHAKY else "#d62728"
-
-
-class StabilityView(ControllerParts):
+class StabilityView(ControllerParts, StabilityRequests):
     """ST of the current object after each mask (a controller mixin)."""
 
     def _init_stability(self) -> None:
-        self.stability_enabled = False  #: compute ST after each mask (the widget's *show stability* box)
+        super()._init_stability()
         self.show_unstable = False  #: draw the unstable pixels on the "FocSAM unstable" layer
-        self.jitter = Jitter()  #: copies and noise level of the ST
-        self.stabilities: dict[int, float] = {}  #: object id → ST of its latest mask
-        self.last_stability: tuple[tuple[int, ...], int, Stability] | None = None
         self.unstable_layer: Labels | None = None
-        self._stability_job: Job | None = None
-        self._stability_generation = 0
 
-    def cancel_stability(self) -> None:
-        """Drop the stability being computed (the next request makes it out of date)."""
-        self._stability_generation += 1
-        if self._stability_job is not None:
-            self._stability_job.token.cancel()
-            self._stability_job = None
+    def _stability_done(self, index: tuple[int, ...], object_id: int, result: Stability) -> None:
+        if self.show_unstable:
+            self._draw_unstable(index, result.unstable)
+        self.status.emit(f"stability of object {object_id}: {result.score:.2f}")
+        self.changed.emit()
 
-    def _stability_ticket(self) -> int:
-        """Called for every request: cancels the running stability, returns the request's ticket."""
-        self.cancel_stability()
-        return self._stability_generation
-
-    def request_stability(self, index: tuple[int, ...] | None = None, object_id: int | None = None,
-                          ticket: int | None = None) -> None:
-        """Compute the ST of the object's current mask on slice ``index`` in the background (after the mask is
-        shown); ``ticket`` (from the request that made the mask) drops it when a newer request came meanwhile."""
-        if ticket is not None and ticket != self._stability_generation:
-            return  # a newer request is on its way: its mask gets the stability
-        if not self.stability_enabled or self.manager is None:
-            return
-        index = self.index if index is None else tuple(index)
-        object_id = self.object_id if object_id is None else int(object_id)
-        key = self._keys.get(index)
-        session = self.manager.get_object(key, object_id) if key is not None else None
-        if session is None or session.current is None or session.prompts.is_empty:
-            return
-        self.cancel_stability()
-        generation = self._stability_generation
-        jitter = self.jitter
-
-        def work(token: CancelToken) -> Stability:
-            return session.stability(jitter, cancel=token)
-
-        def done(result: Stability) -> None:
-            if generation != self._stability_generation:
-                return
-            self._stability_job = None
-            self.stabilities[object_id] = float(result.score)
-            self.last_stability = (index, object_id, result)
-            if self.show_unstable:
-                self._draw_unstable(index, result.unstable)
-            self.status.emit(f"stability of object {object_id}: {result.score:.2f}")
-            self.changed.emit()
-
-        def failed(exc: BaseException) -> None:  # no prompts any more, a box of zero area: no value, no alarm
-            if generation == self._stability_generation:
-                self._stability_job = None
-                self.stabilities.pop(object_id, None)
-                self.changed.emit()
-
-        self._stability_job = self.jobs.background(("stability",), work, done, failed)
+    def _stability_failed(self, object_id: int) -> None:
+        self.changed.emit()
 
     def set_show_unstable(self, on: bool) -> None:
         """Show (or hide) the unstable pixels of the latest stability."""

@@ -20,13 +20,12 @@ from ..engine.views import input_side
 from ..engine.work import ClickResult, model_slice
 from ..engine.zoom import ZoomedObject, should_zoom
 from . import layers as L
+from .controller_parts import ControllerParts
 
 
-class ZoomView:
-    """Zoomed objects per (slice, object) and the jobs that open and use them (a controller mixin)."""
-
-    auto_zoom: bool
-    zooms: dict[tuple[tuple[int, ...], int], ZoomedObject]
+class ZoomView(ControllerParts):
+    """Zoomed objects per (slice, object) and the jobs that open and use them (a controller mixin); the state
+    (``auto_zoom``, ``zooms``) is declared in :class:`~.controller_parts.ControllerParts`."""
 
     def refine_detail(self) -> None:
         """Zoom on the current object of the shown slice now (its mask and clicks so far) and decode it there."""
@@ -47,8 +46,8 @@ class ZoomView:
             del self.zooms[key]
             return None
         session = self.session()
-        if (not self.auto_zoom or session is None or session.current is None or not len(prompts.points)
-                or prompts.box is not None or prompts.mask is not None or prompts.scribbles
+        if (not self.auto_zoom or session is None or self.manager is None or session.current is None
+                or not len(prompts.points) or prompts.box is not None or prompts.mask is not None or prompts.scribbles
                 or not should_zoom(session.mask, input_side=input_side(self.manager.predictor))):
             return None
         return self._zoom_job(index, object_id, prompts, None, session.mask)
@@ -56,6 +55,8 @@ class ZoomView:
     def _zoom_job(self, index: tuple[int, ...], object_id: int, prompts: Prompts, zoomed: ZoomedObject | None,
                   coarse: Any) -> Any:
         manager = self.manager
+        if manager is None:  # callers hold a session, which needs a loaded model
+            raise RuntimeError("zoom-in needs a loaded model")
         data, rgb, contrast, _ = self.model_source()
         key = self._keys.get(index, "")
         mask_input = not isinstance(manager.predictor, FallbackPredictor)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from ..engine.stability import Jitter
@@ -13,7 +14,7 @@ from .labels_io import LabelWriter, label_dtype
 from .prompt_set import PromptSet, build_prompt_set
 from .prompts_file import PromptRecord, PromptsFileError, read_prompts
 from .reader import StackReader, open_stack
-from .results import check_results_path, object_rows, write_results
+from .results import object_rows, results_target, write_results
 from .store import StackStore
 from .worker import segment_objects, task_segment, thread_count_invariant
 
@@ -29,10 +30,23 @@ def load_prompt_set(prompts: str | os.PathLike[str] | PromptSet | Iterable[Promp
     return build_prompt_set(records, reader.leading_shape, reader.image_shape)
 
 
-def check_boxes(prompt_set: PromptSet, supports_boxes: bool, display_name: str) -> None:
+@contextmanager
+def open_prompted_stack(stack: Any, prompts: str | os.PathLike[str] | PromptSet | Iterable[PromptRecord], *,
+                        rgb: bool | None, key: str | None) -> Iterator[tuple[StackReader, PromptSet]]:
+    """The stack opened (:func:`~.reader.open_stack`) and its prompts loaded and checked against it
+    (:func:`load_prompt_set`); a stack opened here is closed afterwards."""
+    reader = open_stack(stack, rgb=rgb, key=key)
+    try:
+        yield reader, load_prompt_set(prompts, reader)
+    finally:
+        if reader is not stack:
+            reader.close()
+
+
+def check_boxes(prompt_set: PromptSet, setup: JobSetup) -> None:
     """Refuse prompts with boxes for a model that takes clicks only (:class:`PromptsFileError`)."""
-    if prompt_set.has_boxes and not supports_boxes:
-        raise PromptsFileError(f"the prompts have boxes, but {display_name} takes clicks only "
+    if prompt_set.has_boxes and not setup.info["supports_boxes"]:
+        raise PromptsFileError(f"the prompts have boxes, but {setup.info['display_name']} takes clicks only "
                                "(use a SAM model for boxes, or give clicks)")
 
 
@@ -70,18 +84,13 @@ def segment_from_prompts(
     box, prompts, ...; see :mod:`~napari_focsam.stack.results`), written after the labels; ``stability``: a
     :class:`~napari_focsam.engine.stability.Jitter` to compute each object's stability (ST) into those rows.
     """
-    if stability is not None and results is None:
-        raise ValueError("the stability goes into the per-object results: give a results path too (--results)")
-    if results is not None:
-        results = check_results_path(results, overwrite,
-                                     {"prompts file": prompts, "stack": stack, "labels": output})
+    results = results_target(results, stability, overwrite,
+                             {"prompts file": prompts, "stack": stack, "labels": output})
     limits = normalise_limits(contrast_limits)
-    reader = open_stack(stack, rgb=rgb, key=key)
-    try:
-        prompt_set = load_prompt_set(prompts, reader)
+    with open_prompted_stack(stack, prompts, rgb=rgb, key=key) as (reader, prompt_set):
         dtype = label_dtype(max(prompt_set.object_ids, default=1))
         with job_setup(model, client, workers, scheduler, window) as setup:
-            check_boxes(prompt_set, setup.info["supports_boxes"], setup.info["display_name"])
+            check_boxes(prompt_set, setup)
             with store_in_use(setup, store) as opened:
                 writer = LabelWriter(output, reader.leading_shape, reader.image_shape, dtype, overwrite=overwrite)
                 tracker = Progress(len(prompt_set.slices), progress, cancel)
@@ -91,9 +100,6 @@ def segment_from_prompts(
                 if results is not None:
                     write_results(results, rows, four_d=len(reader.leading_shape) > 1)
                 return out
-    finally:
-        if reader is not stack:
-            reader.close()
 
 
 class _Rows:

@@ -17,7 +17,7 @@ import numpy as np
 from ..engine.session import ObjectSession
 from ..engine.stability import Jitter
 from ..engine.types import CancelToken, Prompts
-from .batch import check_boxes, load_prompt_set
+from .batch import check_boxes, open_prompted_stack
 from .common import JobSetup, ModelLike, Progress, ProgressCallback, job_setup, normalise_limits, prepare, store_in_use
 from .distributed import DaskRunner, Runner
 from .labels_io import LabelWriter, label_dtype
@@ -25,7 +25,7 @@ from .prompt_set import PromptSet
 from .prompts_file import PromptRecord
 from .propagate import DEFAULT_IOU_THRESHOLD, DEFAULT_MIN_CONTRAST, Crop, propagate_object
 from .reader import StackReader, open_stack
-from .results import check_results_path, object_rows, write_results
+from .results import object_rows, results_target, write_results
 from .store import StackStore
 from .worker import ModelConfig, manager_for, thread_count_invariant, use_store
 
@@ -117,20 +117,15 @@ def segment_with_propagation(
     ``results`` and ``stability`` as in :func:`~napari_focsam.stack.batch.segment_from_prompts` (the stability is
     computed on the prompted slices; propagated rows leave it empty).
     """
-    if stability is not None and results is None:
-        raise ValueError("the stability goes into the per-object results: give a results path too (--results)")
-    if results is not None:
-        results = check_results_path(results, overwrite,
-                                     {"prompts file": prompts, "stack": stack, "labels": output})
+    results = results_target(results, stability, overwrite,
+                             {"prompts file": prompts, "stack": stack, "labels": output})
     limits = normalise_limits(contrast_limits)
-    reader = open_stack(stack, rgb=rgb, key=key)
-    try:
-        prompt_set = load_prompt_set(prompts, reader)
+    with open_prompted_stack(stack, prompts, rgb=rgb, key=key) as (reader, prompt_set):
         jobs = _jobs(prompt_set, reader.leading_shape)
         options = {"strategy": strategy, "iou_threshold": iou_threshold, "min_contrast": min_contrast,
                    "max_distance": max_distance, "rgb": reader.rgb, "key": key, "stability": stability}
         with job_setup(model, client, workers, scheduler) as setup:
-            check_boxes(prompt_set, setup.info["supports_boxes"], setup.info["display_name"])
+            check_boxes(prompt_set, setup)
             with store_in_use(setup, store) as opened:
                 scores: dict[int, dict[int, float]] = {}
                 crops = _propagate_jobs(setup, opened, stack, reader, jobs, limits, options,
@@ -155,9 +150,6 @@ def segment_with_propagation(
         except BaseException:
             writer.abort()
             raise
-    finally:
-        if reader is not stack:
-            reader.close()
 
 
 def _propagate_jobs(setup: JobSetup, opened: StackStore | None, stack: Any, reader: StackReader, jobs: list[Job],

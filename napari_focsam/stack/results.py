@@ -27,7 +27,7 @@ import numpy as np
 
 from ..engine.types import Prompts
 
-__all__ = ["COLUMNS", "check_results_path", "object_rows", "prompt_count", "write_results"]
+__all__ = ["COLUMNS", "check_results_path", "object_rows", "prompt_count", "results_target", "write_results"]
 
 COLUMNS = ("object_id", "slice", "t", "z", "source", "prompts", "area", "y0", "x0", "y1", "x1", "centroid_y",
            "centroid_x", "st")
@@ -51,6 +51,15 @@ def check_results_path(path: str | os.PathLike[str], overwrite: bool, inputs: Ma
     if not path.parent.exists():
         raise ValueError(f"--results {path}: the folder {path.parent} does not exist")
     return path
+
+
+def results_target(path: str | os.PathLike[str] | None, stability: Any, overwrite: bool,
+                   inputs: Mapping[str, Any]) -> Path | None:
+    """A stack job's ``results`` path checked before any work starts (:func:`check_results_path`; None when no results
+    were asked for); a ``stability`` without results is refused, since it goes into the results' rows."""
+    if stability is not None and path is None:
+        raise ValueError("the stability goes into the per-object results: give a results path too (--results)")
+    return None if path is None else check_results_path(path, overwrite, inputs)
 
 
 def prompt_count(prompts: Prompts | None) -> int:

@@ -55,7 +55,7 @@ def sha256_file(path: str | os.PathLike, progress: ProgressCallback | None = Non
 
 
 def qualified_hash(digest: str | None) -> str | None:
-    """``"algorithm:hex"`` for a recorded digest (a bare hex digest is a SHA-256, as records used to hold)."""
+    """``"algorithm:hex"`` for a recorded digest (a bare hex digest is read as a SHA-256)."""
     if digest is None:
         return None
     return digest if ":" in digest else f"sha256:{digest}"

@@ -18,7 +18,6 @@ depend on the number of workers beyond the rounding of the norms' statistics (se
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
@@ -26,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..fast_linear import PackedLinear, onednn_packing, parameter_signature
+from ..fast_linear import DerivedWeights, PackedLinear, onednn_packing
 from .attention import attend, head_keys
 from .network import Block, SegNextNet
 from .pool import run_phase
@@ -76,50 +75,43 @@ class FastPromptPath:
         self.dtype = dtype
         self.split = split
         self.workers = workers
-        self._lock = threading.Lock()
-        self._signature: tuple | None = None
-        self._parts: dict[str, Any] = {}
+        self._parts = DerivedWeights(net, self._make_parts)
 
     def _prepare(self) -> dict[str, Any]:
-        sig = parameter_signature(self.net)
-        if sig == self._signature:
-            return self._parts
-        with self._lock:
-            if sig == self._signature:
-                return self._parts
-            net = self.net
-            device = next(net.parameters()).device
-            pack = onednn_packing(device, self.dtype)
-            rows = net.cfg.grid ** 2 // max(1, torch.get_num_threads())  # a hint for oneDNN's blocking
+        return self._parts.get()
 
-            def lin(weight: torch.Tensor, bias: torch.Tensor | None) -> PackedLinear:
-                return PackedLinear(_as_linear(weight.float(), None if bias is None else bias.float()), self.dtype,
-                                    rows if pack else None)
+    def _make_parts(self) -> dict[str, Any]:
+        net = self.net
+        device = next(net.parameters()).device
+        pack = onednn_packing(device, self.dtype)
+        rows = net.cfg.grid ** 2 // max(1, torch.get_num_threads())  # a hint for oneDNN's blocking
 
-            parts: dict[str, Any] = {"device": device}
-            with torch.no_grad():
-                split = device.type == "cpu" if self.split is None else self.split
-                blocks = []
-                for b in _each(net.fusion_blocks, Block):
-                    qkv_w, qkv_b = b.attn.qkv.weight.float(), b.attn.qkv.bias.float()
-                    if split:  # the queries pre-scaled by head_dim ** -0.5 (1/8: exact)
-                        scale = torch.ones_like(qkv_b)
-                        scale[:net.cfg.embed_dim] = (net.cfg.embed_dim // b.attn.num_heads) ** -0.5
-                        qkv_w, qkv_b = qkv_w * scale[:, None], qkv_b * scale
-                    blocks.append((
-                        (b.norm1.weight.float(), b.norm1.bias.float(), b.norm1.eps), lin(qkv_w, qkv_b),
-                        lin(b.attn.proj.weight, b.attn.proj.bias),
-                        (b.norm2.weight.float(), b.norm2.bias.float(), b.norm2.eps),
-                        lin(b.mlp.fc1.weight, b.mlp.fc1.bias), lin(b.mlp.fc2.weight, b.mlp.fc2.bias),
-                        b.attn.num_heads))
-                parts["split"] = split
-                parts["blocks"] = blocks
-                parts["pyramid"] = PyramidHead(net, self.dtype, lin)
-                proj = net.visual_prompts_encoder.proj  # a 16 × 16 stride-16 convolution: a linear over patches
-                parts["prompt"] = lin(proj.weight.flatten(1), proj.bias)
-            self._parts = parts
-            self._signature = sig
-            return parts
+        def lin(weight: torch.Tensor, bias: torch.Tensor | None) -> PackedLinear:
+            return PackedLinear(_as_linear(weight.float(), None if bias is None else bias.float()), self.dtype,
+                                rows if pack else None)
+
+        parts: dict[str, Any] = {"device": device}
+        with torch.no_grad():
+            split = device.type == "cpu" if self.split is None else self.split
+            blocks = []
+            for b in _each(net.fusion_blocks, Block):
+                qkv_w, qkv_b = b.attn.qkv.weight.float(), b.attn.qkv.bias.float()
+                if split:  # the queries pre-scaled by head_dim ** -0.5 (1/8: exact)
+                    scale = torch.ones_like(qkv_b)
+                    scale[:net.cfg.embed_dim] = (net.cfg.embed_dim // b.attn.num_heads) ** -0.5
+                    qkv_w, qkv_b = qkv_w * scale[:, None], qkv_b * scale
+                blocks.append((
+                    (b.norm1.weight.float(), b.norm1.bias.float(), b.norm1.eps), lin(qkv_w, qkv_b),
+                    lin(b.attn.proj.weight, b.attn.proj.bias),
+                    (b.norm2.weight.float(), b.norm2.bias.float(), b.norm2.eps),
+                    lin(b.mlp.fc1.weight, b.mlp.fc1.bias), lin(b.mlp.fc2.weight, b.mlp.fc2.bias),
+                    b.attn.num_heads))
+            parts["split"] = split
+            parts["blocks"] = blocks
+            parts["pyramid"] = PyramidHead(net, self.dtype, lin)
+            proj = net.visual_prompts_encoder.proj  # a 16 × 16 stride-16 convolution: a linear over patches
+            parts["prompt"] = lin(proj.weight.flatten(1), proj.bias)
+        return parts
 
     # ------------------------------------------------------------------ forward
     def __call__(self, features: torch.Tensor, prompt_map: torch.Tensor) -> torch.Tensor:

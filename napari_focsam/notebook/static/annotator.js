@@ -30,7 +30,7 @@ function make(tag, cls, parent, text) {
 
 const SHORTCUTS = "click: positive · Shift/right click: negative · drag: box · Ctrl/Alt+click: pick a label · " +
   "C/N: commit · Esc: cancel · Ctrl+Z / Ctrl+Shift+Z: undo / redo · T: sign of the next click · R: re-open · " +
-  "Shift+Del: delete";
+  "Shift+Del: delete · D: refine detail (zoom)";
 
 function render({ model, el }) {
   const root = make("div", "focsam", el);
@@ -47,7 +47,8 @@ function render({ model, el }) {
   for (const [name, text, tip] of [["undo", "Undo", "Ctrl+Z"], ["redo", "Redo", "Ctrl+Shift+Z"],
     ["commit", "Commit / next", "C or N"], ["cancel", "Cancel object", "Esc"],
     ["reopen", "Re-open label", "R (pick the label with Ctrl+click)"],
-    ["delete", "Delete label", "Shift+Delete (pick the label with Ctrl+click)"]]) {
+    ["delete", "Delete label", "Shift+Delete (pick the label with Ctrl+click)"],
+    ["refine", "Refine detail", "D: zoom on the current object and decode it at the model's full resolution"]]) {
     buttons[name] = make("button", `focsam-${name}`, actions, text);
     buttons[name].title = tip;
     buttons[name].addEventListener("click", () => act(name));
@@ -78,12 +79,26 @@ function render({ model, el }) {
   stabilityCheck.type = "checkbox";
   stabilityBox.append(" stability ");
   const stabilityText = make("span", "focsam-stability", stabilityBox);
+  const zoomBox = make("label", "", controls, " ");
+  const autoZoom = make("input", "focsam-auto-zoom", zoomBox);
+  autoZoom.type = "checkbox";
+  zoomBox.append(" auto zoom");
+  const channelBox = make("span", "focsam-channels", controls, " channels ");
+  const coords = make("div", "focsam-coords", root);
+  const overviewBox = make("div", "focsam-overview-box", root);
+  make("div", "focsam-help", overviewBox, "the whole slice: click to move the window shown above");
+  const overview = make("canvas", "focsam-overview", overviewBox);
+  const overviewCtx = overview.getContext("2d");
+  overviewBox.style.display = "none";
+  let overviewPicture = null;
   const progress = make("div", "focsam-progress", root);
   const status = make("div", "focsam-status", root);
   make("div", "focsam-help", root, SHORTCUTS);
 
   const S = { h: 0, w: 0, depth: 0, z: 0, ids: null, pixels: null, objectId: 1, selected: 0, points: [],
-    box: null, seq: 0, pending: new Map(), nextPositive: true, takesBoxes: false, alive: true, drag: null };
+    box: null, seq: 0, pending: new Map(), nextPositive: true, takesBoxes: false, alive: true, drag: null,
+    zoom: null, world: null, units: "", axes: [], channelCount: -1, oy: 0, ox: 0, fullH: 0, fullW: 0,
+    windowed: false };
   const labelCtx = labelCanvas.getContext("2d");
   const promptCtx = promptCanvas.getContext("2d");
   const imageCtx = imageCanvas.getContext("2d");
@@ -101,13 +116,23 @@ function render({ model, el }) {
 
   // ------------------------------------------------------------------ drawing
   function setView(msg, png) {
-    const sized = S.h !== msg.height || S.w !== msg.width;
-    Object.assign(S, { h: msg.height, w: msg.width, depth: msg.depth, z: msg.z });
+    // the canvas shows the window (y0, x0, y1, x1) of the slice: all of it, or a part of a large one
+    const [wy0, wx0, wy1, wx1] = msg.window || [0, 0, msg.height, msg.width];
+    const sized = S.h !== wy1 - wy0 || S.w !== wx1 - wx0;
+    Object.assign(S, { h: wy1 - wy0, w: wx1 - wx0, oy: wy0, ox: wx0, fullH: msg.height, fullW: msg.width,
+      depth: msg.depth, z: msg.z });
+    S.windowed = S.h !== S.fullH || S.w !== S.fullW;
+    overviewBox.style.display = S.windowed ? "" : "none";
+    root.dataset.window = `${wy0},${wx0},${wy1},${wx1}`;
+    S.world = msg.identity ? null : msg.world;
+    S.units = msg.units || "";
+    S.axes = msg.axes || [];
     if (sized) {
       for (const c of [imageCanvas, labelCanvas, promptCanvas]) { c.width = S.w; c.height = S.h; }
-      const width = model.get("display_width") || Math.min(S.w, 768);
+      const [sy, sx] = msg.pixel_size || [1, 1]; // the true proportions of an anisotropic pixel
+      const width = model.get("display_width") || Math.min(S.w * Math.min(1, sx / sy), 768);
       stage.style.width = `${width}px`;
-      stage.style.height = `${(width * S.h) / S.w}px`;
+      stage.style.height = `${(width * S.h * sy) / (S.w * sx)}px`;
       S.ids = new Int32Array(S.w * S.h);
       S.pixels = labelCtx.createImageData(S.w, S.h);
     }
@@ -116,6 +141,7 @@ function render({ model, el }) {
     slider.value = S.z;
     sliceText.textContent = ` ${S.z} / ${Math.max(0, S.depth - 1)}`;
     contrastBox.style.display = msg.rgb ? "none" : "";
+    setChannels(msg.channels);
     const [lo, hi] = msg.range;
     for (const input of [low, high]) { input.min = lo; input.max = hi; }
     low.value = msg.contrast[0];
@@ -125,6 +151,77 @@ function render({ model, el }) {
       imageCtx.drawImage(bitmap, 0, 0);
       root.dataset.image = `${S.z}`;
     });
+  }
+
+  function setChannels(channels) {
+    channelBox.style.display = channels ? "" : "none";
+    if (!channels) return;
+    if (S.channelCount !== channels.count) {
+      S.channelCount = channels.count;
+      channelBox.replaceChildren(" channels ");
+      for (let c = 0; c < channels.count; c++) {
+        const item = make("label", "", channelBox);
+        const box = make("input", "focsam-channel", item);
+        box.type = "checkbox";
+        box.value = `${c}`;
+        item.append(` ${c} `);
+        box.addEventListener("change", chooseChannels);
+      }
+    }
+    for (const box of channelBox.querySelectorAll("input")) box.checked = channels.chosen.includes(+box.value);
+  }
+
+  function chooseChannels(ev) {
+    const chosen = [...channelBox.querySelectorAll("input")].filter((b) => b.checked).map((b) => +b.value);
+    if (!chosen.length) {
+      ev.target.checked = true;
+      setStatus("the model needs at least one channel", "warning");
+      return;
+    }
+    act("channels", { channels: chosen });
+  }
+
+  function inWindow(y, x) {
+    return y >= S.oy && x >= S.ox && y < S.oy + S.h && x < S.ox + S.w;
+  }
+
+  function drawOverview(msg, png) {
+    const [fh, fw] = msg.full;
+    createImageBitmap(new Blob([png], { type: "image/png" })).then((bitmap) => {
+      overviewPicture = { bitmap, fh, fw };
+      overview.width = bitmap.width;
+      overview.height = bitmap.height;
+      const scale = 200 / Math.max(bitmap.width, bitmap.height);
+      overview.style.width = `${bitmap.width * scale}px`;
+      overview.style.height = `${bitmap.height * scale}px`;
+      paintOverview();
+      root.dataset.overview = `${msg.window.join(",")}`;
+    });
+  }
+
+  function paintOverview() {
+    if (!overviewPicture) return;
+    const { bitmap, fh, fw } = overviewPicture;
+    overviewCtx.drawImage(bitmap, 0, 0);
+    const sy = bitmap.height / fh, sx = bitmap.width / fw;
+    overviewCtx.strokeStyle = "rgb(255, 204, 26)";
+    overviewCtx.lineWidth = Math.max(1, bitmap.width / 150);
+    overviewCtx.strokeRect(S.ox * sx, S.oy * sy, S.w * sx, S.h * sy);
+  }
+
+  overview.addEventListener("click", (ev) => {
+    const rect = overview.getBoundingClientRect();
+    const y = ((ev.clientY - rect.top) / rect.height) * S.fullH, x = ((ev.clientX - rect.left) / rect.width) * S.fullW;
+    act("window", { y, x });
+  });
+
+  function showCoords(y, x) {
+    // the pixel under the pointer and, for an image placed in the world (scale, translate, affine), its position
+    if (!inWindow(y, x)) { coords.textContent = ""; return; }
+    const where = S.depth ? `pixel (${S.z}, ${y}, ${x})` : `pixel (${y}, ${x})`;
+    if (!S.world) { coords.textContent = where; return; }
+    const parts = S.world.map((row, i) => `${S.axes[i]} ${(row[0] * y + row[1] * x + row[2]).toPrecision(5)}`);
+    coords.textContent = `${parts.join(", ")}${S.units ? " " + S.units : ""} · ${where}`;
   }
 
   function paint(x0, y0, x1, y1) {
@@ -153,7 +250,9 @@ function render({ model, el }) {
   }
 
   function drawPrompts() {
+    promptCtx.setTransform(1, 0, 0, 1, 0, 0);
     promptCtx.clearRect(0, 0, S.w, S.h);
+    promptCtx.setTransform(1, 0, 0, 1, -S.ox, -S.oy); // prompts are in slice pixels, the canvas is the window
     const r = Math.max(3, 0.012 * Math.max(S.w, S.h));
     promptCtx.lineWidth = Math.max(1, r / 3);
     if (S.box) {
@@ -161,7 +260,15 @@ function render({ model, el }) {
       promptCtx.strokeStyle = "rgb(255, 204, 26)";
       promptCtx.strokeRect(x0, y0, x1 - x0 + 1, y1 - y0 + 1);
     }
-    if (S.drag && S.drag.moved) {
+    if (S.zoom) {
+      const [y0, x0, y1, x1] = S.zoom;
+      promptCtx.save();
+      promptCtx.setLineDash([4, 3]);
+      promptCtx.strokeStyle = "rgba(0, 220, 255, 0.9)";
+      promptCtx.strokeRect(x0, y0, x1 - x0, y1 - y0);
+      promptCtx.restore();
+    }
+    if (S.drag && S.drag.moved) { // the drag, too, is in slice pixels
       promptCtx.strokeStyle = "rgba(255, 204, 26, 0.7)";
       const { x0, y0, x1, y1 } = S.drag;
       promptCtx.strokeRect(Math.min(x0, x1), Math.min(y0, y1), Math.abs(x1 - x0), Math.abs(y1 - y0));
@@ -190,7 +297,13 @@ function render({ model, el }) {
     S.objectId = info.object_id;
     S.selected = info.selected || S.selected;
     S.takesBoxes = info.takes_boxes;
-    objectLabel.textContent = ` object ${info.object_id}` + (S.selected ? ` · picked label ${S.selected}` : "");
+    objectLabel.textContent = ` object ${info.object_id}` + (S.selected ? ` · picked label ${S.selected}` : "") +
+      (info.zoom ? " · on its zoom" : "") + (info.tiled ? " · in tiles" : "");
+    autoZoom.checked = !!info.auto_zoom;
+    root.dataset.zoom = info.zoom ? "1" : "0";
+    const zoomChanged = JSON.stringify(info.zoom || null) !== JSON.stringify(S.zoom);
+    S.zoom = info.zoom || null;
+    if (zoomChanged && S.w) drawPrompts();
     buttons.undo.disabled = !info.can_undo;
     buttons.redo.disabled = !info.can_redo;
     if (info.model && modelSelect.value !== info.model) modelSelect.value = info.model;
@@ -227,7 +340,9 @@ function render({ model, el }) {
   }
 
   model.on("msg:custom", (msg, buffers) => {
-    if (msg.type === "state" || msg.type === "image") {
+    if (msg.type === "overview") {
+      if (msg.z === S.z) drawOverview(msg, buffers[0]);
+    } else if (msg.type === "state" || msg.type === "image") {
       if (msg.type === "state" && msg.error) { setStatus(msg.error, "error"); root.dataset.error = "1"; return; }
       if (msg.models) fillChoices(msg);
       setView(msg, buffers[0]);
@@ -280,9 +395,10 @@ function render({ model, el }) {
   }
 
   function pixel(ev) {
+    // the slice pixel (not the window's) under the pointer
     const rect = imageCanvas.getBoundingClientRect();
-    return [Math.floor(((ev.clientY - rect.top) * S.h) / rect.height),
-      Math.floor(((ev.clientX - rect.left) * S.w) / rect.width)];
+    return [S.oy + Math.floor(((ev.clientY - rect.top) * S.h) / rect.height),
+      S.ox + Math.floor(((ev.clientX - rect.left) * S.w) / rect.width)];
   }
 
   view.addEventListener("contextmenu", (ev) => ev.preventDefault());
@@ -295,6 +411,7 @@ function render({ model, el }) {
     ev.preventDefault();
   });
   view.addEventListener("pointermove", (ev) => {
+    if (S.w) showCoords(...pixel(ev));
     if (!S.drag) return;
     [S.drag.y1, S.drag.x1] = pixel(ev);
     if (Math.hypot(ev.clientX - S.drag.cx, ev.clientY - S.drag.cy) > DRAG_PX) S.drag.moved = true;
@@ -313,14 +430,18 @@ function render({ model, el }) {
       drawPrompts();
     } else if (ev.ctrlKey || ev.altKey || ev.metaKey) {
       const [y, x] = pixel(ev);
-      const inside = y >= 0 && x >= 0 && y < S.h && x < S.w;
-      act("select", { label: inside ? S.ids[y * S.w + x] : 0 });
+      act("select", { label: inWindow(y, x) ? S.ids[(y - S.oy) * S.w + x - S.ox] : 0 });
       return;
     } else {
       const positive = !(ev.shiftKey || ev.button === 2) && S.nextPositive;
       const [y, x] = pixel(ev);
+      const inImage = y >= 0 && x >= 0 && y < S.fullH && x < S.fullW;
+      if (S.windowed && inImage && !inWindow(y, x)) {
+        setStatus("that click is outside the part of the image shown: move the window with the overview", "warning");
+        return;
+      }
       S.pending.set(seq, t0);
-      if (y >= 0 && x >= 0 && y < S.h && x < S.w) { S.points.push([y, x, positive ? 1 : 0]); drawPrompts(); }
+      if (inImage) { S.points.push([y, x, positive ? 1 : 0]); drawPrompts(); }
       act("click", { y, x, positive, seq });
     }
     root.dataset.pending = `${S.pending.size}`;
@@ -335,6 +456,7 @@ function render({ model, el }) {
     else if (key === "escape") name = "cancel";
     else if (key === "r") name = "reopen";
     else if (key === "delete" && ev.shiftKey) name = "delete";
+    else if (key === "d") name = "refine";
     else if (key === "t") {
       S.nextPositive = !S.nextPositive;
       setStatus(`next click: ${S.nextPositive ? "positive" : "negative"}`, "info");
@@ -349,6 +471,7 @@ function render({ model, el }) {
   high.addEventListener("change", contrast);
   overwrite.addEventListener("change", () => act("overwrite", { on: overwrite.checked }));
   stabilityCheck.addEventListener("change", () => act("stability", { on: stabilityCheck.checked }));
+  autoZoom.addEventListener("change", () => act("auto_zoom", { on: autoZoom.checked }));
   loadButton.addEventListener("click", () => act("load", { model: modelSelect.value,
     device: deviceSelect.value, precision: precisionSelect.value }));
 
