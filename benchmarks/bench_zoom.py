@@ -3,6 +3,7 @@ fallback with and without zoom-in, mIoU after 1, 3 and 5 simulated clicks (the e
 
     PYTHONPATH=. python benchmarks/bench_zoom.py                       # 8 images x 8 nuclei, 2048² canvas
     PYTHONPATH=. python benchmarks/bench_zoom.py --images 2 --nuclei 3 --canvas 1024   # quick check
+    PYTHONPATH=. python benchmarks/bench_zoom.py --tiled                # the canvas in tiles (384 + 2 x 64 px)
 
 Each DSB2018 image (../shared/datasets/dsb2018) is pasted at a seeded position into a canvas of ``--canvas`` px
 filled with the image's median colour; the fallback works at 512 px, so on a 2048² canvas a nucleus shrinks 4x. For
@@ -14,6 +15,10 @@ next click on the largest error of the current mask. Variants, on the same click
   the coarse mask and the clicks (+50 % context), scaled up to the model's input side, and decodes the clicks there
   (the coarse mask only places the zoom: ``mask_input=False``);
 * **zoom+mask**: the same with the coarse mask as the zoom's region prompt (``mask_input=True``).
+
+With ``--tiled`` the canvas is annotated through tiles (:class:`~napari_focsam.engine.tiles.TiledImage`: every
+view reaches the fallback at its 512 px, full resolution) and the zoom is taken inside the object's view: this is
+the measurement behind "tiled slices are not zoomed" (docs/images.md).
 
 The clicker looks at a 384-px window around the nucleus (the distance transforms of a whole canvas per click would
 take hours here); the IoU is computed on the whole canvas (false positives anywhere count). Also printed: the
@@ -32,6 +37,7 @@ import numpy as np
 from PIL import Image
 
 from napari_focsam import ModelManager
+from napari_focsam.engine.tiles import TiledImage
 from napari_focsam.engine.types import Prompts
 from napari_focsam.engine.zoom import ZoomedObject, should_zoom
 from napari_focsam.evaluation.clicker import ClickSimulator
@@ -46,6 +52,8 @@ def iou(pred: np.ndarray, gt: np.ndarray) -> float:
 
 
 def run_object(manager, canvas, embedding, gt, clicks: int, variant: str) -> list[float]:
+    if isinstance(embedding, TiledImage):
+        return run_tiled(manager, canvas, embedding, gt, clicks, variant)
     ys, xs = np.nonzero(gt)
     cy, cx = int(ys.mean()), int(xs.mean())
     win = (slice(max(0, cy - WINDOW), cy + WINDOW), slice(max(0, cx - WINDOW), cx + WINDOW))
@@ -73,6 +81,41 @@ def run_object(manager, canvas, embedding, gt, clicks: int, variant: str) -> lis
     return out
 
 
+def run_tiled(manager, canvas, tiled: TiledImage, gt, clicks: int, variant: str) -> list[float]:
+    """:func:`run_object` through tiles: click 1 on the object's tile; the zoom is opened on its view's crop."""
+    ys, xs = np.nonzero(gt)
+    cy, cx = int(ys.mean()), int(xs.mean())
+    win = (slice(max(0, cy - WINDOW), cy + WINDOW), slice(max(0, cx - WINDOW), cx + WINDOW))
+    offset = np.array([win[0].start, win[1].start], float)
+    sim = ClickSimulator(gt[win])
+    obj = tiled.new_object()
+    pred = np.zeros(gt.shape, bool)
+    zoomed, view = None, None
+    out: list[float] = []
+    for step in range(clicks):
+        click = sim.step(pred[win])
+        if click is None:
+            out.append(out[-1])
+            continue
+        prompts = Prompts(sim.points + offset, sim.labels)
+        if step == 0 or variant == "full":
+            pred = obj.sync(prompts).full()
+        else:
+            if zoomed is None:
+                view = obj.view
+                local = Prompts(prompts.points - np.asarray(view.offset, float), prompts.labels)
+                zoomed = ZoomedObject.open(manager, view.read(canvas, rgb=True), obj.mask.mask, local, rgb=True,
+                                           mask_input=variant == "zoom+mask")
+                inside = zoomed.mask
+            else:
+                local = Prompts(prompts.points - np.asarray(view.offset, float), prompts.labels)
+                inside = zoomed.sync(local)
+            pred = np.zeros(gt.shape, bool)
+            pred[view.slices] = inside
+        out.append(iou(pred, gt))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=8)
@@ -80,6 +123,7 @@ def main() -> None:
     parser.add_argument("--canvas", type=int, default=2048)
     parser.add_argument("--clicks", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tiled", action="store_true", help="annotate the canvas through tiles")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     manager = ModelManager.load("fallback")
@@ -100,7 +144,7 @@ def main() -> None:
         canvas = np.empty((args.canvas, args.canvas, 3), np.uint8)
         canvas[:] = np.median(image.reshape(-1, 3), axis=0).astype(np.uint8)
         canvas[top: top + h, left: left + w] = image
-        embedding = manager.embed(canvas, rgb=True)
+        embedding = TiledImage(manager, canvas, rgb=True, prefetch=0) if args.tiled else manager.embed(canvas, rgb=True)
         ids_here = [v for v in np.unique(labels) if v]
         for value in rng.permutation(ids_here)[: args.nuclei]:
             gt = np.zeros(canvas.shape[:2], bool)
@@ -110,13 +154,18 @@ def main() -> None:
             sizes.append(int(gt.sum()))
             for v in variants:
                 ious[v].append(run_object(manager, canvas, embedding, gt, args.clicks, v))
-            first = manager.new_object(embedding)
             ys, xs = np.nonzero(gt)
-            auto.append(should_zoom(first.click(float(np.median(ys)), float(np.median(xs))), canvas.shape[:2],
-                                    input_side=512))
+            if isinstance(embedding, TiledImage):
+                mask = embedding.new_object().click(float(np.median(ys)), float(np.median(xs)))
+                auto.append(should_zoom(mask.mask, input_side=512))
+            else:
+                first = manager.new_object(embedding)
+                auto.append(should_zoom(first.click(float(np.median(ys)), float(np.median(xs))), canvas.shape[:2],
+                                        input_side=512))
         print(f"image {ident[:12]} {w}x{h}: {len(ious['full'])} nuclei so far", file=sys.stderr, flush=True)
     n = len(ious["full"])
-    print(f"DSB2018 nuclei in a {args.canvas}² canvas, fallback, {n} nuclei from {len(chosen)} images "
+    mode = " in tiles of 384 + 2 x 64 px" if args.tiled else ""
+    print(f"DSB2018 nuclei in a {args.canvas}² canvas{mode}, fallback, {n} nuclei from {len(chosen)} images "
           f"(median {int(np.median(sizes))} px); {time.perf_counter() - start:.0f} s; load {os.getloadavg()[0]:.1f}")
     print("| variant | mIoU@1 | mIoU@3 | mIoU@5 |\n|---|---|---|---|")
     for v in variants:

@@ -169,3 +169,32 @@ def test_clear_background_drops_the_queued_jobs(runner, front):
     gate.set()
     front.drain(runner)
     assert got == [1]
+
+
+def test_cancel_background_cancels_the_running_job_and_drops_the_queued_ones(runner, front):
+    started, stopped = threading.Event(), threading.Event()
+    got, errors = [], []
+
+    def prefetch(token):  # a long prefetch: stops at its next cancellation point
+        started.set()
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                token.raise_if_cancelled()
+            except BaseException:
+                stopped.set()
+                raise
+            time.sleep(0.005)
+        return "ran to the end"
+
+    runner.background(("tiles", 1), prefetch, got.append, errors.append)
+    runner.background(("tiles", 2), lambda token: "queued", got.append, errors.append)
+    runner.background("slice", lambda token: "kept", got.append, errors.append)
+    assert started.wait(TIMEOUT)
+    assert runner.background_keys() == [("tiles", 1), ("tiles", 2), "slice"]
+    hit = runner.cancel_background(lambda key: key[0] == "tiles")
+    assert sorted(map(str, hit)) == sorted(map(str, [("tiles", 1), ("tiles", 2)]))
+    assert stopped.wait(TIMEOUT)
+    front.drain(runner)
+    assert got == ["kept"] and errors == []  # a cancelled job is no error
+    assert runner.background_keys() == []

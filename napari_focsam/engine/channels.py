@@ -15,6 +15,7 @@ to each channel's robust range (0.5-99.5 percentiles), as for a single-channel i
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -174,6 +175,51 @@ class ChannelStack:
             raise ValueError(f"need {self.ndim - 2} leading indices for channels of shape {self.shape}, got {index}")
         planes = [self.arrays[c][index] if index else self.arrays[c] for c in self.mix.channels]
         local = ChannelMix(range(len(planes)), self.mix.colours, self.mix.contrast_limits)
+        return mix_channels(_Planes(planes), local)
+
+
+class MixedPlane:
+    """Slice ``index`` of a :class:`ChannelStack` as a lazy (H, W, 3) uint8 image, for tiles: indexing a region
+    (``plane[rows, cols]`` or ``plane[rows, cols, :]``) reads that region of the chosen channels only and mixes it.
+
+    Contrast limits the mix leaves open (None) are the channel's robust range in the *first* region read, then kept
+    for every other region, so that all tiles look the same to the model. :attr:`tag` names the mix (channels,
+    colours, limits) for the embedding keys of its tiles."""
+
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, stack: ChannelStack, index: Sequence[int] = ()) -> None:
+        self.stack, self.index = stack, tuple(int(i) for i in index)
+        if len(self.index) != stack.ndim - 2:
+            raise ValueError(f"need {stack.ndim - 2} leading indices for channels of shape {stack.shape}, "
+                             f"got {self.index}")
+        self.shape = (*stack.shape[-2:], 3)
+        self.ndim = 3
+        self.limits: list[tuple[float, float] | None] = list(stack.mix.contrast_limits)
+        self._lock = threading.Lock()
+
+    @property
+    def tag(self) -> str:
+        mix = self.stack.mix
+        return f"channels={list(mix.channels)};colours={list(mix.colours)};limits={list(mix.contrast_limits)}"
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        if len(key) > 3 or (len(key) == 3 and key[2] != slice(None)):
+            raise IndexError(f"a mixed plane is read by region (rows, columns), got {key!r}")
+        region = tuple(key[:2]) + (slice(None),) * (2 - len(key[:2]))
+        planes = []
+        for n, channel in enumerate(self.stack.mix.channels):
+            plane = self.stack.arrays[channel][self.index + region]
+            plane = np.asarray(plane.compute() if hasattr(plane, "compute") else plane, dtype=np.float32)
+            if self.limits[n] is None:
+                finite = np.isfinite(plane)
+                found = robust_range(plane, finite, DEFAULT_PERCENTILES) if finite.any() else (0.0, 1.0)
+                with self._lock:  # the first region read decides (prefetch and clicks read concurrently)
+                    if self.limits[n] is None:
+                        self.limits[n] = found
+            planes.append(plane)
+        local = ChannelMix(range(len(planes)), self.stack.mix.colours, self.limits)
         return mix_channels(_Planes(planes), local)
 
 

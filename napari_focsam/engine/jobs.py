@@ -141,6 +141,30 @@ class JobRunner:
         for job in dropped:
             self._finish(job, None, None, deliver=False)
 
+    def cancel_background(self, match: Callable[[Any], bool] | Hashable | None = None) -> list[Hashable]:
+        """Drop the queued background jobs of the keys ``match`` selects (a key, a predicate on keys; None: all) and
+        cancel the running one if it is selected (it stops at its next cancellation point; a result it returns all
+        the same is still delivered). Returns the keys hit."""
+        select = (lambda key: True) if match is None else match if callable(match) else (lambda key: key == match)
+        with self._lock:
+            dropped = [job for job in self._background if select(job.key)]
+            for job in dropped:
+                self._background.remove(job)
+            running = self._background_running
+            hit = [job.key for job in dropped]
+            if running is not None and select(running.key):
+                running.token.cancel()
+                hit.append(running.key)
+        for job in dropped:
+            self._finish(job, None, None, deliver=False)
+        return hit
+
+    def background_keys(self) -> list[Hashable]:
+        """The keys of the background jobs not finished: the running one first, then the queue in order."""
+        with self._lock:
+            running = [] if self._background_running is None else [self._background_running.key]
+            return running + [job.key for job in self._background]
+
     def cancel(self, match: Callable[[Any], bool] | Hashable) -> list[Hashable]:
         """Cancel the running and drop the pending jobs of the keys ``match`` selects (a key, or a predicate on
         keys); no result of theirs submitted so far will be delivered. Returns the keys that had jobs."""

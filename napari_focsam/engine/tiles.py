@@ -4,7 +4,11 @@
 them: level 0 is used; a slice of a stack through ``index``). A tile is embedded the first time an object needs it
 (:meth:`TiledImage.embed_tile`: only its view's region is read, and it is cached like any embedding, in the manager's
 memory LRU and zarr store, under a key naming the tile's rectangle), and its neighbours are then embedded in the
-background (:meth:`TiledImage.prefetch`, ``prefetch`` rings of tiles; superseded by the next object's request).
+background (:meth:`TiledImage.prefetch`, ``prefetch`` rings of tiles, on a thread of its own; superseded by the next
+object's request). A front-end with a job runner makes its images with ``prefetch=0`` and runs
+:meth:`TiledImage.prefetch_work` on the runner's low-priority queue instead. Mixed channels
+(:class:`~.channels.ChannelStack`) are tiled through :class:`~.channels.MixedPlane`: a view reads and mixes only its
+region of the chosen channels, and the tiles' keys name the mix (:func:`tiled_image_for`).
 
 :class:`TiledObject` is one object on it. The rule for which embedding answers an object's prompts:
 
@@ -29,47 +33,23 @@ percentiles of the smallest level of a multi-scale image, or of the first tile r
 
 from __future__ import annotations
 
+import atexit
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .image import DEFAULT_PERCENTILES, robust_range
 from .threads import bulk_work
 from .tile_grid import Tile, TileGrid, check_tiling, default_tiling, prompts_extent
+from .tile_source import Plane, level_zero, percentiles
+from .tile_source import tiled_image_for as tiled_image_for  # the front-ends' registry, kept importable here
 from .types import Cancelled, CancelToken, ImageEmbedding, Prompts
 from .views import View, ViewMask, ViewObject, input_side, view_around, view_key
 
 if TYPE_CHECKING:
     from .manager import ModelManager
-
-
-def level_zero(image: Any) -> Any:
-    """The full-resolution array of ``image``: itself, the first level of a multi-scale list (napari's multiscale
-    data, a list of zarr/dask arrays), or the first dataset of an OME-Zarr group."""
-    if isinstance(image, (list, tuple)) or type(image).__name__ == "MultiScaleData":
-        if not len(image):
-            raise ValueError("a multi-scale image needs at least one level")
-        return image[0]
-    attrs = getattr(image, "attrs", None)
-    if attrs is not None and not hasattr(image, "shape"):
-        multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
-        path = multiscales[0]["datasets"][0]["path"] if multiscales else "0"
-        return image[path]
-    return image
-
-
-class _Plane:
-    """One 2D (or RGB 2D) slice of an nD array, read lazily: indexing prepends the slice's leading indices."""
-
-    def __init__(self, data: Any, index: tuple[int, ...]) -> None:
-        self.data, self.index = data, index
-        self.shape = tuple(data.shape[len(index):])
-
-    def __getitem__(self, key: Any) -> Any:
-        return self.data[self.index + (key if isinstance(key, tuple) else (key,))]
 
 
 class TiledImage:
@@ -97,7 +77,7 @@ class TiledImage:
         self.manager = manager
         self.data = image
         self._objects: dict[int, TiledObject] = {}
-        self.image = _Plane(data, tuple(int(i) for i in index)) if index else data
+        self.image = Plane(data, tuple(int(i) for i in index)) if index else data
         self.rgb = bool(rgb)
         side = input_side(manager.predictor)
         d_tile, d_halo, _ = default_tiling(side)
@@ -109,7 +89,7 @@ class TiledImage:
         if self.contrast_limits is None and np.dtype(data.dtype) not in (np.uint8, np.bool_):
             levels = image if isinstance(image, (list, tuple)) and len(image) > 1 else None
             if levels is not None:
-                self.contrast_limits = _percentiles(levels[-1])
+                self.contrast_limits = percentiles(levels[-1])
         self._lock = threading.Lock()
         #: tiles (and free views) whose embedding was computed here, in order; ``from_cache``: read from a cache
         self.computed: list[Tile | View] = []
@@ -117,6 +97,8 @@ class TiledImage:
         self._keys: dict[View, str] = {}
         self._prefetch_token: CancelToken | None = None
         self._prefetch_thread: threading.Thread | None = None
+        #: what the pixels alone do not name (a channel mix: which channels, colours, limits), added to every key
+        self.tag = str(getattr(data, "tag", ""))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -130,7 +112,7 @@ class TiledImage:
         if self.contrast_limits is None and crop.dtype not in (np.uint8, np.bool_):
             with self._lock:
                 if self.contrast_limits is None:
-                    self.contrast_limits = _percentiles(crop)
+                    self.contrast_limits = percentiles(crop)
         return to_model_rgb(crop, rgb=self.rgb, contrast_limits=self.contrast_limits)
 
     def prepare(self, view: View) -> np.ndarray:
@@ -148,7 +130,7 @@ class TiledImage:
         prepared = None
         if key is None:
             prepared = self._prepare(self.image, view)
-            key = view_key(self.manager, prepared, view)
+            key = view_key(self.manager, prepared, view, extra=self.tag)
         computed = []
 
         def compute() -> Any:
@@ -168,29 +150,46 @@ class TiledImage:
         """Tile ``tile``'s embedding (its view's region read, embedded and cached on first use)."""
         return self.embed_view(self.grid.view(tile), cancel=cancel, name=(tile[0], tile[1]))
 
-    def prefetch(self, tile: Tile, rings: int | None = None) -> threading.Thread | None:
-        """Embed the tiles around ``tile`` in a background thread, nearest first, skipping cached ones; a new call
-        cancels the previous one's remaining tiles. Returns the thread (None when there is nothing to do)."""
+    def prefetch_work(self, tile: Tile, rings: int | None = None) -> Callable[[CancelToken], list[Tile]] | None:
+        """The work of embedding the tiles within ``rings`` (default: :attr:`prefetch_rings`) of ``tile``, nearest
+        first (cached ones are found in the cache), as ``work(token)`` for a job runner: it stops between tiles and
+        between the encoder's blocks when ``token`` is cancelled, and returns the tiles it embedded. None when
+        there is nothing around ``tile`` to embed."""
         rings = self.prefetch_rings if rings is None else int(rings)
         tiles = self.grid.around(tile, rings) if rings > 0 else []
+        if not tiles:
+            return None
+
+        def work(token: CancelToken) -> list[Tile]:
+            done = []
+            for t in tiles:
+                token.raise_if_cancelled()
+                self.embed_tile(t, cancel=token)
+                done.append(t)
+            return done
+
+        return work
+
+    def prefetch(self, tile: Tile, rings: int | None = None) -> threading.Thread | None:
+        """Embed the tiles around ``tile`` in a thread of its own (:meth:`prefetch_work`); a new call cancels the
+        previous one's remaining tiles. Returns the thread (None when there is nothing to do)."""
         with self._lock:
             if self._prefetch_token is not None:
                 self._prefetch_token.cancel()
             self._prefetch_token = token = CancelToken()
-        if not tiles:
+        work = self.prefetch_work(tile, rings)
+        if work is None:
             return None
 
-        def work() -> None:
-            for t in tiles:
-                if token.cancelled:
-                    return
-                try:
-                    self.embed_tile(t, cancel=token)
-                except Cancelled:
-                    return
+        def run() -> None:
+            try:
+                work(token)
+            except Cancelled:
+                pass
 
-        thread = threading.Thread(target=work, name="focsam-tile-prefetch", daemon=True)
+        thread = threading.Thread(target=run, name="focsam-tile-prefetch", daemon=True)
         self._prefetch_thread = thread
+        _PREFETCHING.add(self)
         thread.start()
         return thread
 
@@ -226,38 +225,20 @@ class TiledImage:
             return obj
 
 
-_REGISTRY: weakref.WeakKeyDictionary[Any, dict[tuple, TiledImage]] = weakref.WeakKeyDictionary()
-_REGISTRY_LOCK = threading.Lock()
+#: images whose prefetch thread may still run: stopped at exit, so that no thread is killed inside torch (which
+#: aborts the process: "terminate called without an active exception")
+_PREFETCHING: weakref.WeakSet[TiledImage] = weakref.WeakSet()
 
 
-def tiled_image_for(manager: ModelManager, data: Any, index: tuple[int, ...], rgb: bool,
-                    contrast_limits: Sequence[float] | None, tile: int | None = None, halo: int | None = None
-                    ) -> TiledImage:
-    """The :class:`TiledImage` a front-end uses for one slice of ``data`` with ``manager`` (made once, then kept
-    with the manager while the same data array, slice, colour mode, contrast limits and tiling are asked for)."""
-    limits = None if contrast_limits is None else tuple(float(v) for v in contrast_limits)
-    key = (id(data), tuple(index), bool(rgb), limits, tile, halo)
-    with _REGISTRY_LOCK:
-        images = _REGISTRY.setdefault(manager, {})
-        tiled = images.get(key)
-        if tiled is not None and tiled.data is data:
-            return tiled
-        tiled = TiledImage(manager, data, tile=tile, halo=halo, rgb=rgb, contrast_limits=limits, index=index)
-        images[key] = tiled
-        return tiled
+@atexit.register
+def _stop_prefetching() -> None:
+    for tiled in list(_PREFETCHING):
+        tiled.stop_prefetch()
 
 
 def _fits(view: View, box: np.ndarray | None) -> bool:
     """Whether ``box`` (see :func:`~.tile_grid.prompts_extent`; None: no prompts) lies inside ``view``."""
     return box is None or (view.contains(box[0], box[1]) and view.contains(box[2], box[3]))
-
-
-def _percentiles(array: Any) -> tuple[float, float]:
-    values = np.asarray(array.compute() if hasattr(array, "compute") else array, dtype=np.float32)
-    finite = np.isfinite(values)
-    if not finite.any():
-        return 0.0, 1.0
-    return robust_range(values, finite, DEFAULT_PERCENTILES)
 
 
 class TiledObject:
@@ -286,6 +267,13 @@ class TiledObject:
     @property
     def mask(self) -> ViewMask | None:
         return None if self.current is None else self.current.mask
+
+    @property
+    def regions(self) -> list[tuple[int, int, int, int]]:
+        """The regions of the views this object's masks have covered (the current one among them) since its last
+        :meth:`write`: a front-end clears the object from those it left."""
+        with self._lock:
+            return list(self._regions)
 
     def _full_region(self, prompts: Prompts) -> Prompts:
         """``prompts`` whose region mask is in the current view's pixels, with the region in full-image pixels."""

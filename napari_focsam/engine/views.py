@@ -229,11 +229,13 @@ def view_around(box: Sequence[float] | np.ndarray, image_shape: tuple[int, int],
     return View((h, w), (top, left, bottom, right))
 
 
-def view_key(manager: ModelManager, prepared: np.ndarray, view: View) -> str:
-    """The cache key of a view's prepared (h, w, 3) uint8 pixels with the manager's model."""
+def view_key(manager: ModelManager, prepared: np.ndarray, view: View, *, extra: str = "") -> str:
+    """The cache key of a view's prepared (h, w, 3) uint8 pixels with the manager's model; ``extra`` names what
+    else made those pixels (a channel mix), so that it is part of the key too."""
     from .signature import data_signature, embedding_key
 
-    return embedding_key(data_signature(prepared), f"{manager.predictor.fingerprint}|{view.tag}")
+    tag = f"{manager.predictor.fingerprint}|{view.tag}" + (f"|{extra}" if extra else "")
+    return embedding_key(data_signature(prepared), tag)
 
 
 def prepare_view(image: Any, view: View, *, rgb: bool | None = None, contrast_limits: Sequence[float] | None = None,

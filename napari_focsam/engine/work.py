@@ -7,6 +7,7 @@ thread, passes plain data here, and writes the returned :class:`ClickResult` int
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,20 @@ from .image import take_slice
 from .manager import ModelManager
 from .tile_grid import check_tiling, should_tile
 from .types import CancelToken, Prompts
-from .views import input_side
+from .views import Region, ViewMask, input_side
+
+
+@dataclass
+class TiledClick:
+    """What a click on a tiled slice gives besides its mask: the region the mask covers (``view``: the mask of that
+    region only, never a whole slice), the regions the object covered before and left (``left``: cleared of it
+    when written), its tile (None for a view centred on the prompts) and the work of embedding the tiles around it
+    (``prefetch(token)``, for the front-end's low-priority queue; None: nothing to prefetch)."""
+
+    view: ViewMask
+    left: tuple[Region, ...] = ()
+    tile: tuple[int, int] | None = None
+    prefetch: Callable[[CancelToken], Any] | None = None
 
 
 @dataclass
@@ -25,24 +39,27 @@ class ClickResult:
     manager: ModelManager
     index: tuple[int, ...]
     object_id: int
-    mask: np.ndarray
+    mask: np.ndarray  # the slice's mask (with ``region_only``, of a tiled slice: that of ``tiled.view.region``)
     embedding_key: str
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
     embedded: float | None = None  # seconds spent computing the embedding (None: it came from the cache)
     finished_at: float = 0.0  # time.perf_counter() when the worker was done
+    tiled: TiledClick | None = None  # set for a click on a tiled slice
 
 
 @dataclass(frozen=True)
 class TileSettings:
     """How a front-end treats large slices (see :mod:`.tiles`): ``enabled`` None tiles a slice whose longest side
     exceeds ``threshold`` (default: twice the model's input side), True always, False never; ``tile`` and ``halo``
-    None are the model's defaults (768 and 128 px for SAM). Bad values are refused with a message."""
+    None are the model's defaults (768 and 128 px for SAM); ``prefetch`` rings of tiles around an object's tile are
+    embedded after its click, at low priority. Bad values are refused with a message."""
 
     enabled: bool | None = None
     tile: int | None = None
     halo: int | None = None
     threshold: int | None = None
+    prefetch: int = 1
 
     def __post_init__(self) -> None:
         if self.tile is not None or self.halo is not None:
@@ -50,12 +67,12 @@ class TileSettings:
                          self.halo if self.halo is not None else 0)
         if self.threshold is not None and self.threshold < 1:
             raise ValueError(f"the tiling threshold must be at least 1 pixel, got {self.threshold}")
+        if isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int) or self.prefetch < 0:
+            raise ValueError(f"prefetch is a number of rings of tiles (0 or more), got {self.prefetch!r}")
 
     def applies(self, manager: ModelManager, data: Any, index: tuple[int, ...], rgb: bool) -> bool:
-        """Whether slice ``index`` of ``data`` is annotated in tiles with ``manager``'s model (mixed channels, a
-        :class:`~napari_focsam.engine.channels.ChannelStack`, are not tiled yet)."""
-        if isinstance(data, ChannelStack):
-            return False
+        """Whether slice ``index`` of ``data`` (an array or a :class:`~napari_focsam.engine.channels.ChannelStack`)
+        is annotated in tiles with ``manager``'s model."""
         if self.enabled is not None:
             return bool(self.enabled)
         shape = tuple(data.shape[len(index):])
@@ -88,7 +105,7 @@ def embed_slice(manager: ModelManager, data: Any, index: tuple[int, ...], rgb: b
 def compute_object(manager: ModelManager, data: Any, index: tuple[int, ...], rgb: bool,
                    contrast: tuple[float, float], object_id: int, prompts: Prompts,
                    token: CancelToken, known_key: str | None = None, *,
-                   tiles: TileSettings | None = None) -> ClickResult:
+                   tiles: TileSettings | None = None, region_only: bool = False) -> ClickResult:
     """One click job: the embedding (cached; computed to the end even if superseded, since the next job needs it),
     the object's session, and :meth:`~napari_focsam.engine.session.ObjectSession.sync` to the prompts (a superseded
     job stops between model steps and keeps the steps it completed).
@@ -97,10 +114,13 @@ def compute_object(manager: ModelManager, data: Any, index: tuple[int, ...], rgb
     embedding (or the object's session) is still held, the slice is not converted and hashed again (a few
     milliseconds per click on a 1024² image).
 
-    With ``tiles`` that apply to the slice, the object is answered from its tile (:mod:`.tiles`): the result's mask
-    is the slice's, False outside the view's region, and its ``embedding_key`` is ``""`` (no whole-slice session)."""
+    With ``tiles`` that apply to the slice, the object is answered from its tile (:mod:`.tiles`), its ``tiled``
+    (:class:`TiledClick`) says which region the mask covers, and its ``embedding_key`` is ``""`` (no whole-slice
+    session). The mask is the slice's (False outside that region, and the tiles around are embedded on a thread of
+    the tiled image's own) or, with ``region_only``, the region's alone: no array the size of the slice is made,
+    and the front-end runs ``tiled.prefetch`` on its own queue."""
     if tiles is not None and tiles.applies(manager, data, index, rgb):
-        return _compute_tiled(manager, data, index, rgb, contrast, object_id, prompts, token, tiles)
+        return _compute_tiled(manager, data, index, rgb, contrast, object_id, prompts, token, tiles, region_only)
     start = time.perf_counter()
     embedded = None
     session = _known_session(manager, known_key, object_id)
@@ -138,30 +158,43 @@ def _tiled_object(manager: ModelManager, data: Any, index: tuple[int, ...], rgb:
     return tiled, tiled.object(object_id)
 
 
+def _tiled_click(obj: Any, view: ViewMask, prefetch: Callable[[CancelToken], Any] | None = None) -> TiledClick:
+    left = tuple(region for region in obj.regions if region != view.region)
+    return TiledClick(view, left, obj.tile, prefetch)
+
+
 def _compute_tiled(manager: ModelManager, data: Any, index: tuple[int, ...], rgb: bool,
                    contrast: tuple[float, float], object_id: int, prompts: Prompts, token: CancelToken,
-                   tiles: TileSettings) -> ClickResult:
+                   tiles: TileSettings, region_only: bool) -> ClickResult:
     start = time.perf_counter()
     tiled, obj = _tiled_object(manager, data, index, rgb, contrast, object_id, tiles)
-    if prompts.is_empty:
+    timings: dict[str, float] = {}
+    if prompts.is_empty:  # every prompt removed: the object is cleared from the regions it covered
+        region = obj.view.region if obj.view is not None else (0, 0, 1, 1)
         obj.current = None
-        mask = np.zeros(tiled.shape, bool)
-        timings: dict[str, float] = {}
+        view = ViewMask(tiled.shape, region, np.zeros((region[2] - region[0], region[3] - region[1]), bool))
+        click = _tiled_click(obj, view)
     else:
-        mask = obj.sync(prompts, cancel=token).full()
+        before = (obj.current, obj.tile)
+        view = obj.sync(prompts, cancel=token)
         step = obj.current.session.current
         timings = dict(step.prediction.timings) if step is not None else {}
-    return ClickResult(manager, index, object_id, mask, "", time.perf_counter() - start, timings,
-                       finished_at=time.perf_counter())
+        work = tiled.prefetch_work(obj.tile, tiles.prefetch) if obj.tile is not None and region_only else None
+        if obj.tile is not None and not region_only and before != (obj.current, obj.tile):  # entered a tile
+            tiled.prefetch(obj.tile, tiles.prefetch)
+        click = _tiled_click(obj, view, work)
+    return ClickResult(manager, index, object_id, view.mask if region_only else view.full(), "",
+                       time.perf_counter() - start, timings, finished_at=time.perf_counter(), tiled=click)
 
 
 def tiled_step(manager: ModelManager, data: Any, index: tuple[int, ...], rgb: bool,
-               contrast: tuple[float, float], object_id: int, which: str, tiles: TileSettings
-               ) -> tuple[np.ndarray, Prompts] | None:
-    """Undo (``which="undo"``) or redo one step of a tiled object: its slice mask and its prompts (full-slice
+               contrast: tuple[float, float], object_id: int, which: str, tiles: TileSettings, *,
+               region_only: bool = False) -> tuple[Any, Prompts] | None:
+    """Undo (``which="undo"``) or redo one step of a tiled object: its slice mask (with ``region_only``, a
+    :class:`TiledClick`: the mask of the region it covers and the regions to clear) and its prompts (full-slice
     pixels), or None when the object has no steps."""
     _, obj = _tiled_object(manager, data, index, rgb, contrast, object_id, tiles)
     if obj.current is None:
         return None
     view_mask = obj.undo() if which == "undo" else obj.redo()
-    return view_mask.full(), obj.prompts
+    return (_tiled_click(obj, view_mask) if region_only else view_mask.full()), obj.prompts

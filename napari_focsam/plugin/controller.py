@@ -8,7 +8,7 @@ Rules it keeps (details in ``docs/napari.md``, "How clicks become masks"):
   result — and requests coalesce (one running job per key, one pending request with the latest prompts);
 * committing an object lets its jobs finish and write their masks; only :meth:`AnnotationController.cancel` (and
   undo/redo on that slice, deleting the object, choosing other layers) discards them;
-* prefetch embeddings run on the runner's low-priority background thread, so a click never waits behind them;
+* prefetch embeddings (slices, tiles) run on the runner's low-priority background thread: no click waits for them;
 * a failed job shows a notification and leaves every layer as it was.
 
 Box prompts come from a Shapes layer: the latest rectangle on a slice is the current object's box there (models that
@@ -36,19 +36,20 @@ from . import layers as L
 from . import shape_layers as S
 from .gui_jobs import GuiJobs
 from .image_source import ImageSource, check_geometry
+from .label_base import restore
 from .label_edits import LabelEdits
 from .prompt_input import PromptInput
 from .shape_input import ShapeInput
 from .stability_view import StabilityView
-from .tiles_view import step_tiled
+from .tiles_view import TilesView
 from .work import ClickResult, TileSettings, compute_object
 from .zoom_view import ZoomView
 
 CLICK = "click"  # job keys: (CLICK, slice, object id)
 
 
-class AnnotationController(ImageSource, ZoomView, PromptInput, ShapeInput, StabilityView, LabelEdits, GuiJobs,
-                           ObjectCommits):
+class AnnotationController(ImageSource, ZoomView, TilesView, PromptInput, ShapeInput, StabilityView, LabelEdits,
+                           GuiJobs, ObjectCommits):
     """Drives one image / clicks / labels triple with a :class:`ModelManager` (layers read and written on the GUI
     thread, model work in the job runner's threads)."""
 
@@ -93,7 +94,7 @@ class AnnotationController(ImageSource, ZoomView, PromptInput, ShapeInput, Stabi
         """Use ``manager`` from now on. Click jobs already running finish with the model they started with (their
         masks belong to the clicks shown); the next click on a slice recomputes it with the new model."""
         self.jobs.cancel(lambda key: key[0] != CLICK)  # embeddings for the old model: no longer wanted
-        self.jobs.clear_background()
+        self.jobs.cancel_background()
         self.manager = manager
         self._boxes_warned = False
         self._keys.clear()
@@ -140,7 +141,7 @@ class AnnotationController(ImageSource, ZoomView, PromptInput, ShapeInput, Stabi
         """Stop working on the layers: every click job is discarded (nothing more is written into them)."""
         self.cancel_jobs()
         self.cancel_stability()
-        self.jobs.clear_background()
+        self.jobs.cancel_background()
         if self.points is not None:
             self.points.events.data.disconnect(self._on_points_data)
             if self._sign_from_mouse in self.points.mouse_drag_callbacks:
@@ -183,8 +184,7 @@ class AnnotationController(ImageSource, ZoomView, PromptInput, ShapeInput, Stabi
         index, object_id = self.index, self.object_id
         ticket = self._stability_ticket()  # the stability under way is out of date
         prompts = self._prompts(index)
-        if (index, object_id) not in self._bases:
-            self._bases[(index, object_id)] = L.slice_copy(self.labels, index)
+        self._base(index, object_id)  # the slice before this object (Cancel restores it)
         zoom_work = self._zoom_work(index, object_id, prompts)
         if zoom_work is not None:
             self._submit_click(index, object_id, zoom_work)
@@ -194,7 +194,7 @@ class AnnotationController(ImageSource, ZoomView, PromptInput, ShapeInput, Stabi
         args = (self.manager, data, index, rgb, contrast, object_id, prompts)
 
         def work(token: CancelToken) -> ClickResult:
-            return compute_object(*args, token, known_key=self._known.get(known), tiles=self.tiles)
+            return compute_object(*args, token, known_key=self._known.get(known), tiles=self.tiles, region_only=True)
 
         def done(result: ClickResult) -> None:
             if result.manager is self.manager and self.image is not None and signature == self.model_source()[3]:
@@ -216,10 +216,7 @@ class AnnotationController(ImageSource, ZoomView, PromptInput, ShapeInput, Stabi
         if self.labels not in self.viewer.layers:
             show_warning("FocSAM: the Labels layer was removed while the mask was computed; nothing was written")
             return
-        base = self._bases.get((result.index, result.object_id))
-        if base is None:
-            base = L.slice_copy(self.labels, result.index)
-        L.write_object(self.labels, result.index, result.mask, result.object_id, base, overwrite=self.overwrite)
+        self._write_click(result)
         if result.manager is self.manager:
             self._keys[result.index] = result.embedding_key
         self.last_click_seconds = result.seconds
@@ -256,7 +253,7 @@ class AnnotationController(ImageSource, ZoomView, PromptInput, ShapeInput, Stabi
             return
         session = self.session()
         if session is None:
-            step_tiled(self, which)
+            self._step_tiled(which)
             return
         index = self.index
         self.cancel_stability()
@@ -297,12 +294,13 @@ class AnnotationController(ImageSource, ZoomView, PromptInput, ShapeInput, Stabi
         if self.labels is None:
             return
         self.cancel_stability()
+        self.cancel_tile_prefetch()
         self.stabilities.pop(self.object_id, None)
         self.jobs.cancel(lambda key: key[0] == CLICK and key[2] == self.object_id)
         for (index, object_id), base in list(self._bases.items()):
             if object_id == self.object_id:
                 # the slice as it was (a label being refined keeps its pixels there)
-                L.write_object(self.labels, index, base == object_id, object_id, base, overwrite=True)
+                restore(self.labels, index, base, object_id)
                 del self._bases[(index, object_id)]
         self._close_sessions(self.object_id)
         self._forget_zooms(self.object_id)

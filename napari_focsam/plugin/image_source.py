@@ -22,6 +22,7 @@ from napari.layers import Image, Labels
 from ..engine.channels import ChannelMix, ChannelStack
 from ..engine.manager import ModelManager
 from .controller_parts import ControllerParts
+from .tiles_view import is_prefetch
 
 
 def check_geometry(image: Image, labels: Labels | None = None) -> None:
@@ -118,6 +119,7 @@ class ImageSource(ControllerParts):
             return
         self.embed_current()
         self.jobs.clear_background()
+        self.jobs.cancel_background(is_prefetch)  # the tiles around an object of the slice left
         if self.prefetch:
             index = self.index
             for step in (-1, 1):

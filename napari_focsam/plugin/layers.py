@@ -7,6 +7,7 @@ Everything here runs on the main (GUI) thread.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels, Points, Shapes
@@ -241,7 +242,7 @@ def write_object(
     index: tuple[int, ...],
     mask: np.ndarray,
     object_id: int,
-    base: np.ndarray,
+    base: Any,
     *,
     overwrite: bool = False,
 ) -> int:
@@ -249,18 +250,30 @@ def write_object(
 
     The object takes the mask's pixels that are background or already its own (every mask pixel with
     ``overwrite``); pixels it holds outside the mask go back to ``base``, the slice as it was before this object was
-    touched (background where ``base`` had the object itself). Every other pixel keeps its *current* value: other
-    objects are judged by the labels as they are now, so a mask of an earlier object that lands after ``base`` was
-    taken (its job finished late) is never erased or taken. Only the window where the object is or appears is
-    compared (on the GUI thread a whole 1024² slice costs milliseconds), and the write goes through
-    ``Labels.data_setitem`` so only the changed region is redrawn. Returns the number of pixels changed.
+    touched (an array or a :class:`~.label_base.LabelBase`; background where ``base`` had the object itself). Every
+    other pixel keeps its *current* value: other objects are judged by the labels as they are now, so a mask of an
+    earlier object that lands after ``base`` was taken (its job finished late) is never erased or taken. Only the
+    window where the object is or appears is compared (on the GUI thread a whole 1024² slice costs milliseconds),
+    and the write goes through ``Labels.data_setitem`` so only the changed region is redrawn. Returns the number of
+    pixels changed.
     """
     view = labels.data[index] if index else labels.data
     region = _extent(mask, np.asarray(view) == object_id)
     if region is None:
         return 0
     rows, cols = region
-    mask, base, current = mask[rows, cols], np.asarray(base[rows, cols]), np.asarray(view[rows, cols])
+    return write_window(labels, index, (rows.start, cols.start, rows.stop, cols.stop), mask[rows, cols], object_id,
+                        base, overwrite=overwrite)
+
+
+def write_window(labels: Labels, index: tuple[int, ...], region: tuple[int, int, int, int], mask: np.ndarray,
+                 object_id: int, base: Any, *, overwrite: bool = False) -> int:
+    """:func:`write_object` inside ``region`` (y0, x0, y1, x1) of slice ``index`` only: ``mask`` is that region's
+    mask, ``base`` anything indexed by the slice's (rows, columns) (an array, :class:`~.label_base.LabelBase`).
+    Nothing outside the region is read or written: no array the size of the slice is made."""
+    rows, cols = slice(region[0], region[2]), slice(region[1], region[3])
+    view = labels.data[index] if index else labels.data
+    mask, base, current = np.asarray(mask, bool), np.asarray(base[rows, cols]), np.asarray(view[rows, cols])
     target = current.copy()
     leaving = (current == object_id) & ~mask
     target[leaving] = np.where(base[leaving] == object_id, 0, base[leaving])
