@@ -337,3 +337,31 @@ def test_a_large_multi_channel_slice_is_tiled_reading_only_its_tiles():
     np.testing.assert_array_equal(source.mixed[100:200, 300:420], mixed[100:200, 300:420])
     np.testing.assert_array_equal(source.mixed[7, 9], mixed[7, 9])
     ann.close()
+
+
+def test_tiled_clicks_write_their_region_keep_blocks_and_prefetch_around():
+    from napari_focsam.engine.tiles import tiled_image_for
+    from napari_focsam.notebook.tiled_writes import BlockBase
+
+    image = discs(shape=(2600, 2600), centres=((300, 400), (2000, 2100)), radius=30)
+    labels = np.zeros(image.shape, np.int32)
+    labels[280:300, 380:420] = 7  # an object already there, partly under the new one
+    ann = Annotator(image, "fallback", labels=labels).wait()
+    browser = Browser(ann)
+    ann.click(300, 400)
+    ann.wait()
+    base = ann.controller._bases[((), 8)]
+    assert isinstance(base, BlockBase) and 0 < base.nbytes <= 4 * 512 * 512 * 4  # not a copy of the slice
+    assert (ann.labels == 7).sum() == (labels == 7).sum()  # committed objects are not overwritten
+    patch = browser.of("labels")[-1][0]
+    y0, x0, y1, x1 = patch["box"]
+    assert (y1 - y0) * (x1 - x0) < 200 * 200  # only the changed box of the view travels
+    tiled = tiled_image_for(ann.manager, image, (), False, ann.contrast_limits)
+    assert len(tiled.computed) > 1  # the tiles around the object's were embedded in the background
+    ann.controller.overwrite = True
+    ann.click(290, 400)
+    ann.wait()
+    assert (ann.labels == 7).sum() < (labels == 7).sum()
+    ann.cancel()
+    np.testing.assert_array_equal(ann.labels, labels)  # cancel gives back every pixel, object 7's included
+    ann.close()

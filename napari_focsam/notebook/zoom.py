@@ -58,6 +58,8 @@ class NotebookZoom(ZoomClicks):
 
         def _view(self, index: tuple[int, ...]) -> np.ndarray: ...
 
+        def _base(self, index: tuple[int, ...], object_id: int) -> Any: ...
+
         def _write(self, index: tuple[int, ...], mask: np.ndarray, object_id: int, base: np.ndarray | None, *,
                    seq: int | None = None, model_ms: float | None = None, overwrite: bool | None = None) -> None: ...
 
@@ -89,7 +91,7 @@ class NotebookZoom(ZoomClicks):
             raise ValueError("refine detail: click on the object first (and wait for its first mask)")
         if prompts.box is not None or prompts.mask is not None or prompts.scribbles:
             raise ValueError("refine detail works on clicks: this object has a box")
-        self._bases.setdefault((index, object_id), self._view(index).copy())
+        self._base(index, object_id)
         self._submit_zoom(index, object_id, self._zoom_job(index, object_id, prompts, None, session.mask), seq)
         self._set_status(f"refining object {object_id} on a zoom …", "info")
 
@@ -137,8 +139,7 @@ class NotebookZoom(ZoomClicks):
             prompts = Prompts(given.points[:n], given.labels[:n]) if n <= len(given.points) else zoomed.prompts
         self._prompts[(index, object_id)] = prompts
         if mask is not None:
-            base = self._bases.setdefault((index, object_id), self._view(index).copy())
-            self._write(index, mask, object_id, base)
+            self._write(index, mask, object_id, self._base(index, object_id))
         self._update(prompts=True)
         return True
 
