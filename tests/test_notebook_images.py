@@ -319,3 +319,21 @@ def test_the_window_reads_only_its_pixels():
     np.testing.assert_array_equal(channels.display((), (0, 1), (8, 9, 40, 50)), mixed[8:40, 9:50])
     for a in (ann, mixed_ann):
         a.close()
+
+
+def test_a_large_multi_channel_slice_is_tiled_reading_only_its_tiles():
+    nuclei = discs(shape=(1100, 1300), centres=((300, 400), (800, 1000)), radius=30)
+    image = np.stack([nuclei, np.full_like(nuclei, 40), 255 - nuclei])
+    ann = Annotator(image, "fallback", channel_axis=0, channels=[0, 2])
+    ann.wait()
+    mixed = ann.controller.source.display((), (0, 1))  # the whole slice as the model sees it
+    assert ann.tiled and mixed.shape == (1100, 1300, 3)
+    ann.click(300, 400)
+    ann.wait()
+    expected = compute_object(ann.manager, mixed, (), True, (0, 255), 99, Prompts([(300, 400)], [1]),
+                              CancelToken(), tiles=TileSettings()).mask
+    np.testing.assert_array_equal(ann.labels == 1, expected)  # the same tiles of the same pixels
+    source = ann.controller.source
+    np.testing.assert_array_equal(source.mixed[100:200, 300:420], mixed[100:200, 300:420])
+    np.testing.assert_array_equal(source.mixed[7, 9], mixed[7, 9])
+    ann.close()
