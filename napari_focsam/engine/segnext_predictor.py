@@ -71,9 +71,9 @@ class SegNextPredictor(LoadedWeightsPredictor[LoadedSegNext]):
     supports_boxes = True
     uses_refiner = False
     #: the slow, dense-prompt model on a CPU (the widget says so)
-    cost_note = ("SegNext runs a large network (≈0.29 TFLOP) at every click: 1–3 seconds per click on a CPU (about "
-                 "1.5 CPU-seconds: about 1 s on 2 idle cores with bfloat16, up to 3 s on a busy machine), fast on a "
-                 "GPU (docs/models.md)")
+    cost_note = ("SegNext runs a large network (≈0.29 TFLOP) at every click: 0.7–3 seconds per click on a CPU "
+                 "(0.7 s on 2 idle cores with bfloat16, about 1 s with one core busy elsewhere, up to 3 s on a busy "
+                 "machine), fast on a GPU (docs/models.md)")
 
     def __init__(self, loaded: LoadedSegNext, *, lowp: torch.dtype | str | None = "auto",
                  encoder_lowp: torch.dtype | str | None = "auto", attention: str = "sdpa",
