@@ -59,6 +59,15 @@ def test_anisotropic_stack_and_an_affine_with_shear():
     assert ann.controller.prompt_state()["points"] == [[60.0, 50.0, 1]]
     assert [(o.label, o.slices) for o in ann.objects] == [(1, (3,))]
     assert ann.objects[0].size == pytest.approx(ann.objects[0].pixels * 0.25)  # µm³ of 2 × 0.5 × 0.25
+    ann.commit()
+    ann.click_at((2.2, 25.0, 12.5))  # µm: z 1.1 → slice 1, pixel (50, 50)
+    ann.wait()
+    assert ann.slice == 1 and ann.controller.prompt_state()["points"] == [[50.0, 50.0, 1]]
+    assert [(o.label, o.slices) for o in ann.objects] == [(1, (3,)), (2, (1,))]
+    with pytest.raises(ValueError, match="outside the stack of 4 slices"):
+        ann.click_at((9.0, 25.0, 12.5))
+    with pytest.raises(ValueError, match="has 3 coordinates, got 2"):
+        ann.click_at((25.0, 12.5))
     ann.close()
     # y_world = y + 0.5 z: the same world y is another pixel row on each slice
     geometry = Geometry.of(3, affine=[[1, 0, 0], [0.5, 1, 0], [0, 0, 1]])
