@@ -39,8 +39,9 @@ CELLS = [
     "import json\nimport numpy as np\nfrom napari_focsam import ModelManager\n"
     "from napari_focsam.engine.fallback import FallbackPredictor\nfrom napari_focsam.notebook import Annotator\n"
     "image = np.load('image.npy')",
-    # a fallback working at 96 px, so a 240-px image is shrunk to reach it and small objects gain from a zoom
-    "ann = Annotator(image, ModelManager(FallbackPredictor(max_side=96)), channel_axis=0, channels=[0], "
+    # a fallback working at 96 px, so a 240-px image is shrunk to reach it (not tiled) and small objects gain from a
+    # zoom
+    "ann = Annotator(image, ModelManager(FallbackPredictor(max_side=96)), channel_axis=0, channels=[0], tiles=False, "
     f"scale={SCALE}, translate={TRANSLATE}, units='µm', display_width=480)\nann.wait()\nann",
     # a slice too tall to show whole: a 256-px window and an overview
     "yy, xx = np.mgrid[:4400, :300]\ntall = np.where((yy - 150) ** 2 + (xx - 150) ** 2 < 25 ** 2, 200, 30)"
