@@ -151,6 +151,7 @@ def test_microscopy_controls_in_a_real_browser(tmp_path):
             mini = big.root.find_element(By.CSS_SELECTOR, "canvas.focsam-overview")
             assert mini.is_displayed()
             from selenium.webdriver.common.action_chains import ActionChains
+            from selenium.webdriver.common.keys import Keys
 
             driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", mini)
             ActionChains(driver).move_to_element_with_offset(mini, 0, -mini.size["height"] // 2 + 2).click().perform()
@@ -165,6 +166,8 @@ def test_microscopy_controls_in_a_real_browser(tmp_path):
             got = json.loads(page.execute("print(json.dumps(big.controller.prompt_state()['points']))"))
             assert got == [[150.0, 150.0, 1]], got
             page.wait_for(lambda: page.execute("print(int(big.labels[150, 150]))").strip() == "1", "the mask")
+            ActionChains(driver).send_keys(Keys.ARROW_DOWN).perform()  # half a window down
+            page.wait_for(lambda: big.data("window").startswith("128,"), "the window moved by the arrow key")
             outputs = page.output_texts()
             assert not any("Traceback" in text or "Error" in text for text in outputs), outputs
         finally:
