@@ -84,3 +84,17 @@ def test_bench_tiles_prints_tiled_vs_resized() -> None:
     out = _run("bench_tiles.py", "--model", "sam_tiny", "--side", "2560", "--micro-sam", "none", "--clicks", "2")
     assert "ours, tiled" in out and re.search(r"1 of 16 tiles embedded", out), out
     assert re.search(r"ratio ours tiled / ours, resized: first mask \d+\.\d\d, working memory \d+\.\d\d", out), out
+
+
+def test_bench_tiles_prefetch_prints_each_background_against_idle() -> None:
+    out = _run("bench_tiles_prefetch.py", "--model", "fallback", "--side", "2048", "--clicks", "2")
+    for variant in ("idle", "runner background", "plain thread"):
+        assert re.search(rf"\| {variant} \| \d+ \| \d+ \| \d+\.\d\d \|", out), out
+    assert re.search(r"load \d+\.\d", out), out
+
+
+def test_bench_tiles_memory_prints_the_peak_per_click() -> None:
+    pytest.importorskip("napari")
+    out = _run("bench_tiles_memory.py", "--side", "2048", "--clicks", "1", "--hidden")
+    rows = re.findall(r"\| hidden \(the annotator's own\) \| (first of an object|next) \| ([\d.]+) \| ([\d.]+) \|", out)
+    assert len(rows) == 2 and all(float(mib) > 0 for _, mib, _ in rows), out  # (the bound: test_widget_tiles.py)

@@ -39,8 +39,9 @@ CELLS = [
     "import json\nimport numpy as np\nfrom napari_focsam import ModelManager\n"
     "from napari_focsam.engine.fallback import FallbackPredictor\nfrom napari_focsam.notebook import Annotator\n"
     "image = np.load('image.npy')",
-    # a fallback working at 96 px, so a 240-px image is shrunk to reach it and small objects gain from a zoom
-    "ann = Annotator(image, ModelManager(FallbackPredictor(max_side=96)), channel_axis=0, channels=[0], "
+    # a fallback working at 96 px, so a 240-px image is shrunk to reach it (not tiled) and small objects gain from a
+    # zoom
+    "ann = Annotator(image, ModelManager(FallbackPredictor(max_side=96)), channel_axis=0, channels=[0], tiles=False, "
     f"scale={SCALE}, translate={TRANSLATE}, units='µm', display_width=480)\nann.wait()\nann",
     # a slice too tall to show whole: a 256-px window and an overview
     "yy, xx = np.mgrid[:4400, :300]\ntall = np.where((yy - 150) ** 2 + (xx - 150) ** 2 < 25 ** 2, 200, 30)"
@@ -150,6 +151,7 @@ def test_microscopy_controls_in_a_real_browser(tmp_path):
             mini = big.root.find_element(By.CSS_SELECTOR, "canvas.focsam-overview")
             assert mini.is_displayed()
             from selenium.webdriver.common.action_chains import ActionChains
+            from selenium.webdriver.common.keys import Keys
 
             driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", mini)
             ActionChains(driver).move_to_element_with_offset(mini, 0, -mini.size["height"] // 2 + 2).click().perform()
@@ -164,6 +166,8 @@ def test_microscopy_controls_in_a_real_browser(tmp_path):
             got = json.loads(page.execute("print(json.dumps(big.controller.prompt_state()['points']))"))
             assert got == [[150.0, 150.0, 1]], got
             page.wait_for(lambda: page.execute("print(int(big.labels[150, 150]))").strip() == "1", "the mask")
+            ActionChains(driver).send_keys(Keys.ARROW_DOWN).perform()  # half a window down
+            page.wait_for(lambda: big.data("window").startswith("128,"), "the window moved by the arrow key")
             outputs = page.output_texts()
             assert not any("Traceback" in text or "Error" in text for text in outputs), outputs
         finally:

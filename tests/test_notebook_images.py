@@ -59,6 +59,15 @@ def test_anisotropic_stack_and_an_affine_with_shear():
     assert ann.controller.prompt_state()["points"] == [[60.0, 50.0, 1]]
     assert [(o.label, o.slices) for o in ann.objects] == [(1, (3,))]
     assert ann.objects[0].size == pytest.approx(ann.objects[0].pixels * 0.25)  # µm³ of 2 × 0.5 × 0.25
+    ann.commit()
+    ann.click_at((2.2, 25.0, 12.5))  # µm: z 1.1 → slice 1, pixel (50, 50)
+    ann.wait()
+    assert ann.slice == 1 and ann.controller.prompt_state()["points"] == [[50.0, 50.0, 1]]
+    assert [(o.label, o.slices) for o in ann.objects] == [(1, (3,)), (2, (1,))]
+    with pytest.raises(ValueError, match="outside the stack of 4 slices"):
+        ann.click_at((9.0, 25.0, 12.5))
+    with pytest.raises(ValueError, match="has 3 coordinates, got 2"):
+        ann.click_at((25.0, 12.5))
     ann.close()
     # y_world = y + 0.5 z: the same world y is another pixel row on each slice
     geometry = Geometry.of(3, affine=[[1, 0, 0], [0.5, 1, 0], [0, 0, 1]])
@@ -319,3 +328,49 @@ def test_the_window_reads_only_its_pixels():
     np.testing.assert_array_equal(channels.display((), (0, 1), (8, 9, 40, 50)), mixed[8:40, 9:50])
     for a in (ann, mixed_ann):
         a.close()
+
+
+def test_a_large_multi_channel_slice_is_tiled_reading_only_its_tiles():
+    nuclei = discs(shape=(1100, 1300), centres=((300, 400), (800, 1000)), radius=30)
+    image = np.stack([nuclei, np.full_like(nuclei, 40), 255 - nuclei])
+    ann = Annotator(image, "fallback", channel_axis=0, channels=[0, 2])
+    ann.wait()
+    mixed = ann.controller.source.display((), (0, 1))  # the whole slice as the model sees it
+    assert ann.tiled and mixed.shape == (1100, 1300, 3)
+    ann.click(300, 400)
+    ann.wait()
+    expected = compute_object(ann.manager, mixed, (), True, (0, 255), 99, Prompts([(300, 400)], [1]),
+                              CancelToken(), tiles=TileSettings()).mask
+    np.testing.assert_array_equal(ann.labels == 1, expected)  # the same tiles of the same pixels
+    source = ann.controller.source
+    np.testing.assert_array_equal(source.mixed[100:200, 300:420], mixed[100:200, 300:420])
+    np.testing.assert_array_equal(source.mixed[7, 9], mixed[7, 9])
+    ann.close()
+
+
+def test_tiled_clicks_write_their_region_keep_blocks_and_prefetch_around():
+    from napari_focsam.engine.tiles import tiled_image_for
+    from napari_focsam.notebook.tiled_writes import BlockBase
+
+    image = discs(shape=(2600, 2600), centres=((300, 400), (2000, 2100)), radius=30)
+    labels = np.zeros(image.shape, np.int32)
+    labels[280:300, 380:420] = 7  # an object already there, partly under the new one
+    ann = Annotator(image, "fallback", labels=labels).wait()
+    browser = Browser(ann)
+    ann.click(300, 400)
+    ann.wait()
+    base = ann.controller._bases[((), 8)]
+    assert isinstance(base, BlockBase) and 0 < base.nbytes <= 4 * 512 * 512 * 4  # not a copy of the slice
+    assert (ann.labels == 7).sum() == (labels == 7).sum()  # committed objects are not overwritten
+    patch = browser.of("labels")[-1][0]
+    y0, x0, y1, x1 = patch["box"]
+    assert (y1 - y0) * (x1 - x0) < 200 * 200  # only the changed box of the view travels
+    tiled = tiled_image_for(ann.manager, image, (), False, ann.contrast_limits)
+    assert len(tiled.computed) > 1  # the tiles around the object's were embedded in the background
+    ann.controller.overwrite = True
+    ann.click(290, 400)
+    ann.wait()
+    assert (ann.labels == 7).sum() < (labels == 7).sum()
+    ann.cancel()
+    np.testing.assert_array_equal(ann.labels, labels)  # cancel gives back every pixel, object 7's included
+    ann.close()

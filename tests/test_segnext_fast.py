@@ -1,9 +1,11 @@
-"""SegNext's default numerics (the per-click network in bfloat16, attention split by heads) against float32: the
-split attention against torch's kernel, its independence of the worker count, and the whole per-click network's
-agreement with the float32 network (logits and masks) on several prompt maps."""
+"""SegNext's default numerics (the per-click network in bfloat16, split by rows between workers) against float32:
+the attention against torch's kernel, the pieces of the row split (strips, the norms' statistics, the head's banded
+upsampling), the independence of the result from the number of workers and callers, and the whole per-click
+network's agreement with the float32 network (logits and masks) on several prompt maps."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import pytest
@@ -12,8 +14,9 @@ import torch.nn.functional as F
 
 from napari_focsam.models.segnext.attention import split_attention
 from napari_focsam.models.segnext.config import SegNextConfig
-from napari_focsam.models.segnext.fast import FastPromptPath
+from napari_focsam.models.segnext.fast import FastPromptPath, strips
 from napari_focsam.models.segnext.network import SegNextNet
+from napari_focsam.models.segnext.pyramid import _source_rows, norm_stats
 
 #: a SegNext at full token count (4,096) with narrow channels: realistic attention, quick to run
 MID = SegNextConfig(embed_dim=192, depth=3, num_heads=3, fusion_depth=2, neck_dims=(32, 64, 128, 256),
@@ -120,3 +123,68 @@ def test_fast_path_runs_outside_inference_mode(mid_net):
     with torch.inference_mode():
         b = fast(features, prompt)
     assert torch.equal(a, b)
+
+
+def test_strips_cover_the_grid_in_even_rows():
+    for grid, workers in [(64, 1), (64, 2), (64, 3), (64, 5), (8, 16), (2, 4)]:
+        bounds = strips(grid, workers)
+        assert bounds[0] == 0 and bounds[-1] == grid
+        sizes = [b - a for a, b in itertools.pairwise(bounds)]
+        assert all(s > 0 and s % 2 == 0 for s in sizes) and len(sizes) == min(workers, grid // 2)
+        assert max(sizes) - min(sizes) <= 2
+
+
+def test_norm_statistics_from_row_sums_match_var_mean():
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(3000, 48, generator=g) * 2.5 + 1.2).bfloat16()
+    parts = [(c.sum(dim=1), torch.linalg.vector_norm(c, dim=1), c.numel()) for c in x.split([1000, 1500, 500])]
+    mean, var = norm_stats(parts)
+    v, m = torch.var_mean(x.double(), correction=0)
+    assert abs(mean - float(m)) < 1e-3 * float(v.sqrt()) and abs(var / float(v) - 1) < 1e-3
+    # the same rows split differently: the same numbers
+    again = [(c.sum(dim=1), torch.linalg.vector_norm(c, dim=1), c.numel()) for c in x.split([2999, 1])]
+    assert norm_stats(again) == (mean, var)
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8])
+def test_upsampling_only_the_rows_a_band_reads_equals_upsampling_the_whole_map(scale):
+    g = torch.Generator().manual_seed(scale)
+    h = 256 // scale
+    part = torch.randn(1, 5, h, 24, generator=g)
+    full = F.interpolate(part, size=(256, 24 * scale), mode="bilinear", align_corners=False)
+    for y0, y1 in [(0, 16), (16, 32), (40, 56), (240, 256), (0, 256), (100, 101)]:
+        first, last = _source_rows(y0, y1, scale, h)
+        up = F.interpolate(part[:, :, first:last], size=((last - first) * scale, 24 * scale), mode="bilinear",
+                           align_corners=False)
+        offset = y0 - first * scale
+        assert torch.allclose(up[:, :, offset:offset + y1 - y0], full[:, :, y0:y1], atol=1e-6)
+
+
+def test_fast_path_does_not_depend_on_the_number_of_workers(mid_net):
+    features = torch.randn(1, MID.embed_dim, MID.grid, MID.grid, generator=torch.Generator().manual_seed(4))
+    prompt = _prompt_maps(seed=4)[2]
+    with torch.inference_mode():
+        one = FastPromptPath(mid_net, torch.bfloat16, workers=1)(features, prompt)
+        for workers in (2, 3):
+            assert torch.equal(FastPromptPath(mid_net, torch.bfloat16, workers=workers)(features, prompt), one)
+
+
+def test_fast_path_from_several_threads_at_once(mid_net):
+    """Callers on several threads share the workers (the jobs of a phase never wait for each other)."""
+    fast = FastPromptPath(mid_net, torch.bfloat16, workers=2)
+    features = torch.randn(1, MID.embed_dim, MID.grid, MID.grid, generator=torch.Generator().manual_seed(5))
+    prompts = _prompt_maps(seed=5)
+    with torch.inference_mode():
+        expected = [fast(features, p) for p in prompts]
+    results: dict[int, torch.Tensor] = {}
+
+    def run(i: int) -> None:
+        with torch.inference_mode():
+            results[i] = fast(features, prompts[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert all(torch.equal(results[i], expected[i]) for i in range(len(prompts)))

@@ -13,8 +13,9 @@ previous mask, so undo/redo, which restore a step's state, restore its probabili
 ``sigmoid(logits) > threshold`` (0.5, the official demo's; the official evaluation uses 0.49).
 
 Numerics: ``lowp`` (default ``"auto"``: bfloat16 on CPUs with native bfloat16 and on CUDA) runs the per-click half as
-:class:`~napari_focsam.models.segnext.fast.FastPromptPath` (products in that dtype, channels last, the residual
-stream and norms in float32); ``encoder_lowp`` does the same for the image encoder. ``None`` keeps everything in the
+:class:`~napari_focsam.models.segnext.fast.FastPromptPath` (products in that dtype, split by rows between as many
+single-threaded workers as the click's thread count, the fusion blocks' residual stream and norms in float32);
+``encoder_lowp`` runs the image encoder's products in that dtype. ``None`` keeps everything in the
 model's dtype (float64 reproduces the official float64 run within 1e-11).
 """
 
@@ -70,8 +71,9 @@ class SegNextPredictor(LoadedWeightsPredictor[LoadedSegNext]):
     supports_boxes = True
     uses_refiner = False
     #: the slow, dense-prompt model on a CPU (the widget says so)
-    cost_note = ("SegNext runs a large network (≈0.29 TFLOP) at every click: 1.5–2 seconds per click on a CPU "
-                 "(2 idle cores with bfloat16; several times that on a busy machine), fast on a GPU (docs/models.md)")
+    cost_note = ("SegNext runs a large network (≈0.29 TFLOP) at every click: 0.7–3 seconds per click on a CPU "
+                 "(0.7 s on 2 idle cores with bfloat16, about 1 s with one core busy elsewhere, up to 3 s on a busy "
+                 "machine), fast on a GPU (docs/models.md)")
 
     def __init__(self, loaded: LoadedSegNext, *, lowp: torch.dtype | str | None = "auto",
                  encoder_lowp: torch.dtype | str | None = "auto", attention: str = "sdpa",

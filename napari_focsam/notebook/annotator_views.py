@@ -50,6 +50,24 @@ class AnnotatorViews:
         array = np.asarray(pixels, np.float64)
         return self._ready().geometry.to_world(array).reshape(array.shape)
 
+    def click_at(self, point: Sequence[float], positive: bool = True, *, world: bool = True) -> None:
+        """A click at a full point — (y, x), or (z, y, x) for a stack — in world units (``world=False``: pixels):
+        the slice it lies on is shown first (the nearest one; a point outside the stack is refused), then the click
+        goes there. The mask follows in a job thread (:meth:`wait` waits)."""
+        controller = self._ready()
+        given = np.asarray(point, np.float64).reshape(-1)
+        if given.size != controller.geometry.ndim:
+            raise ValueError(f"a point of this image has {controller.geometry.ndim} coordinates, got {given.size}")
+        pixels = controller.geometry.to_pixels(given).reshape(-1) if world else given
+        if controller.source.depth:
+            z = int(np.floor(pixels[0] + 0.5))
+            if not 0 <= z < controller.source.depth:
+                raise ValueError(f"the point {tuple(float(v) for v in point)} lies at slice {pixels[0]:.2f}, "
+                                 f"outside the stack of {controller.source.depth} slices")
+            if z != controller.z:
+                controller.set_slice(z)
+        self.click(float(pixels[-2]), float(pixels[-1]), positive)  # type: ignore[attr-defined]
+
     def _plane_pixels(self, points: Sequence[float], world: bool) -> list[float]:
         """(y, x) pairs on the shown slice, in world units when ``world``, as pixels."""
         if not world:

@@ -26,21 +26,22 @@ from ..engine.manager import ModelManager
 from ..engine.object_commits import ObjectCommits
 from ..engine.session import ObjectSession
 from ..engine.types import Prompts
-from ..engine.work import ClickResult, TileSettings, compute_object, tiled_step
+from ..engine.work import ClickResult, TileSettings, compute_object
 from .geometry import Geometry
 from .messages import NotebookMessages
 from .overlay import changed_box, merge_object, rle_encode
 from .slice_model import CLICK, SliceAndModel
 from .source import ImageSource
 from .stability import NotebookStability
+from .tiled_writes import NotebookTiles
 from .window import NotebookWindow
 from .zoom import NotebookZoom
 
 Emit = Callable[[dict, list], None]
 
 
-class NotebookController(NotebookMessages, NotebookWindow, SliceAndModel, ObjectCommits, NotebookStability,
-                         NotebookZoom):
+class NotebookController(NotebookMessages, NotebookWindow, NotebookTiles, SliceAndModel, ObjectCommits,
+                         NotebookStability, NotebookZoom):
     """One image, its labels and a model; every public method is one user action (see :class:`Annotator`).
 
     ``geometry``: where the pixels are in the world (the widget's aspect and readout; actions take pixels);
@@ -146,7 +147,7 @@ class NotebookController(NotebookMessages, NotebookWindow, SliceAndModel, Object
     def _submit(self, seq: int | None) -> None:
         index, object_id = self.index, self.object_id
         key = (index, object_id)
-        self._bases.setdefault(key, self._view(index).copy())
+        self._base(index, object_id)
         manager = self._need_model()
         ticket = self._stability_ticket()  # the stability under way is out of date
         zoom_work = self._zoom_work(index, object_id, self._prompts[key])
@@ -159,7 +160,7 @@ class NotebookController(NotebookMessages, NotebookWindow, SliceAndModel, Object
         signature, tiles = self.signature, self.tiles
         known = self._known.get((self.manager, index, signature))  # the slice is not converted and hashed again
         self._submit_work(index, object_id,
-                          lambda token: compute_object(*args, token, known_key=known, tiles=tiles),
+                          lambda token: compute_object(*args, token, known_key=known, tiles=tiles, region_only=True),
                           lambda result: self._on_result(result, seq, signature, ticket))
         self._update(prompts=True)
 
@@ -175,8 +176,13 @@ class NotebookController(NotebookMessages, NotebookWindow, SliceAndModel, Object
         key = (result.index, result.object_id)
         if result.embedding_key:  # "" for a tiled slice: no whole-slice embedding
             self._known[(result.manager, result.index, signature)] = result.embedding_key
-        base = self._bases.get(key)
-        self._write(result.index, result.mask, result.object_id, base, seq=seq, model_ms=1000 * result.seconds)
+        if result.tiled is not None:  # the mask of the object's view: written in its region
+            self._write_tiled(result.index, result.object_id, result.tiled, seq=seq, model_ms=1000 * result.seconds)
+            if result.manager is self.manager:
+                self._prefetch_around(result.index, result.tiled)
+        else:
+            self._write(result.index, result.mask, result.object_id, self._bases.get(key), seq=seq,
+                        model_ms=1000 * result.seconds)
         if result.manager is self.manager and result.embedding_key:
             self._keys[result.index] = result.embedding_key
         self.last_click_ms = 1000 * result.seconds
@@ -185,16 +191,21 @@ class NotebookController(NotebookMessages, NotebookWindow, SliceAndModel, Object
         if result.manager is self.manager:
             self.request_stability(result.index, result.object_id, ticket)  # after the mask is sent
 
-    def _write(self, index: tuple[int, ...], mask: np.ndarray, object_id: int, base: np.ndarray | None, *,
-               seq: int | None = None, model_ms: float | None = None, overwrite: bool | None = None) -> None:
-        """Show ``mask`` as ``object_id`` on a slice and send the changed box if that slice is shown."""
-        view = self._view(index)
-        base = view.copy() if base is None else base
-        target = merge_object(view, mask, object_id, base, overwrite=self.overwrite if overwrite is None else overwrite)
+    def _write(self, index: tuple[int, ...], mask: np.ndarray, object_id: int, base: Any, *,
+               seq: int | None = None, model_ms: float | None = None, overwrite: bool | None = None,
+               region: tuple[int, int, int, int] | None = None) -> None:
+        """Show ``mask`` as ``object_id`` on a slice (``mask`` covers ``region``, default the whole slice; ``base``
+        is the slice before the object, an array or a block base) and send the changed box if the slice is shown."""
+        y0, x0, y1, x1 = region or (0, 0, self.source.height, self.source.width)
+        view = self._view(index)[y0:y1, x0:x1]
+        before = view.copy() if base is None else base[y0:y1, x0:x1]
+        target = merge_object(view, mask, object_id, before,
+                              overwrite=self.overwrite if overwrite is None else overwrite)
         box = changed_box(view, target)
         if box is not None:
-            y0, x0, y1, x1 = box
-            view[y0:y1, x0:x1] = target[y0:y1, x0:x1]
+            by0, bx0, by1, bx1 = box
+            view[by0:by1, bx0:bx1] = target[by0:by1, bx0:bx1]
+            box = (by0 + y0, bx0 + x0, by1 + y0, bx1 + x0)
         if index == self.index:
             self._send_patch(box, seq=seq, model_ms=model_ms)
 
@@ -248,24 +259,9 @@ class NotebookController(NotebookMessages, NotebookWindow, SliceAndModel, Object
             self.jobs.cancel((CLICK, index, self.object_id))  # undo/redo act on the recorded steps
             mask = session.undo() if which == "undo" else session.redo()
             self._prompts[(index, self.object_id)] = session.prompts
-            base = self._bases.setdefault((index, self.object_id), self._view(index).copy())
-            self._write(index, mask, self.object_id, base)
+            self._write(index, mask, self.object_id, self._base(index, self.object_id))
             self._update(prompts=True)
             self.request_stability(index, self.object_id)
-
-    def _step_tiled(self, which: str) -> None:
-        """Undo or redo a tiled object's recorded step (no model runs: the steps are kept)."""
-        manager, index, object_id = self._need_model(), self.index, self.object_id
-        self.jobs.cancel((CLICK, index, object_id))
-        result = tiled_step(manager, self.source.model_data, index, self.source.model_rgb, self.contrast, object_id,
-                            which, self.tiles)
-        if result is None:
-            raise ValueError(f"nothing to {which} for object {object_id} on this slice")
-        mask, prompts = result
-        self._prompts[(index, object_id)] = prompts
-        base = self._bases.setdefault((index, object_id), self._view(index).copy())
-        self._write(index, mask, object_id, base)
-        self._update(prompts=True)
 
     def commit(self) -> int:
         """Keep the current object and start the next one (id = max + 1). Returns the committed id."""
@@ -296,9 +292,10 @@ class NotebookController(NotebookMessages, NotebookWindow, SliceAndModel, Object
             self.cancel_stability()
             self.stabilities.pop(object_id, None)
             self.jobs.cancel(lambda key: key[0] == CLICK and key[2] == object_id)
+            self.cancel_prefetch()
             for (index, oid), base in list(self._bases.items()):
                 if oid == object_id:
-                    self._write(index, np.zeros(base.shape, bool), object_id, base, overwrite=True)
+                    self._restore(index, object_id, base)
                     del self._bases[(index, oid)]
             self._close_sessions(object_id)
             self._forget_zooms(object_id)

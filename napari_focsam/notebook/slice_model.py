@@ -58,6 +58,8 @@ class SliceAndModel:
 
         def send_image(self, labels: bool = True) -> None: ...
 
+        def cancel_prefetch(self) -> None: ...
+
     def set_slice(self, z: int) -> None:
         with self._lock:
             if not self.source.depth:
@@ -65,6 +67,7 @@ class SliceAndModel:
             if not 0 <= int(z) < self.source.depth:
                 raise ValueError(f"slice {z} is outside the stack of {self.source.depth} slices")
             self.z = int(z)
+            self.cancel_prefetch()
             self.send_image()
             self._update(prompts=True)
             self._embed()
@@ -120,6 +123,7 @@ class SliceAndModel:
 
     def _set_manager(self, manager: ModelManager, name: str) -> None:
         self.jobs.cancel(lambda key: key[0] != CLICK)
+        self.cancel_prefetch()
         self.manager, self.model_name = manager, name
         self._keys.clear()
         self._known.clear()

@@ -2,9 +2,11 @@
 axis, or either of them with a channel axis), numpy, dask or zarr alike (only the shown slice is read), its default
 contrast limits, the labels it gets, and what the model sees of it.
 
-Channels: with ``channel_axis`` the chosen channels are mixed into the model's RGB input by the engine's
-:class:`~napari_focsam.engine.channels.ChannelStack` (each through its contrast limits and in its colour, added up);
-the mix is part of the input, so another choice, colour or limit is another embedding key. A channel's limits left
+Channels: with ``channel_axis`` the chosen channels are mixed into the model's RGB input by the engine's rule
+(:func:`~napari_focsam.engine.channels.mix_channels`: each through its contrast limits and in its colour, added up),
+seen by the engine's jobs as a lazy (…, H, W, 3) uint8 array (:class:`MixedChannels`) of which only the part
+indexed is read and mixed — so a large multi-channel slice is tiled and zoomed like an RGB one; the mix is part of
+the input, so another choice, colour or limit is another embedding key. A channel's limits left
 as None are fixed when the mix is made, to the channel's default (8-bit: 0-255; else the 0.5-99.5 percentiles of
 the first slice), so every slice and every zoom of the image sees one mapping.
 """
@@ -19,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.channels import ChannelMix, ChannelStack, default_colours, default_mix, mix_channels
+from ..engine.channels import ChannelMix, default_colours, default_mix, mix_channels
 from ..engine.image import take_slice, to_model_rgb
 
+SAMPLE_PIXELS = 4_000_000  #: the default contrast of a larger slice is taken from a strided sample of this size
 SHAPES = "(H, W), (H, W, 3|4) colour, (Z, H, W) or (Z, H, W, 3|4), and with channel_axis (C, H, W) or (Z, C, H, W)"
 
 
@@ -41,6 +44,7 @@ class ImageSource:
     channel_axis: int | None = None  #: the channel axis of ``data`` (non-negative), or None
     n_channels: int = 0
     mix: ChannelMix | None = None  #: the channels the model sees (with a channel axis)
+    mixed: Any = None  #: the :class:`MixedChannels` of ``mix`` (one object per mix: the tiles know it by identity)
 
     @classmethod
     def of(cls, data: Any, rgb: bool | None = None, channel_axis: int | None = None,
@@ -116,7 +120,9 @@ class ImageSource:
         for c, (low, high) in zip(mix.channels, limits):
             if not low < high:
                 raise ValueError(f"the contrast limits of channel {c} must be low < high, got ({low:g}, {high:g})")
-        return replace(self, mix=ChannelMix(mix.channels, mix.colours, limits))
+        resolved = ChannelMix(mix.channels, mix.colours, limits)
+        return replace(self, mix=resolved, mixed=MixedChannels([self.channel(c) for c in resolved.channels],
+                                                               resolved))
 
     def channel(self, c: int) -> _ChannelView:
         """Channel ``c`` as a lazy array of the labels' shape (reading it reads only what is indexed)."""
@@ -125,14 +131,12 @@ class ImageSource:
 
     def channel_contrast(self, c: int) -> tuple[float, float]:
         """A channel's default limits: the dtype's range for 8-bit data, else the first slice's percentiles."""
-        return _default_contrast(np.asarray(self.channel(c)[self.index(0)]))
+        return _default_contrast(np.asarray(self.channel(c)[self.index(0) + self._sample()]))
 
     @property
     def model_data(self) -> Any:
-        """What the engine's jobs read: ``data``, or the :class:`ChannelStack` of the chosen channels."""
-        if self.mix is None:
-            return self.data
-        return ChannelStack([self.channel(c) for c in range(self.n_channels)], self.mix)
+        """What the engine's jobs read: ``data``, or the :class:`MixedChannels` of the chosen channels."""
+        return self.data if self.mixed is None else self.mixed
 
     @property
     def model_rgb(self) -> bool:
@@ -152,10 +156,28 @@ class ImageSource:
             return np.asarray(self.channel(self.mix.channels[0])[index])
         return take_slice(self.data, index, rgb=self.rgb)
 
+    @property
+    def _step(self) -> int:
+        """Every n-th row and column, so that a sample of a slice has about 4 million pixels at most."""
+        return max(1, int(np.ceil(np.sqrt(self.height * self.width / SAMPLE_PIXELS))))
+
+    def _sample(self) -> tuple[Any, Any]:
+        return np.s_[:: self._step], np.s_[:: self._step]
+
+    def sample(self, index: tuple[int, ...]) -> np.ndarray:
+        """A strided sample of a slice (all of it up to ~4 million pixels): what the default limits are taken from,
+        without holding a huge slice in memory."""
+        if self.mix is not None:
+            return np.asarray(self.channel(self.mix.channels[0])[tuple(index) + self._sample()])
+        if self._step == 1:
+            return self.slice(index)
+        part = self.data[tuple(index) + self._sample()]
+        return np.asarray(part.compute() if hasattr(part, "compute") else part)
+
     def default_contrast(self, index: tuple[int, ...] = ()) -> tuple[float, float]:
         """The contrast limits the model would pick for a slice: the dtype's range for 8-bit data, else the 0.5th
         and 99.5th percentiles of the finite pixels."""
-        return _default_contrast(self.slice(index or self.index(0)))
+        return _default_contrast(self.sample(index or self.index(0)))
 
     def value_range(self, index: tuple[int, ...] = ()) -> tuple[float, float]:
         """The span the contrast sliders offer: the dtype's range for integers up to 16 bits, else the slice's."""
@@ -165,7 +187,7 @@ class ImageSource:
         if dtype.kind in "iu" and dtype.itemsize <= 2:
             info = np.iinfo(dtype)
             return float(info.min), float(info.max)
-        values = np.asarray(self.slice(index or self.index(0)), np.float64)
+        values = np.asarray(self.sample(index or self.index(0)), np.float64)
         values = values[np.isfinite(values)]
         if values.size == 0:
             return 0.0, 1.0
@@ -178,11 +200,8 @@ class ImageSource:
         ``region`` (y0, x0, y1, x1; default the whole slice) every ``step``-th pixel. Only that part is read."""
         y0, x0, y1, x1 = region or (0, 0, self.height, self.width)
         window = (slice(y0, y1, step), slice(x0, x1, step))
-        if self.mix is not None:
-            if region is None and step == 1:
-                return self.model_data.take(index)
-            planes = np.stack([self.channel(c)[tuple(index) + window] for c in self.mix.channels])
-            return mix_channels(planes, ChannelMix(range(len(planes)), self.mix.colours, self.mix.contrast_limits))
+        if self.mixed is not None:
+            return self.mixed[tuple(index) + window]
         if region is None and step == 1:
             crop = self.slice(index)
         else:
@@ -225,6 +244,38 @@ class _ChannelView:
         full[self.axis] = self.channel
         plane = self.data[tuple(full)]
         return np.asarray(plane.compute() if hasattr(plane, "compute") else plane)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[()]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
+class MixedChannels:
+    """The model's view of an image with a channel axis: a lazy (…, H, W, 3) uint8 array whose pixels are the chosen
+    channels mixed by :func:`~napari_focsam.engine.channels.mix_channels`. Indexing reads only the indexed part of
+    the chosen channels (a slice, a tile's rectangle) and mixes it; leading indices are whole numbers."""
+
+    def __init__(self, channels: Sequence[_ChannelView], mix: ChannelMix) -> None:
+        self.channels = list(channels)
+        self.mix = ChannelMix(range(len(self.channels)), mix.colours, mix.contrast_limits)
+        self.shape = (*self.channels[0].shape, 3)
+        self.ndim = len(self.shape)
+        self.dtype = np.dtype(np.uint8)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = tuple(key) if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (self.ndim - len(key))
+        lead, spatial, colour = key[: self.ndim - 3], list(key[-3:-1]), key[-1]
+        if any(not isinstance(i, (int, np.integer)) for i in lead):
+            raise IndexError(f"index the slices of mixed channels one at a time, got {lead}")
+        squeeze = [axis for axis, i in enumerate(spatial) if isinstance(i, (int, np.integer))]
+        for axis in squeeze:
+            spatial[axis] = slice(int(spatial[axis]), int(spatial[axis]) + 1)
+        planes = np.stack([channel[tuple(lead) + tuple(spatial)] for channel in self.channels])
+        out = mix_channels(planes, self.mix)
+        if squeeze:
+            out = out.reshape([n for axis, n in enumerate(out.shape) if axis not in squeeze])
+        return out[..., colour]
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self[()]

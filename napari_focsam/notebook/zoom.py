@@ -13,17 +13,15 @@ zoom's embedding and decoding run in the click job (the job runner's threads), n
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..engine.fallback import FallbackPredictor
 from ..engine.types import CancelToken, Prompts
-from ..engine.views import input_side
-from ..engine.work import ClickResult, model_slice
-from ..engine.zoom import ZoomedObject, should_zoom
+from ..engine.work import ClickResult
+from ..engine.zoom import ZoomedObject
+from ..engine.zoom_clicks import ZoomClicks, zoom_step
 
 if TYPE_CHECKING:
     from ..engine.jobs import JobRunner
@@ -35,7 +33,7 @@ if TYPE_CHECKING:
 Work = Callable[[CancelToken], Any]
 
 
-class NotebookZoom:
+class NotebookZoom(ZoomClicks):
     """Zoomed objects per (slice, object) and the jobs that open and use them (a controller mixin)."""
 
     if TYPE_CHECKING:  # what it uses of the controller (see NotebookController)
@@ -59,6 +57,8 @@ class NotebookZoom:
         def _need_model(self) -> ModelManager: ...
 
         def _view(self, index: tuple[int, ...]) -> np.ndarray: ...
+
+        def _base(self, index: tuple[int, ...], object_id: int) -> Any: ...
 
         def _write(self, index: tuple[int, ...], mask: np.ndarray, object_id: int, base: np.ndarray | None, *,
                    seq: int | None = None, model_ms: float | None = None, overwrite: bool | None = None) -> None: ...
@@ -91,57 +91,23 @@ class NotebookZoom:
             raise ValueError("refine detail: click on the object first (and wait for its first mask)")
         if prompts.box is not None or prompts.mask is not None or prompts.scribbles:
             raise ValueError("refine detail works on clicks: this object has a box")
-        self._bases.setdefault((index, object_id), self._view(index).copy())
+        self._base(index, object_id)
         self._submit_zoom(index, object_id, self._zoom_job(index, object_id, prompts, None, session.mask), seq)
         self._set_status(f"refining object {object_id} on a zoom …", "info")
 
     def _tiled(self, manager: ModelManager, index: tuple[int, ...]) -> bool:
         return self.tiles.applies(manager, self.source.model_data, index, self.source.model_rgb)
 
-    def _zoom_work(self, index: tuple[int, ...], object_id: int, prompts: Prompts) -> Work | None:
-        """The job for a click decoded on a zoom, or None when the request goes to the whole slice."""
-        key = (index, object_id)
-        zoomed = self.zooms.get(key)
-        if zoomed is not None:
-            if zoomed.accepts(prompts):
-                return self._zoom_job(index, object_id, prompts, zoomed, None)
-            del self.zooms[key]
-            return None
-        manager = self.manager
-        session = self.session()
-        if (manager is None or not self.auto_zoom or session is None or session.current is None
-                or not len(prompts.points) or prompts.box is not None or prompts.mask is not None
-                or prompts.scribbles or self._tiled(manager, index)
-                or not should_zoom(session.mask, input_side=input_side(manager.predictor))):
-            return None
-        return self._zoom_job(index, object_id, prompts, None, session.mask)
+    def _may_zoom(self, index: tuple[int, ...]) -> bool:
+        manager = self.manager  # (without a model nothing is zoomed: see wants_zoom)
+        return manager is None or not self._tiled(manager, index)
 
     def _zoom_job(self, index: tuple[int, ...], object_id: int, prompts: Prompts, zoomed: ZoomedObject | None,
                   coarse: np.ndarray | None) -> Work:
         manager = self._need_model()
         self._zoom_prompts[(index, object_id)] = prompts
-        data, rgb, contrast = self.source.model_data, self.source.model_rgb, self.contrast
-        key = self._keys.get(index, "")
-        mask_input = not isinstance(manager.predictor, FallbackPredictor)
-
-        def work(token: CancelToken) -> tuple[ClickResult, ZoomedObject]:
-            start = time.perf_counter()
-            obj = zoomed
-            if obj is None:
-                assert coarse is not None
-                image, is_rgb = model_slice(data, index, rgb)
-                obj = ZoomedObject.open(manager, image, coarse, prompts, rgb=is_rgb, mask_input=mask_input,
-                                        contrast_limits=None if is_rgb else contrast, cancel=token,
-                                        object_id=object_id)
-                mask = obj.mask
-            else:
-                mask = obj.sync(prompts, cancel=token)
-            step = obj.session.current
-            timings = dict(step.prediction.timings) if step is not None else {}
-            return ClickResult(manager, index, object_id, mask, key, time.perf_counter() - start, timings,
-                               finished_at=time.perf_counter()), obj
-
-        return work
+        return zoom_step(manager, self.source.model_data, index, self.source.model_rgb, self.contrast,
+                         self._keys.get(index, ""), object_id, prompts, zoomed, coarse)
 
     def _submit_zoom(self, index: tuple[int, ...], object_id: int, work: Work, seq: int | None) -> None:
         def done(result: tuple[ClickResult, ZoomedObject]) -> None:
@@ -164,20 +130,16 @@ class NotebookZoom:
             return False
         if which == "redo" and not zoomed.session.can_redo:
             raise ValueError(f"nothing to redo for object {object_id} on this slice")
-        if which == "undo" and not zoomed.can_undo:
-            del self.zooms[(index, object_id)]  # back to the whole slice's mask before the zoom
-            session = self.session()
-            mask, prompts = (session.mask, session.prompts) if session is not None else (None, Prompts())
+        mask, prompts, left = self._undo_redo_zoom(index, object_id, zoomed, which)
+        if left:
             self._set_status(f"object {object_id}: back from the zoom to the whole slice", "info", send=False)
         else:
-            mask = zoomed.undo() if which == "undo" else zoomed.redo()
             given = self._zoom_prompts.get((index, object_id), zoomed.prompts)
             n = len(zoomed.session.prompts.points)
             prompts = Prompts(given.points[:n], given.labels[:n]) if n <= len(given.points) else zoomed.prompts
         self._prompts[(index, object_id)] = prompts
         if mask is not None:
-            base = self._bases.setdefault((index, object_id), self._view(index).copy())
-            self._write(index, mask, object_id, base)
+            self._write(index, mask, object_id, self._base(index, object_id))
         self._update(prompts=True)
         return True
 
@@ -186,10 +148,8 @@ class NotebookZoom:
         zoomed = self.zooms.get((self.index, self.object_id))
         return {"auto_zoom": self.auto_zoom, "zoom": None if zoomed is None else list(zoomed.zoom.region)}
 
-    def _forget_zooms(self, object_id: int | None = None) -> None:
-        for key in [k for k in self.zooms if object_id is None or k[1] == object_id]:
-            del self.zooms[key]
-            self._zoom_prompts.pop(key, None)
+    def _zoom_forgotten(self, key: tuple[tuple[int, ...], int]) -> None:
+        self._zoom_prompts.pop(key, None)
 
 
 __all__ = ["NotebookZoom"]

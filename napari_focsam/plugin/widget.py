@@ -41,9 +41,9 @@ MODELS = (*MODELS[:-1],
           ("HQ-SAM ViT-L (finer boundaries)", "sam_hq_vit_l"),
           ("HQ-SAM ViT-H (finer boundaries)", "sam_hq_vit_h"),
           ("PA-SAM ViT-L (prompt adapter; manual download)", "pa_sam_vit_l"),
-          ("SegNext ViT-B SA×2 HQ (dense prompts; ~2 s per click on a 2-core CPU)", "segnext_vitb_sa2_hq"),
-          ("SegNext ViT-B SA×2 (dense prompts; ~2 s per click on a 2-core CPU)", "segnext_vitb_sa2"),
-          ("SegNext ViT-B SA×1 (dense prompts; ~2 s per click on a 2-core CPU)", "segnext_vitb_sa1"),
+          ("SegNext ViT-B SA×2 HQ (dense prompts; ~1 s per click on a 2-core CPU)", "segnext_vitb_sa2_hq"),
+          ("SegNext ViT-B SA×2 (dense prompts; ~1 s per click on a 2-core CPU)", "segnext_vitb_sa2"),
+          ("SegNext ViT-B SA×1 (dense prompts; ~1 s per click on a 2-core CPU)", "segnext_vitb_sa1"),
           MODELS[-1])
 # ---- microscopy and medicine (docs/models.md): the name and the registry's one-line summary ----
 MODELS = (*MODELS[:-1],

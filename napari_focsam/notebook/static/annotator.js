@@ -30,7 +30,7 @@ function make(tag, cls, parent, text) {
 
 const SHORTCUTS = "click: positive · Shift/right click: negative · drag: box · Ctrl/Alt+click: pick a label · " +
   "C/N: commit · Esc: cancel · Ctrl+Z / Ctrl+Shift+Z: undo / redo · T: sign of the next click · R: re-open · " +
-  "Shift+Del: delete · D: refine detail (zoom)";
+  "Shift+Del: delete · D: refine detail (zoom) · arrows: move the window of a large slice";
 
 function render({ model, el }) {
   const root = make("div", "focsam", el);
@@ -457,6 +457,13 @@ function render({ model, el }) {
     else if (key === "r") name = "reopen";
     else if (key === "delete" && ev.shiftKey) name = "delete";
     else if (key === "d") name = "refine";
+    else if (S.windowed && key.startsWith("arrow")) { // move the window of a large slice by half its size
+      const [dy, dx] = { arrowup: [-1, 0], arrowdown: [1, 0], arrowleft: [0, -1], arrowright: [0, 1] }[key];
+      act("window", { y: S.oy + S.h / 2 + (dy * S.h) / 2, x: S.ox + S.w / 2 + (dx * S.w) / 2 });
+      ev.preventDefault();
+      ev.stopPropagation();
+      return;
+    }
     else if (key === "t") {
       S.nextPositive = !S.nextPositive;
       setStatus(`next click: ${S.nextPositive ? "positive" : "negative"}`, "info");
