@@ -75,7 +75,8 @@ def test_bench_stability_prints_the_cost_ratios() -> None:
     out = _run("bench_stability.py", "--quick")
     row = next(line for line in out.splitlines() if line.startswith("sam_tiny"))
     ratios = [float(v) for v in row.split()[1:] if not v.endswith("ms")]
-    assert len(ratios) == 3 and all(r > 0 for r in ratios), row  # ST / decoder call, ST / click, robust / click
+    # ST / decoder call, ST / click, ST through the ordinary batched decoder / decoder call, robust / click
+    assert len(ratios) == 4 and all(r > 0 for r in ratios), row
     assert re.search(r"load average before [\d.]+", out) and re.search(r"load average after [\d.]+", out), out
 
 

@@ -29,6 +29,7 @@ from ..models.decoding import DecoderOutput, decode, dense_positional_encoding
 from ..models.fast_decoder import FastDecoder, default_decoder_dtype
 from ..models.fast_encoder import ATTENTION_MODES, FAST_ENCODER_VERSION, FastImageEncoder, default_encoder_dtype
 from ..models.transforms import make_transform
+from ..models.variant_decoder import VariantDecoder
 from ..weights.loader import LoadedModel
 from .predictor import LoadedWeightsPredictor, as_dtype
 from .sam_heads import EXTRAS, decode_head, extras_payload, image_extras
@@ -141,6 +142,11 @@ class SamFamilyPredictor(LoadedWeightsPredictor[LoadedModel]):
         self._fast_decoder = (
             FastDecoder(self.model.mask_decoder, self._image_pe, upscale_dtype=upscale, attention_dtype=attend)
             if decoder == "fast" and self.head in ("sam", "hq") else None
+        )
+        #: the jittered copies of a stability or robust step (SAM's own decoder only)
+        self._variant_decoder = (
+            VariantDecoder(self.model.mask_decoder, self._image_pe)
+            if self._fast_decoder is not None and self.head == "sam" else None
         )
 
     def _decoder_dtype(self, option: str, value: torch.dtype | str | None) -> torch.dtype | None:
@@ -283,11 +289,15 @@ class SamFamilyPredictor(LoadedWeightsPredictor[LoadedModel]):
         state: ObjectState | None,
         *,
         cancel: CancelToken | None = None,
+        image_only: bool = False,
     ) -> Variants:
         """Decode several prompt sets that differ only in their click positions and box (as
         :func:`~napari_focsam.engine.stability.jitter_prompts` makes them) in one batched decoder call, with
         ``state``'s mask input on its features (the refiner never runs here). The low-resolution logits come back
-        with the part of their frame that covers the image (see :mod:`.stability`)."""
+        with the part of their frame that covers the image (see :mod:`.stability`); with ``image_only`` only that
+        part (and one row and column of margin) is computed by SAM's decoder, the rest reads 0. SAM's decoder runs
+        as :class:`~napari_focsam.models.variant_decoder.VariantDecoder` in the precision of the fast decoder's
+        attention."""
         from .stability import Variants
 
         state = state or ObjectState()
@@ -302,15 +312,21 @@ class SamFamilyPredictor(LoadedWeightsPredictor[LoadedModel]):
         with torch.inference_mode():
             sparse, dense = self.inputs.encode(self.model.prompt_encoder, inputs, geometry)
             features = embedding.features if state.features is None else state.features
-            if self.head == "pa":  # PA-SAM's decoder takes one prompt set at a time, as the official one
+            low, size = self.model.prompt_encoder.mask_input_size[0], self.model.input_size
+            rh, rw = geometry.resized_size
+            valid = (-(-rh * low // size), -(-rw * low // size))
+            fast = self._fast_decoder
+            if self._variant_decoder is not None and fast is not None and self.decoder_autocast is None:
+                upscale, attention = fast.precisions(self.device)
+                region = (-(-(valid[0] + 1) // 4), -(-(valid[1] + 1) // 4)) if image_only else None
+                logits = self._variant_decoder(features, sparse, dense[:1], attention, upscale_dtype=upscale,
+                                               region=region)
+            elif self.head == "pa":  # PA-SAM's decoder takes one prompt set at a time, as the official one
                 logits = torch.cat([self._decode(features, sparse[i : i + 1], dense, embedding.extras).logits
                                     for i in range(len(variants))])
             else:
                 logits = self._decode(features, sparse, dense, embedding.extras).logits
         check_cancel(cancel)
-        low, size = logits.shape[-1], self.model.input_size
-        rh, rw = geometry.resized_size
-        valid = (-(-rh * low // size), -(-rw * low // size))
         return Variants(logits, valid, lambda x: self.transform.logits_to_original(x, geometry))
 
     def _decode(self, features: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,

@@ -19,9 +19,11 @@ results.
 
 **What the copies see.** They are decoded on the embedding the object uses now (FocSAM's refined embedding once it
 exists; the refiner never runs for a copy) with the mask input of the object's current step (the previous step's
-logits), in one batched decoder call for SAM-family models. ST is computed from the copies' masks in the model's
-low-resolution frame (256² for SAM, inside the image's region), which is what the decoder produces; the fallback,
-which has no such frame, works at the original resolution.
+logits), in one batched decoder call for SAM-family models (SAM's own decoder as
+:class:`~napari_focsam.models.variant_decoder.VariantDecoder`, which shares the image-side work of the copies and
+upscales only the image's part of the frame). ST is computed from the copies' masks in the model's low-resolution
+frame (256² for SAM, inside the image's region), which is what the decoder produces; the fallback, which has no
+such frame, works at the original resolution.
 
 **Robust prompts.** A robust step decodes the prompts as usual (the refiner runs when it is due) and the ``B``
 copies, and keeps the consensus: the mean of the ``B + 1`` logit maps, thresholded at 0 after the model's usual
@@ -161,15 +163,17 @@ def predict_variants(
     state: ObjectState | None,
     *,
     cancel: CancelToken | None = None,
+    image_only: bool = False,
 ) -> Variants:
     """Decode several prompt sets with one object state (never running FocSAM's refiner).
 
     Backends with a batched path provide ``predict_variants`` themselves; otherwise each set is predicted in turn
-    and its mask becomes ±1 logits at the original resolution.
+    and its mask becomes ±1 logits at the original resolution. ``image_only``: only the logits inside ``valid``
+    (and the margin that :attr:`Variants.to_original` reads) are wanted; a backend may leave the rest at 0.
     """
     own = getattr(predictor, "predict_variants", None)
     if own is not None:
-        return own(embedding, variants, state, cancel=cancel)
+        return own(embedding, variants, state, cancel=cancel, image_only=image_only)
     masks = []
     for prompts in variants:
         check_cancel(cancel)
@@ -210,7 +214,8 @@ def stability(
     jitter = jitter or Jitter()
     shape = as_size(embedding.geometry.original_size)
     copies = jitter_prompts(prompts, shape, float(np.count_nonzero(mask)), jitter)
-    out = predict_variants(predictor, embedding, copies, _copy_state(previous, current), cancel=cancel)
+    out = predict_variants(predictor, embedding, copies, _copy_state(previous, current), cancel=cancel,
+                           image_only=True)
     h, w = out.valid
     score = st_score(out.logits[:, 0, :h, :w] > 0)
     extremes = torch.stack([out.logits.amin(dim=0), out.logits.amax(dim=0)]).float()
