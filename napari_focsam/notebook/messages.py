@@ -5,56 +5,18 @@ controller's lock, and waiting for the jobs. Part of :class:`~napari_focsam.note
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .controller_parts import NotebookParts
+
 if TYPE_CHECKING:
-    from ..engine.jobs import JobRunner
-    from ..engine.manager import ModelManager
-    from ..engine.session import ObjectSession
-    from ..engine.types import Prompts
-    from ..engine.work import TileSettings
-    from ..engine.zoom import ZoomedObject
-    from .source import ImageSource
+    pass
 
 
-class NotebookMessages:
+class NotebookMessages(NotebookParts):
     """What the controller tells the browser (a mixin)."""
-
-    if TYPE_CHECKING:  # what it uses of the controller (see NotebookController)
-        source: ImageSource
-        jobs: JobRunner
-        manager: ModelManager | None
-        model_name: str | None
-        object_id: int
-        selected: int
-        z: int
-        contrast: tuple[float, float]
-        tiles: TileSettings
-        status: tuple[str, str]
-        last_click_ms: float | None
-        zooms: dict[tuple[tuple[int, ...], int], ZoomedObject]
-        _lock: threading.RLock
-        _busy: dict[str, str]
-        _emit: Callable[[dict, list], None]
-
-        @property
-        def index(self) -> tuple[int, ...]: ...
-
-        @property
-        def takes_boxes(self) -> bool: ...
-
-        def session(self) -> ObjectSession | None: ...
-
-        def prompts(self) -> Prompts: ...
-
-        def tiled(self, index: tuple[int, ...] | None = None) -> bool: ...
-
-        def zoom_info(self) -> dict: ...
-
-        def stability_info(self) -> dict: ...
 
     def _deliver(self, callback: Callable[[], None]) -> None:
         """The job runner's results, on its threads, serialised with the actions."""

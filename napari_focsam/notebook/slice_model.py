@@ -4,61 +4,24 @@ embedding of the shown slice in a job (with its progress in the widget). Part of
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..engine.manager import ModelManager
 from ..engine.work import embed_slice
+from .controller_parts import NotebookParts
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from ..engine.channels import ChannelMix
-    from ..engine.jobs import JobRunner
-    from ..engine.work import TileSettings
-    from .geometry import Geometry
-    from .source import ImageSource
 
 CLICK = "click"  # job keys: (CLICK, slice, object id), ("embed",), ("load",)
 
 
-class SliceAndModel:
+class SliceAndModel(NotebookParts):
     """The view and the model of a notebook controller (a mixin)."""
-
-    if TYPE_CHECKING:  # what it uses of the controller (see NotebookController)
-        source: ImageSource
-        jobs: JobRunner
-        manager: ModelManager | None
-        model_name: str | None
-        z: int
-        contrast: tuple[float, float]
-        window: tuple[int, int, int, int]
-        geometry: Geometry
-        tiles: TileSettings
-        _lock: threading.RLock
-        _emit: Callable[[dict, list], None]
-        _keys: dict[tuple[int, ...], str]
-        _known: dict[tuple, str]
-
-        @property
-        def index(self) -> tuple[int, ...]: ...
-
-        def _view(self, index: tuple[int, ...]) -> np.ndarray: ...
-
-        def _progress(self, kind: str, text: str | None) -> None: ...
-
-        def _set_status(self, text: str, level: str = "info", *, send: bool = True) -> None: ...
-
-        def _update(self, prompts: bool = False) -> None: ...
-
-        def _forget_zooms(self, object_id: int | None = None) -> None: ...
-
-        def send_image(self, labels: bool = True) -> None: ...
-
-        def cancel_prefetch(self) -> None: ...
 
     def set_slice(self, z: int) -> None:
         with self._lock:

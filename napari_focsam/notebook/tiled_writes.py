@@ -18,13 +18,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..engine.work import TiledClick, tiled_step
+from .controller_parts import NotebookParts
 
 if TYPE_CHECKING:
-    from ..engine.jobs import JobRunner
-    from ..engine.manager import ModelManager
-    from ..engine.types import Prompts
-    from ..engine.work import TileSettings
-    from .source import ImageSource
+    pass
 
 BLOCK = 512  #: side of the blocks a :class:`BlockBase` copies (px)
 PREFETCH = "tile-prefetch"  #: background job keys: (PREFETCH, slice, tile)
@@ -74,35 +71,8 @@ def is_prefetch(key: Any) -> bool:
     return isinstance(key, tuple) and len(key) == 3 and key[0] == PREFETCH
 
 
-class NotebookTiles:
+class NotebookTiles(NotebookParts):
     """Region writes, bases and prefetch of tiled slices (a controller mixin)."""
-
-    if TYPE_CHECKING:  # what it uses of the controller (see NotebookController)
-        source: ImageSource
-        jobs: JobRunner
-        manager: ModelManager | None
-        contrast: tuple[float, float]
-        object_id: int
-        tiles: TileSettings
-        _bases: dict[tuple[tuple[int, ...], int], Any]
-        _prompts: dict[tuple[tuple[int, ...], int], Prompts]
-
-        @property
-        def index(self) -> tuple[int, ...]: ...
-
-        def tiled(self, index: tuple[int, ...] | None = None) -> bool: ...
-
-        def _need_model(self) -> ModelManager: ...
-
-        def _view(self, index: tuple[int, ...]) -> np.ndarray: ...
-
-        def _write(self, index: tuple[int, ...], mask: np.ndarray, object_id: int, base: Any, *,
-                   seq: int | None = None, model_ms: float | None = None, overwrite: bool | None = None,
-                   region: Region | None = None) -> None: ...
-
-        def _update(self, prompts: bool = False) -> None: ...
-
-        def _set_status(self, text: str, level: str = "info", *, send: bool = True) -> None: ...
 
     def _base(self, index: tuple[int, ...], object_id: int) -> Any:
         """The labels of slice ``index`` before ``object_id`` touched them (kept from its first request there): a

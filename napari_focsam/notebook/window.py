@@ -13,15 +13,13 @@ Part of :class:`~napari_focsam.notebook.controller.NotebookController`; every me
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import numpy as np
-
+from .controller_parts import NotebookParts
 from .overlay import png_bytes, rle_encode
 
 if TYPE_CHECKING:
-    from .source import ImageSource
+    pass
 
 WHOLE_LIMIT = 4096  #: slices up to this side are shown whole
 WINDOW_SIDE = 1024  #: the window's side on larger slices (``window_side`` changes it)
@@ -30,21 +28,8 @@ OVERVIEW_SIDE = 256  #: the overview's longest side
 Region = tuple[int, int, int, int]  #: (y0, x0, y1, x1), half-open
 
 
-class NotebookWindow:
+class NotebookWindow(NotebookParts):
     """The shown window of the slice (a controller mixin)."""
-
-    if TYPE_CHECKING:  # what it uses of the controller (see NotebookController)
-        source: ImageSource
-        z: int
-        contrast: tuple[float, float]
-        _emit: Callable[[dict, list], None]
-
-        @property
-        def index(self) -> tuple[int, ...]: ...
-
-        def _view(self, index: tuple[int, ...]) -> np.ndarray: ...
-
-        def view_state(self) -> dict: ...
 
     def _init_window(self, window_side: int | None = None) -> None:
         side = WINDOW_SIDE if window_side is None else int(window_side)

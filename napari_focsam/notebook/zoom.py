@@ -13,62 +13,22 @@ zoom's embedding and decoding run in the click job (the job runner's threads), n
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..engine.types import CancelToken, Prompts
+from ..engine.types import Prompts
 from ..engine.work import ClickResult
 from ..engine.zoom import ZoomedObject
 from ..engine.zoom_clicks import ZoomClicks, zoom_step
+from .controller_parts import NotebookParts, Work
 
 if TYPE_CHECKING:
-    from ..engine.jobs import JobRunner
     from ..engine.manager import ModelManager
-    from ..engine.session import ObjectSession
-    from ..engine.work import TileSettings
-    from .source import ImageSource
-
-Work = Callable[[CancelToken], Any]
 
 
-class NotebookZoom(ZoomClicks):
+class NotebookZoom(ZoomClicks, NotebookParts):
     """Zoomed objects per (slice, object) and the jobs that open and use them (a controller mixin)."""
-
-    if TYPE_CHECKING:  # what it uses of the controller (see NotebookController)
-        source: ImageSource
-        jobs: JobRunner
-        manager: ModelManager | None
-        contrast: tuple[float, float]
-        object_id: int
-        tiles: TileSettings
-        _keys: dict[tuple[int, ...], str]
-        _prompts: dict[tuple[tuple[int, ...], int], Prompts]
-        _bases: dict[tuple[tuple[int, ...], int], np.ndarray]
-
-        @property
-        def index(self) -> tuple[int, ...]: ...
-
-        def session(self) -> ObjectSession | None: ...
-
-        def prompts(self) -> Prompts: ...
-
-        def _need_model(self) -> ModelManager: ...
-
-        def _view(self, index: tuple[int, ...]) -> np.ndarray: ...
-
-        def _base(self, index: tuple[int, ...], object_id: int) -> Any: ...
-
-        def _write(self, index: tuple[int, ...], mask: np.ndarray, object_id: int, base: np.ndarray | None, *,
-                   seq: int | None = None, model_ms: float | None = None, overwrite: bool | None = None) -> None: ...
-
-        def _submit_work(self, index: tuple[int, ...], object_id: int, work: Work,
-                         done: Callable[[Any], None]) -> None: ...
-
-        def _set_status(self, text: str, level: str = "info", *, send: bool = True) -> None: ...
-
-        def _update(self, prompts: bool = False) -> None: ...
 
     def _init_zoom(self) -> None:
         self.auto_zoom = True  #: zoom in on small objects after their first click
