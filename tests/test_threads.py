@@ -234,3 +234,31 @@ def test_the_meter_reads_this_machines_proc_stat() -> None:
         pass  # this thread keeps (at least part of) a core busy
     fraction = meter.busy_fraction()
     assert fraction is not None and fraction > 0.1 / T._CORES
+
+
+def test_cores_reserved_for_the_front_end_are_left_free(machine, monkeypatch) -> None:
+    T.work_done()  # the first window starts
+    machine.run(0.5, busy_cores=0.0)  # an idle 2-core machine
+    assert T.interactive_threads() == 2
+    assert T.interactive_threads(reserved=1.0) == 1  # napari's GUI thread and drawing take one core
+    assert T.interactive_threads(reserved=2.0) == 1  # never fewer than one
+    T.work_done()
+    monkeypatch.setattr(T, "_CORES", 8)
+    machine.run(0.5, busy_cores=0.0)
+    assert T.interactive_threads(reserved=1.0) == 2  # enough cores: the policy's maximum
+
+
+def test_the_job_runner_passes_its_gui_cores_to_interactive_jobs(machine) -> None:
+    seen: list[int] = []
+    for gui_cores in (0.0, 1.0):
+        runner = JobRunner(max_workers=1, gui_cores=gui_cores)
+        try:
+            T.work_done()
+            machine.run(0.5, busy_cores=0.0)
+            done = threading.Event()
+            runner.submit("k", lambda token: seen.append(torch.get_num_threads()), on_done=lambda _, d=done: d.set(),
+                          threads="interactive")
+            assert done.wait(30)
+        finally:
+            runner.shutdown()
+    assert seen == [2, 1]

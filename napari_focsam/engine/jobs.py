@@ -52,6 +52,7 @@ class Job:
     token: CancelToken = field(default_factory=CancelToken)
     seq: int = 0
     threads: str | None = "bulk"  # the thread policy's kind of work (see .threads); None leaves the count alone
+    gui_cores: float = 0.0  # cores the front-end's own work takes beside an interactive job (see .threads)
 
 
 @dataclass(eq=False)
@@ -66,8 +67,10 @@ class JobRunner:
     """Runs the front-end's jobs (see the module docstring for the rules)."""
 
     def __init__(self, dispatch: Callable[[Callable[[], None]], None] | None = None, *,
-                 max_workers: int | None = None, background_nice: int = BACKGROUND_NICE) -> None:
+                 max_workers: int | None = None, background_nice: int = BACKGROUND_NICE,
+                 gui_cores: float = 0.0) -> None:
         self._dispatch = dispatch or (lambda callback: callback())
+        self._gui_cores = gui_cores
         self._pool = ThreadPoolExecutor(max_workers=max_workers or max(4, min(8, os.cpu_count() or 1)),
                                         thread_name_prefix="focsam-job")
         self._lock = threading.RLock()
@@ -89,8 +92,10 @@ class JobRunner:
 
         ``supersede=False`` lets the running job finish uncancelled (e.g. an embedding still worth caching).
         ``threads`` is the kind of work for the thread policy (:mod:`.threads`): ``"interactive"`` for clicks,
-        ``"bulk"`` (the default) for embeddings and batch work."""
-        job = Job(key, func, on_done, on_error, on_finished, token or CancelToken(), threads=threads)
+        ``"bulk"`` (the default) for embeddings and batch work; interactive jobs leave the runner's ``gui_cores`` to
+        the front-end's own work (an adaptive thread count only)."""
+        job = Job(key, func, on_done, on_error, on_finished, token or CancelToken(), threads=threads,
+                  gui_cores=self._gui_cores)
         dropped = None
         with self._lock:
             if self._closed:
@@ -286,7 +291,7 @@ class JobRunner:
 def _call(job: Job) -> tuple[Any, BaseException | None]:
     try:
         if job.threads is not None:
-            use_threads(job.threads)
+            use_threads(job.threads, job.gui_cores)
         return job.func(job.token), None
     except BaseException as exc:  # noqa: BLE001 - every failure goes to the front-end as a message
         return None, exc

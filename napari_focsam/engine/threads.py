@@ -11,7 +11,9 @@ thread). So the policy has two numbers:
   jobs). With ``adaptive`` (the default where the load can be measured: Linux), a job gets fewer when the machine was
   busy since the previous job ended (:mod:`.cpu_load`): with ``c`` usable cores and a busy fraction ``f`` of the
   machine's CPU time in that window, ``floor(c·(1−f) + 0.25)`` threads, at least 1 and at most ``interactive``.
-  A window shorter than 0.1 s (clicks in quick succession) keeps the previous count; before any window, 1.
+  A window shorter than 0.1 s (clicks in quick succession) keeps the previous count; before any window, 1. A
+  front-end whose own work runs at the same time as its clicks (napari's GUI thread adding the clicked point and the
+  window drawing it) reserves cores for it: ``floor(c·(1−f) − r + 0.25)`` (the job runner's ``gui_cores``).
 * ``bulk``: threads for embeddings, stacks and batch work — by default torch's own setting when this module was
   first imported (the number of cores, or ``OMP_NUM_THREADS``).
 
@@ -106,7 +108,7 @@ def _from_environment(policy: ThreadPolicy) -> ThreadPolicy:
 _STARTUP_THREADS = torch.get_num_threads()
 _CORES = usable_cores()
 _meter = BusyMeter()
-_judged: int | None = None  # the adaptive interactive count last judged
+_judged: float | None = None  # the free cores last judged (adaptive interactive count)
 _lock = threading.Lock()
 _policy = _from_environment(default_policy())
 _local = threading.local()
@@ -133,8 +135,9 @@ def set_thread_policy(interactive: int | None = None, bulk: int | None = None,
         return _policy
 
 
-def interactive_threads() -> int:
-    """The thread count for an interactive job starting now (see the module's docstring)."""
+def interactive_threads(reserved: float = 0.0) -> int:
+    """The thread count for an interactive job starting now, leaving ``reserved`` cores to work that runs beside it
+    (see the module's docstring)."""
     global _judged
     policy = _policy
     if not policy.adaptive:
@@ -142,9 +145,10 @@ def interactive_threads() -> int:
     fraction = _meter.busy_fraction()
     with _lock:
         if fraction is not None:
-            free = _CORES * (1.0 - fraction)
-            _judged = int(free + FREE_MARGIN)
-        return max(1, min(policy.interactive, _judged or 1))
+            _judged = _CORES * (1.0 - fraction)
+        if _judged is None:
+            return 1
+        return max(1, min(policy.interactive, int(_judged - reserved + FREE_MARGIN)))
 
 
 def work_done() -> None:
@@ -153,9 +157,9 @@ def work_done() -> None:
         _meter.mark()
 
 
-def _count(kind: str) -> int:
+def _count(kind: str, reserved: float = 0.0) -> int:
     n = _policy.for_kind(kind)
-    return interactive_threads() if kind == "interactive" else n
+    return interactive_threads(reserved) if kind == "interactive" else n
 
 
 def _set_this_thread(n: int) -> None:
@@ -177,10 +181,11 @@ def _reset_default() -> None:
     anchor.submit(lambda: torch.set_num_threads(_policy.bulk)).result()
 
 
-def use_threads(kind: str) -> int:
-    """Set the calling thread's torch thread count for ``kind`` of work (``"interactive"`` or ``"bulk"``) and leave it
-    so. For threads this package owns. Returns the count."""
-    n = _count(kind)
+def use_threads(kind: str, reserved: float = 0.0) -> int:
+    """Set the calling thread's torch thread count for ``kind`` of work (``"interactive"`` or ``"bulk"``; an adaptive
+    interactive count leaves ``reserved`` cores free) and leave it so. For threads this package owns. Returns the
+    count."""
+    n = _count(kind, reserved)
     _set_this_thread(n)
     _local.kind = kind
     return n

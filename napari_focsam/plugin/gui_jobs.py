@@ -21,6 +21,10 @@ from ..engine.jobs import Job, JobRunner
 from ..engine.types import Cancelled, CancelToken
 from .controller_parts import ControllerParts
 
+#: cores napari takes while a click is decoded (its GUI thread adds the clicked point, the window draws it): the
+#: adaptive click thread count leaves them free (docs/performance.md, "Responsiveness in the widget")
+GUI_CORES = 1.0
+
 
 class _Dispatcher(QObject):
     """Runs callbacks from the runner's threads on the GUI thread (a queued signal to an object living there)."""
@@ -49,7 +53,7 @@ class GuiJobs(ControllerParts):
 
     def _init_jobs(self) -> None:
         self._dispatcher = _Dispatcher()  # lives on the GUI thread: its queued signal runs callbacks there
-        self.jobs = JobRunner(dispatch=self._dispatcher.call.emit)
+        self.jobs = JobRunner(dispatch=self._dispatcher.call.emit, gui_cores=GUI_CORES)
 
     @property
     def busy(self) -> bool:
