@@ -34,6 +34,17 @@ def browser_paths() -> tuple[str, str] | None:
     return (browser, driver) if browser and driver else None
 
 
+def require_browser() -> None:
+    """Skip the calling test module unless Selenium, anywidget, JupyterLab, Chromium and chromedriver are there."""
+    import pytest
+
+    for module in ("selenium", "anywidget", "jupyterlab"):
+        pytest.importorskip(module)
+    if browser_paths() is None:
+        pytest.skip("Chromium and chromedriver are not installed (apt-get install chromium chromium-driver)",
+                    allow_module_level=True)
+
+
 def write_notebook(path: Path, cells: list[str]) -> Path:
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [nbformat.v4.new_code_cell(source) for source in cells]

@@ -19,19 +19,14 @@ from _jupyter_browser import (
     JupyterLab,
     NotebookPage,
     WidgetDriver,
-    browser_paths,
     chromium,
     measure_latency,
     median,
+    require_browser,
     write_notebook,
 )
 
-pytest.importorskip("selenium")
-pytest.importorskip("anywidget")
-pytest.importorskip("jupyterlab")
-if browser_paths() is None:
-    pytest.skip("Chromium and chromedriver are not installed (apt-get install chromium chromium-driver)",
-                allow_module_level=True)
+require_browser()
 
 H, W = 160, 240
 A, A_NEG, B = (40, 60), (40, 84), (60, 180)

@@ -9,14 +9,9 @@ import json
 
 import numpy as np
 import pytest
-from _jupyter_browser import JupyterLab, NotebookPage, WidgetDriver, browser_paths, chromium, write_notebook
+from _jupyter_browser import JupyterLab, NotebookPage, WidgetDriver, chromium, require_browser, write_notebook
 
-pytest.importorskip("selenium")
-pytest.importorskip("anywidget")
-pytest.importorskip("jupyterlab")
-if browser_paths() is None:
-    pytest.skip("Chromium and chromedriver are not installed (apt-get install chromium chromium-driver)",
-                allow_module_level=True)
+require_browser()
 
 H, W = 200, 240
 SMALL = ((60, 70), (140, 170))  # two small nuclei in channel 0
