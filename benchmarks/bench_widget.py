@@ -23,10 +23,10 @@ Background loads (started by this script, stopped after each condition):
 
 Engine only (no viewer): our click (``ObjectSession.click`` in a click thread, the interactive thread policy
 applied) against micro-sam's ``segment_from_points`` with its precomputed embedding on the same random SAM ViT-B
-weights and image, clicks interleaved one by one. micro-sam runs in its own virtual environment
-(``--micro-sam PATH/TO/python``; default ``$MICROSAM_PYTHON`` or ``~/.cache/microsam-venv/bin/python``); without one
-that column is left out. The embedding with the window shown vs hidden is timed idle, ``--embed-rounds`` pairs in
-alternating order after one untimed embedding.
+weights and image, clicks interleaved one by one (``_engine_vs_microsam.py``). micro-sam runs in its own virtual
+environment (``--micro-sam PATH/TO/python``; default ``$MICROSAM_PYTHON`` or ``~/.cache/microsam-venv/bin/python``);
+without one that column is left out. The embedding with the window shown vs hidden is timed idle,
+``--embed-rounds`` pairs in alternating order after one untimed embedding.
 """
 
 from __future__ import annotations

@@ -51,69 +51,68 @@ def iou(pred: np.ndarray, gt: np.ndarray) -> float:
     return np.count_nonzero(pred & gt) / union if union else 1.0
 
 
-def run_object(manager, canvas, embedding, gt, clicks: int, variant: str) -> list[float]:
-    if isinstance(embedding, TiledImage):
-        return run_tiled(manager, canvas, embedding, gt, clicks, variant)
+def simulate(gt: np.ndarray, clicks: int, decode) -> list[float]:
+    """IoU after each of ``clicks`` simulated clicks on the object ``gt`` (the simulator sees a window around it);
+    ``decode(step, prompts)`` returns the canvas-sized mask for the prompts so far."""
     ys, xs = np.nonzero(gt)
     cy, cx = int(ys.mean()), int(xs.mean())
     win = (slice(max(0, cy - WINDOW), cy + WINDOW), slice(max(0, cx - WINDOW), cx + WINDOW))
     offset = np.array([win[0].start, win[1].start], float)
     sim = ClickSimulator(gt[win])
-    session = manager.new_object(embedding)
     pred = np.zeros(gt.shape, bool)
-    zoomed = None
-    out = []
+    out: list[float] = []
     for step in range(clicks):
-        click = sim.step(pred[win])
-        if click is None:
+        if sim.step(pred[win]) is None:
             out.append(out[-1])
             continue
-        prompts = Prompts(sim.points + offset, sim.labels)
-        if step == 0 or variant == "full":
-            pred = session.sync(prompts)
-        elif zoomed is None:
-            coarse = session.mask
-            zoomed = ZoomedObject.open(manager, canvas, coarse, prompts, rgb=True, mask_input=variant == "zoom+mask")
-            pred = zoomed.mask
-        else:
-            pred = zoomed.sync(prompts)
+        pred = decode(step, Prompts(sim.points + offset, sim.labels))
         out.append(iou(pred, gt))
     return out
+
+
+def run_object(manager, canvas, embedding, gt, clicks: int, variant: str) -> list[float]:
+    if isinstance(embedding, TiledImage):
+        return run_tiled(manager, canvas, embedding, gt, clicks, variant)
+    session = manager.new_object(embedding)
+    zoomed: ZoomedObject | None = None
+
+    def decode(step: int, prompts: Prompts) -> np.ndarray:
+        nonlocal zoomed
+        if step == 0 or variant == "full":
+            return session.sync(prompts)
+        if zoomed is None:
+            zoomed = ZoomedObject.open(manager, canvas, session.mask, prompts, rgb=True,
+                                       mask_input=variant == "zoom+mask")
+            return zoomed.mask
+        return zoomed.sync(prompts)
+
+    return simulate(gt, clicks, decode)
 
 
 def run_tiled(manager, canvas, tiled: TiledImage, gt, clicks: int, variant: str) -> list[float]:
     """:func:`run_object` through tiles: click 1 on the object's tile; the zoom is opened on its view's crop."""
-    ys, xs = np.nonzero(gt)
-    cy, cx = int(ys.mean()), int(xs.mean())
-    win = (slice(max(0, cy - WINDOW), cy + WINDOW), slice(max(0, cx - WINDOW), cx + WINDOW))
-    offset = np.array([win[0].start, win[1].start], float)
-    sim = ClickSimulator(gt[win])
     obj = tiled.new_object()
-    pred = np.zeros(gt.shape, bool)
-    zoomed, view = None, None
-    out: list[float] = []
-    for step in range(clicks):
-        click = sim.step(pred[win])
-        if click is None:
-            out.append(out[-1])
-            continue
-        prompts = Prompts(sim.points + offset, sim.labels)
+    zoomed: ZoomedObject | None = None
+    view = None
+
+    def decode(step: int, prompts: Prompts) -> np.ndarray:
+        nonlocal zoomed, view
         if step == 0 or variant == "full":
-            pred = obj.sync(prompts).full()
+            return obj.sync(prompts).full()
+        if view is None:
+            view = obj.view
+        local = Prompts(prompts.points - np.asarray(view.offset, float), prompts.labels)
+        if zoomed is None:
+            zoomed = ZoomedObject.open(manager, view.read(canvas, rgb=True), obj.mask.mask, local, rgb=True,
+                                       mask_input=variant == "zoom+mask")
+            inside = zoomed.mask
         else:
-            if zoomed is None:
-                view = obj.view
-                local = Prompts(prompts.points - np.asarray(view.offset, float), prompts.labels)
-                zoomed = ZoomedObject.open(manager, view.read(canvas, rgb=True), obj.mask.mask, local, rgb=True,
-                                           mask_input=variant == "zoom+mask")
-                inside = zoomed.mask
-            else:
-                local = Prompts(prompts.points - np.asarray(view.offset, float), prompts.labels)
-                inside = zoomed.sync(local)
-            pred = np.zeros(gt.shape, bool)
-            pred[view.slices] = inside
-        out.append(iou(pred, gt))
-    return out
+            inside = zoomed.sync(local)
+        pred = np.zeros(gt.shape, bool)
+        pred[view.slices] = inside
+        return pred
+
+    return simulate(gt, clicks, decode)
 
 
 def main() -> None:
