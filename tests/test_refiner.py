@@ -7,78 +7,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _golden import golden_weights, load_npz, weight_specs
+from _refiner_support import GRID, INPUT, logits_from_box, random_inputs, small_refiner, touched_cells
 
 from napari_focsam._cancel import Cancelled, CancelToken
 from napari_focsam.models.deform_conv import modulated_deform_conv3x3
 from napari_focsam.models.focus import (
-    WindowGrid,
-    box_cell_mask,
-    expand_bbox,
     focus_bbox,
     mask_bbox,
     plan_focus,
-    select_windows,
     upsampled_foreground,
 )
 from napari_focsam.models.refiner import FocusRefiner, NullSlotAttention
 
-INPUT = (1024, 1024)
-GRID = (64, 64)
 # Max |refined - golden| allowed per case: case 1 hits one mmcv float32-floor sample (see the golden README).
 GOLDEN_ATOL = {0: 1e-9, 1: 1e-7, 2: 1e-9}
 # Tokens that no block selects, per case (golden README table).
 GOLDEN_UNTOUCHED = {0: 3072, 1: 0, 2: 2304}
 # float32 vs the float64 golden output; measured max 5.6e-6 on outputs of magnitude ~4.4.
 FLOAT32_ATOL = 5e-5
-
-
-# ----------------------------------------------------------------------------------------------------------- helpers
-
-
-def small_refiner(dtype: torch.dtype = torch.float64, seed: int = 0, **config: object) -> FocusRefiner:
-    """A small refiner (64 x 64 grid still gives 4 x 4 windows) with every parameter randomised, as in the golden
-    scheme (norm weights ``1 + 0.05 t``, everything else ``0.05 t``)."""
-    options = dict(embed_dim=32, depth=4, num_heads=4, window_size=16)
-    options.update(config)
-    model = FocusRefiner(**options).to(dtype).eval()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = 0.05 * torch.randn(param.shape, generator=generator, dtype=torch.float64)
-            is_norm_weight = name.endswith(".weight") and param.ndim == 1  # LayerNorm / GroupNorm scales
-            param.copy_(noise + 1.0 if is_norm_weight else noise)
-    return model
-
-
-def random_inputs(
-    batch: int, channels: int, dtype: torch.dtype = torch.float64, seed: int = 1
-) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    embeds = torch.randn(batch, channels, *GRID, generator=generator, dtype=torch.float64).to(dtype)
-    token = torch.randn(batch, 1, channels, generator=generator, dtype=torch.float64).to(dtype)
-    return embeds, token
-
-
-def logits_from_box(box: tuple[int, int, int, int], size: tuple[int, int] = INPUT) -> torch.Tensor:
-    """Logits at input resolution: +1 inside ``box`` (left, up, right_excl, bottom_excl), -1 elsewhere."""
-    left, up, right, bottom = box
-    logits = -torch.ones(1, 1, *size, dtype=torch.float64)
-    logits[..., up:bottom, left:right] = 1.0
-    return logits
-
-
-def window_ids(selected: torch.Tensor) -> set[int]:
-    return set(torch.nonzero(selected.flatten()).flatten().tolist())
-
-
-def touched_cells(plan_windows: list[tuple[WindowGrid, torch.Tensor]], sample: int = 0) -> torch.Tensor:
-    """``(h, w)`` cells inside any selected window of any of the given partitions."""
-    grid = plan_windows[0][0]
-    touched = torch.zeros(grid.padded_height * grid.padded_width, dtype=torch.bool)
-    for part, selected in plan_windows:
-        ids = torch.nonzero(selected[sample]).flatten()
-        touched[part.token_index()[ids].flatten()] = True
-    return touched.view(grid.padded_height, grid.padded_width)[: grid.height, : grid.width]
 
 
 # ------------------------------------------------------------------------------------------------- golden fixtures
@@ -239,112 +185,6 @@ def test_float32_close_to_float64_golden(golden_embeds: torch.Tensor) -> None:
         )
     assert out.dtype == torch.float32
     assert (out.double() - torch.from_numpy(data["refined"])).abs().max().item() <= FLOAT32_ATOL
-
-
-# ------------------------------------------------------------------------------------- 3. focus box and windows
-
-
-def test_empty_coarse_mask_focuses_on_whole_image() -> None:
-    logits = -torch.ones(1, 1, 256, 256, dtype=torch.float64)
-    assert focus_bbox(logits, INPUT, 1.4) == [(0, 0, 1024, 1024)]
-    plan = plan_focus(focus_bbox(logits), INPUT, GRID, 16)
-    assert bool(plan.cell_mask.all())
-    assert plan.plain.count == 16 and plan.shifted.count == 16
-
-
-def test_single_upsampled_pixel_gives_hand_derived_box() -> None:
-    # One positive logit at (100, 100) of a 256 grid. Bilinear (align_corners=False) x4 maps output o to source
-    # (o + 0.5) / 4 - 0.5, which is within 0.5 of 100 (value > 0) for o = 400..403.
-    logits = -torch.ones(1, 1, 256, 256, dtype=torch.float64)
-    logits[..., 100, 100] = 1.0
-    assert mask_bbox(upsampled_foreground(logits, INPUT)) == [(400, 400, 404, 404)]
-    # centre 402, half size 2 -> 402 -/+ 2.8 -> 399.2 / 404.8 -> 399 / 405.
-    assert focus_bbox(logits, INPUT, 1.4) == [(399, 399, 405, 405)]
-
-
-def test_expand_bbox_rounds_half_to_even_and_clips() -> None:
-    assert expand_bbox((1, 1, 2, 2), 2.0, (10, 10)) == (0, 0, 2, 2)  # 0.5 -> 0, 2.5 -> 2
-    assert expand_bbox((2, 2, 3, 3), 2.0, (10, 10)) == (2, 2, 4, 4)  # 1.5 -> 2, 3.5 -> 4
-    assert expand_bbox((0, 5, 10, 10), 1.4, (10, 10)) == (0, 4, 10, 10)  # clipped; 7.5 - 3.5 = 4.0
-    assert expand_bbox((2, 2, 4, 6), (1.0, 2.0), (10, 10)) == (1, 2, 5, 6)  # (height, width) ratios
-    with pytest.raises(ValueError):
-        expand_bbox((3, 0, 3, 4), 1.4, (10, 10))
-
-
-def test_box_inside_one_window() -> None:
-    # (420, 400, 460, 440) expands to (412, 392, 468, 448): cells rows 24..27, cols 25..29, all in plain window
-    # (1, 1) and in shifted window (1, 1) (shifted window r covers cells 16 r + 8 .. 16 r + 23).
-    boxes = focus_bbox(logits_from_box((420, 400, 460, 440)), INPUT, 1.4)
-    assert boxes == [(412, 392, 468, 448)]
-    plan = plan_focus(boxes, INPUT, GRID, 16)
-    cells = torch.nonzero(plan.cell_mask[0])
-    assert cells[:, 0].unique().tolist() == [24, 25, 26, 27]
-    assert cells[:, 1].unique().tolist() == [25, 26, 27, 28, 29]
-    assert window_ids(plan.plain.selected) == {5}
-    assert window_ids(plan.shifted.selected) == {5}
-
-
-def test_all_windows_selected_for_full_box() -> None:
-    plan = plan_focus([(0, 0, 1024, 1024)], INPUT, GRID, 16)
-    assert window_ids(plan.plain.selected) == set(range(16))
-    assert window_ids(plan.shifted.selected) == set(range(16))
-    # Every token appears exactly once per partition.
-    for selection in (plan.plain, plan.shifted):
-        assert torch.equal(selection.token_index.sort().values, torch.arange(64 * 64))
-
-
-def test_shifted_windows_wrap_around_border() -> None:
-    # Box touching the left border: cells cols 0..6, rows 25..27. Plain: window (1, 0) = 4. After the roll by -8,
-    # cols 0..7 sit at the end of shifted column 3 (cells 56..63 then 0..7), so the shifted window is (1, 3) = 7.
-    plan = plan_focus([(0, 400, 100, 440)], INPUT, GRID, 16)
-    assert window_ids(plan.plain.selected) == {4}
-    assert window_ids(plan.shifted.selected) == {7}
-    window7 = plan.shifted_grid.token_index()[7]
-    rows, cols = window7 // 64, window7 % 64
-    assert rows.unique().tolist() == list(range(24, 40))
-    assert set(cols.tolist()) == set(range(56, 64)) | set(range(0, 8))
-
-
-def test_shifted_window_refines_the_opposite_border() -> None:
-    model = small_refiner(depth=2)
-    embeds, token = random_inputs(1, 32)
-    plan = plan_focus([(0, 400, 100, 440)], INPUT, GRID, 16)
-    with torch.no_grad():
-        out = model.refine(embeds, token, plan)
-        projected = model.embed_proj(embeds)
-    changed = (out != projected).any(dim=1)[0]
-    expected = torch.zeros(GRID, dtype=torch.bool)
-    expected[16:32, 0:16] = True  # plain window 4
-    expected[24:40, 56:64] = True  # shifted window 7, right-border half
-    expected[24:40, 0:8] = True  # shifted window 7, left-border half
-    assert torch.equal(changed, expected)
-
-
-@pytest.mark.parametrize("shift", [0, 8])
-@pytest.mark.parametrize("size", [(64, 64), (40, 56)])
-def test_select_windows_matches_pad_roll_partition(shift: int, size: tuple[int, int]) -> None:
-    generator = torch.Generator().manual_seed(shift + size[0])
-    cells = torch.rand(3, *size, generator=generator) > 0.97
-    grid = WindowGrid(size[0], size[1], 16, shift)
-    padded = F.pad(cells.float(), (0, grid.padded_width - size[1], 0, grid.padded_height - size[0]))
-    rolled = torch.roll(padded, shifts=(-shift, -shift), dims=(-2, -1))
-    windows = rolled.view(3, grid.rows, 16, grid.cols, 16).amax(dim=(2, 4)).flatten(1) > 0
-    assert torch.equal(select_windows(cells, grid), windows)
-
-
-def test_box_cell_mask_equals_adaptive_max_pool() -> None:
-    generator = torch.Generator().manual_seed(3)
-    for size, grid in [((1024, 1024), (64, 64)), ((1000, 700), (64, 48)), ((300, 500), (37, 41))]:
-        boxes = []
-        for _ in range(20):
-            left, right = sorted(torch.randint(0, size[1] + 1, (2,), generator=generator).tolist())
-            up, bottom = sorted(torch.randint(0, size[0] + 1, (2,), generator=generator).tolist())
-            boxes.append((left, up, max(right, left + 1), max(bottom, up + 1)))
-        full = torch.zeros(len(boxes), 1, *size)
-        for index, (left, up, right, bottom) in enumerate(boxes):
-            full[index, 0, up:bottom, left:right] = 1.0
-        pooled = F.adaptive_max_pool2d(full, grid)[:, 0] > 0
-        assert torch.equal(box_cell_mask(boxes, size, grid), pooled)
 
 
 # -------------------------------------------------------------------------------------- 3. numerical building blocks
