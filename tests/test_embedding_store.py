@@ -1,5 +1,5 @@
-"""Tests of the embedding cache's on-disk store, on real zarr stores in tmp_path: round trips, layout, corruption,
-foreign stores (the memory side: ``test_cache.py``)."""
+"""Tests of the embedding cache's on-disk store, on real zarr stores in tmp_path: round trips, layout, corruption
+(foreign stores: ``test_embedding_store_foreign.py``; the memory side: ``test_cache.py``)."""
 
 from __future__ import annotations
 
