@@ -3,9 +3,13 @@ engine's own click next to micro-sam's in the same run.
 
     xvfb-run -a python benchmarks/bench_widget.py [--clicks 30] [--size 1024] [--loads idle,busy,torch2]
         [--backends fallback,sam_tiny,sam_vit_b] [--hidden] [--micro-sam PYTHON] [--gui-cpu]
+        [--mouse-hold MS | --points-add]
 
 Each backend gets a real viewer (``napari.Viewer(show=True)``; under Xvfb + Mesa it renders for real) with the
-annotator attached. A click is added through the Points layer exactly as a mouse click adds it; the time runs until
+annotator attached. A click is real Qt mouse events on the canvas, through vispy and napari's mouse handling: press,
+``--mouse-hold`` ms of the event loop (default 0), release; timed from the press (the annotator starts the model at
+the press, ``plugin/click_requests.py``). ``--points-add`` adds the point through the Points layer as napari does
+on the release, with no press (the path before the press start). The time runs until
 the canvas has drawn the first frame after the mask was written into the Labels layer (``--hidden``: until the
 write, since a hidden canvas never draws). The split shows where the time goes: the model's click in the worker,
 the hand-off to the GUI thread, the Labels write, the redraw. ``--gui-cpu`` adds, per backend, the CPU time a click
@@ -133,13 +137,14 @@ def _settle(seconds: float) -> None:
 class WidgetRig:
     """A viewer with the annotator attached to one backend, and the probes that time a click."""
 
-    def __init__(self, backend: str, image: np.ndarray, show: bool) -> None:
+    def __init__(self, backend: str, image: np.ndarray, show: bool, hold: float | None = None) -> None:
         import napari
 
         from napari_focsam.engine.manager import ModelManager
         from napari_focsam.plugin.widget import FocsamWidget
 
-        self.show = show
+        self.show, self.hold = show, hold  # hold: None clicks through the Points layer, else real mouse events
+        self.released: float | None = None  # when the last click's button was released
         self.viewer = napari.Viewer(show=show)
         self.viewer.window._qt_window.resize(1200, 900)
         self.viewer.add_image(image, name="image")
@@ -177,8 +182,12 @@ class WidgetRig:
 
         c = self.controller
         n_written, n_updates = len(self.written), len(self.updates)
+        self.released = None
         start = time.perf_counter()
-        c.click(y, x, positive=positive)
+        if self.hold is None:
+            c.click(y, x, positive=positive)
+        else:
+            self._mouse_click(y, x, positive)
         deadline = start + timeout
         watchdog = QTimer()
         watchdog.timeout.connect(lambda: None)  # wakes the loop below now and then, so the timeout is seen
@@ -198,9 +207,27 @@ class WidgetRig:
         watchdog.stop()
         end = written if not (self.show and changed) else min(t for t in self.drawn if t > written)
         entered, result = self.results[-1]
-        return {"total": end - start, "prep": result.finished_at - result.seconds - start, "model": result.seconds,
+        released = self.released if self.released is not None else start
+        return {"total": end - start, "released": end - released,
+                "prep": result.finished_at - result.seconds - start, "model": result.seconds,
                 "handoff": entered - result.finished_at,
                 "write": written - entered, "draw": end - written}
+
+    def _mouse_click(self, y: float, x: float, positive: bool) -> None:
+        """A real mouse click on the canvas: press, ``hold`` seconds of the event loop, release (Shift: negative)."""
+        from qtpy.QtCore import QEventLoop, QTimer
+
+        from napari_focsam.plugin.mouse import mouse_press, mouse_release, world_of
+
+        where = world_of(self.viewer.layers["image"], (y, x))
+        modifiers = () if positive else ("Shift",)
+        mouse_press(self.viewer, where, modifiers=modifiers)
+        if self.hold:  # the event loop runs meanwhile, sleeping between events as Qt's own does
+            loop = QEventLoop()
+            QTimer.singleShot(round(1000 * self.hold), loop.quit)
+            loop.exec()
+        self.released = time.perf_counter()
+        mouse_release(self.viewer, where, modifiers=modifiers)
 
     def session_clicks(self, n: int, rng: np.random.Generator, cpu: GuiCpu | None = None) -> list[dict[str, float]]:
         """``n`` clicks, a new object every 5; ``cpu`` (optional) accounts the GUI thread's CPU time of each."""
@@ -249,10 +276,15 @@ def main() -> None:
     parser.add_argument("--no-embedding", action="store_true", help="skip the shown-vs-hidden embedding timing")
     parser.add_argument("--embed-rounds", type=int, default=2, help="shown/hidden embedding pairs (order alternated)")
     parser.add_argument("--engine-model", default="sam_vit_b", help="the SAM model of the engine-only comparison")
+    parser.add_argument("--mouse-hold", type=float, default=0.0, metavar="MS",
+                        help="the button is held MS ms between press and release (timed from the press)")
+    parser.add_argument("--points-add", action="store_true",
+                        help="no mouse events: add each point through the Points layer as napari does on release")
     parser.add_argument("--gui-cpu", action="store_true",
                         help="also print the GUI thread's and the rasterizer's CPU time per click, by part (idle)")
     args = parser.parse_args()
 
+    from napari_focsam.engine.handoff import click_switch_interval
     from napari_focsam.engine.manager import ModelManager
     from napari_focsam.engine.threads import current_policy
 
@@ -261,7 +293,9 @@ def main() -> None:
     loads = args.loads.split(",")
     print(f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} before starting; "
           f"thread policy {current_policy()}; window {'hidden' if args.hidden else 'shown'}; "
-          f"{args.size}² image, {args.clicks} clicks per condition", flush=True)
+          f"{args.size}² image, {args.clicks} clicks per condition; clicks "
+          f"{'through the Points layer' if args.points_add else f'by mouse, held {args.mouse_hold:.0f} ms'}; "
+          f"click switch interval {click_switch_interval()} s", flush=True)
 
     if not args.no_embedding and "sam_vit_b" in backends:
         shown, hidden = embedding_shown_vs_hidden("sam_vit_b", image, args.embed_rounds)
@@ -275,18 +309,21 @@ def main() -> None:
     embedding = engine.embed(image)
     summary = []
     cpu_lines: list[str] = []
-    print(f"\n{'load':<7} {'backend':<10} {'p50 ms':>7} {'p95 ms':>7}   median split (prep / model / hand-off / "
-          "write / draw, ms)")
+    print(f"\n{'':<18} {'from the press':>15} {'from the release':>16}")
+    print(f"{'load':<7} {'backend':<10} {'p50 ms':>7} {'p95 ms':>7} {'p50 ms':>7} {'p95 ms':>7}   "
+          "median split (prep / model / hand-off / write / draw, ms)")
     for backend in backends:  # one window at a time, as a user has it
-        rig = WidgetRig(backend, image, show=not args.hidden)
+        rig = WidgetRig(backend, image, show=not args.hidden,
+                        hold=None if args.points_add else args.mouse_hold / 1000)
         for load in loads:
             moves = MouseMoves([rig]) if load == "mouse" else contextlib.nullcontext()
             with background_load(load), moves:
                 phases = rig.session_clicks(args.clicks, np.random.default_rng(1))
             p50, p95 = percentiles([p["total"] for p in phases])
+            r50, r95 = percentiles([p["released"] for p in phases])
             split = " / ".join(f"{1000 * statistics.median(p[k] for p in phases):.0f}"
                                for k in ("prep", "model", "handoff", "write", "draw"))
-            print(f"{load:<7} {backend:<10} {p50:7.0f} {p95:7.0f}   {split}", flush=True)
+            print(f"{load:<7} {backend:<10} {p50:7.0f} {p95:7.0f} {r50:7.0f} {r95:7.0f}   {split}", flush=True)
             summary.append((load, backend, p50, p95))
         if args.gui_cpu and not args.hidden:
             cpu = GuiCpu()

@@ -291,6 +291,11 @@ class ObjectSession:
                 self._follow_step()
             return self.mask
 
+    def forget_redo(self) -> None:
+        """Drop the steps that redo would bring back (a step the user never made, taken back)."""
+        with self._lock:
+            del self._history[self._cursor:]
+
     def _follow_step(self) -> None:
         """After moving the cursor, new steps continue in the mode of the step now in effect."""
         if self._cursor:

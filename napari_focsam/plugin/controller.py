@@ -4,6 +4,7 @@ Rules it keeps (details in ``docs/napari.md``, "How clicks become masks"):
 
 * model work (loading, embedding, decoding, refining) runs only in the :class:`~napari_focsam.engine.jobs.JobRunner`'s
   threads, never on the GUI thread; layers are read for the request and written with the result on the GUI thread;
+* a click's job starts at the mouse press, before napari adds the point at the release (:mod:`.click_requests`);
 * click jobs are keyed by (slice, object): latest wins *per key* — a job on one slice never drops another slice's
   result — and requests coalesce (one running job per key, one pending request with the latest prompts);
 * committing an object lets its jobs finish and write their masks; only :meth:`AnnotationController.cancel` (and
@@ -34,6 +35,7 @@ from ..engine.session import ObjectSession
 from ..engine.types import CancelToken, Prompts
 from . import layers as L
 from . import shape_layers as S
+from .click_requests import CLICK, ClickRequests
 from .gui_jobs import GuiJobs
 from .image_source import ImageSource, check_geometry
 from .label_base import restore
@@ -42,14 +44,12 @@ from .prompt_input import PromptInput
 from .shape_input import ShapeInput
 from .stability_view import StabilityView
 from .tiles_view import TilesView
-from .work import ClickResult, TileSettings, compute_object
+from .work import ClickResult, TileSettings
 from .zoom_view import ZoomView
 
-CLICK = "click"  # job keys: (CLICK, slice, object id)
 
-
-class AnnotationController(ImageSource, ZoomView, TilesView, PromptInput, ShapeInput, StabilityView, LabelEdits,
-                           GuiJobs, ObjectCommits):
+class AnnotationController(ImageSource, ClickRequests, ZoomView, TilesView, PromptInput, ShapeInput, StabilityView,
+                           LabelEdits, GuiJobs, ObjectCommits):
     """Drives one image / clicks / labels triple with a :class:`ModelManager` (layers read and written on the GUI
     thread, model work in the job runner's threads)."""
 
@@ -83,6 +83,7 @@ class AnnotationController(ImageSource, ZoomView, TilesView, PromptInput, ShapeI
         self._init_jobs()
         self._init_shapes()
         self._init_stability()
+        self._init_requests()
         self._muted = False
         self._boxes_warned = False  # "this model takes no boxes" was shown for the current manager
         self._box_ignored = False  # the latest request had a box the model does not take
@@ -131,7 +132,7 @@ class AnnotationController(ImageSource, ZoomView, TilesView, PromptInput, ShapeI
         self.points.events.data.connect(self._on_points_data)
         self.boxes.events.data.connect(self._on_boxes_data)
         self.image.events.data.connect(self._on_image_data)
-        self.points.mouse_drag_callbacks.insert(0, self._sign_from_mouse)
+        self.points.mouse_drag_callbacks.insert(0, self._mouse_press)
         self.points.mode = "add"
         self.viewer.layers.selection.active = self.points  # clicks on the canvas go to the active layer
         self._start_new_object()
@@ -139,13 +140,14 @@ class AnnotationController(ImageSource, ZoomView, TilesView, PromptInput, ShapeI
 
     def detach(self) -> None:
         """Stop working on the layers: every click job is discarded (nothing more is written into them)."""
+        self._forget_press()
         self.cancel_jobs()
         self.cancel_stability()
         self.jobs.cancel_background()
         if self.points is not None:
             self.points.events.data.disconnect(self._on_points_data)
-            if self._sign_from_mouse in self.points.mouse_drag_callbacks:
-                self.points.mouse_drag_callbacks.remove(self._sign_from_mouse)
+            if self._mouse_press in self.points.mouse_drag_callbacks:
+                self.points.mouse_drag_callbacks.remove(self._mouse_press)
         if self.boxes is not None:
             self.boxes.events.data.disconnect(self._on_boxes_data)
             if self._shape_sign_from_mouse in self.boxes.mouse_drag_callbacks:
@@ -173,38 +175,6 @@ class AnnotationController(ImageSource, ZoomView, TilesView, PromptInput, ShapeI
         return L.current_index(self.viewer, self.image) if self.image is not None else ()
 
     # ------------------------------------------------------------------ requests
-    def update(self) -> None:
-        """Recompute the current object on the current slice from the clicks there (latest request per slice and
-        object wins; requests made while a job of theirs runs coalesce into one)."""
-        if not self.ready:
-            if self.manager is None:
-                show_info("FocSAM: load a model first (or choose the fallback)")
-            return
-        assert self.manager is not None and self.image is not None and self.labels is not None  # ready: attached
-        index, object_id = self.index, self.object_id
-        ticket = self._stability_ticket()  # the stability under way is out of date
-        prompts = self._prompts(index)
-        self._base(index, object_id)  # the slice before this object (Cancel restores it)
-        zoom_work = self._zoom_work(index, object_id, prompts)
-        if zoom_work is not None:
-            self._submit_click(index, object_id, zoom_work)
-            return
-        data, rgb, contrast, signature = self.model_source()
-        known = (self.manager, index, signature)  # a key is only ever reused with its own model and input
-        args = (self.manager, data, index, rgb, contrast, object_id, prompts)
-
-        def work(token: CancelToken) -> ClickResult:
-            return compute_object(*args, token, known_key=self._known.get(known), tiles=self.tiles, region_only=True)
-
-        def done(result: ClickResult) -> None:
-            if result.manager is self.manager and self.image is not None and signature == self.model_source()[3]:
-                self._known[known] = result.embedding_key
-            self._on_result(result)
-            self.request_stability(result.index, result.object_id, ticket)  # after the mask is shown
-
-        self.jobs.submit((CLICK, index, object_id), work, done, self._on_error,
-                         on_finished=lambda: self._job_finished(object_id), threads="interactive")
-
     def _submit_click(self, index: tuple[int, ...], object_id: int, work: Callable[[CancelToken], Any]) -> None:
         """A click job decoded on the object's zoom (its stability is not computed)."""
         self.jobs.submit((CLICK, index, object_id), work, lambda result: self._on_result(self._zoom_done(result)),
@@ -246,6 +216,9 @@ class AnnotationController(ImageSource, ZoomView, TilesView, PromptInput, ShapeI
         self._step("redo")
 
     def _step(self, which: str) -> None:
+        if self._forget_press():
+            self.status.emit(f"{which} ignored: a click was under way (the mouse button held)")
+            return
         if (self.index, self.object_id) in self.zooms:
             self.cancel_stability()
             self.jobs.cancel((CLICK, self.index, self.object_id))
@@ -274,6 +247,7 @@ class AnnotationController(ImageSource, ZoomView, TilesView, PromptInput, ShapeI
         still running finish and write their masks; then its sessions keep only what re-opening needs."""
         if self.labels is None:
             return
+        self._forget_press()
         self._clear_prompts()
         self._forget_zooms(self.object_id)
         self._commit_current()
@@ -293,6 +267,7 @@ class AnnotationController(ImageSource, ZoomView, TilesView, PromptInput, ShapeI
         removed."""
         if self.labels is None:
             return
+        self._forget_press()
         self.cancel_stability()
         self.cancel_tile_prefetch()
         self.stabilities.pop(self.object_id, None)
@@ -364,6 +339,7 @@ class AnnotationController(ImageSource, ZoomView, TilesView, PromptInput, ShapeI
     # ------------------------------------------------------------------ plumbing
     def cancel_jobs(self) -> None:
         """Discard every click job (running ones stop between model steps; no result of theirs is written)."""
+        self._pressed = None
         self.jobs.cancel(lambda key: key[0] == CLICK)
         self._committing.clear()
 
