@@ -284,7 +284,6 @@ def main() -> None:
                         help="also print the GUI thread's and the rasterizer's CPU time per click, by part (idle)")
     args = parser.parse_args()
 
-    from napari_focsam.engine.handoff import click_switch_interval
     from napari_focsam.engine.manager import ModelManager
     from napari_focsam.engine.threads import current_policy
 
@@ -294,8 +293,8 @@ def main() -> None:
     print(f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} before starting; "
           f"thread policy {current_policy()}; window {'hidden' if args.hidden else 'shown'}; "
           f"{args.size}² image, {args.clicks} clicks per condition; clicks "
-          f"{'through the Points layer' if args.points_add else f'by mouse, held {args.mouse_hold:.0f} ms'}; "
-          f"click switch interval {click_switch_interval()} s", flush=True)
+          f"{'through the Points layer' if args.points_add else f'by mouse, held {args.mouse_hold:.0f} ms'}",
+          flush=True)
 
     if not args.no_embedding and "sam_vit_b" in backends:
         shown, hidden = embedding_shown_vs_hidden("sam_vit_b", image, args.embed_rounds)

@@ -90,7 +90,7 @@ def test_the_job_starts_at_the_press_and_the_release_adopts_it(make_napari_viewe
 
 def test_a_press_that_pans_writes_nothing_and_takes_its_step_back(make_napari_viewer, sam_manager):
     viewer = make_napari_viewer(show=True)
-    image, c = _setup(viewer, sam_manager)
+    _, c = _setup(viewer, sam_manager)
     c.click(60, 70)
     _settle(c)
     before = c.labels.data.copy()
@@ -132,7 +132,7 @@ def test_a_release_beside_the_press_gives_the_released_point(make_napari_viewer,
 
 def test_a_press_does_not_start_early_where_it_could_not_be_taken_back(make_napari_viewer, sam_manager):
     viewer = make_napari_viewer(show=True)
-    image, c = _setup(viewer, sam_manager)
+    _, c = _setup(viewer, sam_manager)
     c.click(60, 70)
     c.click(60, 90)
     _settle(c)

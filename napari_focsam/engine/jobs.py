@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._cancel import Cancelled, CancelToken
-from .handoff import click_handoff
 from .threads import use_threads, work_done
 
 #: the ``nice`` increment of the background thread (Linux; lower priority than the clicks)
@@ -293,9 +292,6 @@ def _call(job: Job) -> tuple[Any, BaseException | None]:
     try:
         if job.threads is not None:
             use_threads(job.threads, job.gui_cores)
-        if job.threads == "interactive":
-            with click_handoff():  # the interpreter back from the front-end's thread quickly (see .handoff)
-                return job.func(job.token), None
         return job.func(job.token), None
     except BaseException as exc:  # noqa: BLE001 - every failure goes to the front-end as a message
         return None, exc
