@@ -3,15 +3,17 @@ engine's own click next to micro-sam's in the same run.
 
     xvfb-run -a python benchmarks/bench_widget.py [--clicks 30] [--size 1024] [--loads idle,busy,torch2]
         [--backends fallback,sam_tiny,sam_vit_b] [--hidden] [--micro-sam PYTHON] [--gui-cpu]
-        [--mouse-hold MS | --points-add]
+        [--clicks-as mouse:0,mouse:80,points:80]
 
 Each backend gets a real viewer (``napari.Viewer(show=True)``; under Xvfb + Mesa it renders for real) with the
-annotator attached. A click is real Qt mouse events on the canvas, through vispy and napari's mouse handling: press,
-``--mouse-hold`` ms of the event loop (default 0), release; timed from the press (the annotator starts the model at
-the press, ``plugin/click_requests.py``). ``--points-add`` adds the point through the Points layer as napari does
-on the release, with no press (the path before the press start). The time runs until
-the canvas has drawn the first frame after the mask was written into the Labels layer (``--hidden``: until the
-write, since a hidden canvas never draws). The split shows where the time goes: the model's click in the worker,
+annotator attached. Clicks are made in the ways ``--clicks-as`` lists, taking turns click by click: ``mouse:MS`` is
+real Qt mouse events on the canvas, through vispy and napari's mouse handling (press, MS ms of the event loop,
+release; a hand holds the button for tens of milliseconds, ``mouse:0`` is the strictest case), and the annotator
+starts the model at the press (``plugin/click_requests.py``); ``points:MS`` adds the point through the Points layer
+MS ms after the press, as napari does on the release, without a press: the way clicks reached the model before.
+Times run from the press, and from the release (when napari adds the point), until the canvas has drawn the first
+frame after the mask was written into the Labels layer (``--hidden``: until the write, since a hidden canvas never
+draws). The split shows where the time goes: the model's click in the worker,
 the hand-off to the GUI thread, the Labels write, the redraw. ``--gui-cpu`` adds, per backend, the CPU time a click
 costs the GUI thread by part (napari's point, the frames, the layer list, the plugin's own work) and Mesa's
 rasterizer threads (``_gui_cpu.py``): CPU time hardly depends on the machine's other load.
@@ -108,6 +110,30 @@ class MouseMoves:
         self.timer.stop()
 
 
+def _wait(seconds: float) -> None:
+    """Run the Qt event loop for ``seconds``, sleeping between events as Qt's own loop does."""
+    if seconds <= 0:
+        return
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    loop = QEventLoop()
+    QTimer.singleShot(round(1000 * seconds), loop.quit)
+    loop.exec()
+
+
+def click_modes(text: str) -> list[tuple[str, float]]:
+    """``mouse:MS`` (real mouse events on the canvas, the button held MS ms) or ``points:MS`` (the point added
+    through the Points layer MS ms after the press, as napari adds it on the release, without the press: the path
+    before the annotator started clicks at the press), comma-separated."""
+    modes = []
+    for item in text.split(","):
+        how, _, hold = item.strip().partition(":")
+        if how not in ("mouse", "points"):
+            raise SystemExit(f"--clicks-as: 'mouse:MS' or 'points:MS', got {item!r}")
+        modes.append((how, float(hold or 0) / 1000))
+    return modes
+
+
 def test_image(size: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]
@@ -137,14 +163,14 @@ def _settle(seconds: float) -> None:
 class WidgetRig:
     """A viewer with the annotator attached to one backend, and the probes that time a click."""
 
-    def __init__(self, backend: str, image: np.ndarray, show: bool, hold: float | None = None) -> None:
+    def __init__(self, backend: str, image: np.ndarray, show: bool) -> None:
         import napari
 
         from napari_focsam.engine.manager import ModelManager
         from napari_focsam.plugin.widget import FocsamWidget
 
-        self.show, self.hold = show, hold  # hold: None clicks through the Points layer, else real mouse events
-        self.released: float | None = None  # when the last click's button was released
+        self.show = show
+        self.released = 0.0  # when the last click's button was released (the point added)
         self.viewer = napari.Viewer(show=show)
         self.viewer.window._qt_window.resize(1200, 900)
         self.viewer.add_image(image, name="image")
@@ -175,19 +201,23 @@ class WidgetRig:
 
         c._on_result = on_result
 
-    def click(self, y: float, x: float, positive: bool, timeout: float = 60.0) -> dict[str, float]:
-        """One click; returns the phases (seconds) once the mask is visible."""
+    def click(self, y: float, x: float, positive: bool, mode: tuple[str, float] = ("mouse", 0.0),
+              timeout: float = 60.0) -> dict[str, float]:
+        """One click as ``mode`` makes it (see :func:`click_modes`); returns the phases (seconds, from the press)
+        once the mask is visible."""
         from qtpy.QtCore import QEventLoop, QTimer
         from qtpy.QtWidgets import QApplication
 
         c = self.controller
         n_written, n_updates = len(self.written), len(self.updates)
-        self.released = None
+        how, hold = mode
         start = time.perf_counter()
-        if self.hold is None:
+        if how == "mouse":
+            self._mouse_click(y, x, positive, hold)
+        else:  # the point arrives when the button is released, hold seconds after the press
+            _wait(hold)
+            self.released = time.perf_counter()
             c.click(y, x, positive=positive)
-        else:
-            self._mouse_click(y, x, positive)
         deadline = start + timeout
         watchdog = QTimer()
         watchdog.timeout.connect(lambda: None)  # wakes the loop below now and then, so the timeout is seen
@@ -207,38 +237,35 @@ class WidgetRig:
         watchdog.stop()
         end = written if not (self.show and changed) else min(t for t in self.drawn if t > written)
         entered, result = self.results[-1]
-        released = self.released if self.released is not None else start
-        return {"total": end - start, "released": end - released,
+        return {"total": end - start, "released": end - self.released,
                 "prep": result.finished_at - result.seconds - start, "model": result.seconds,
                 "handoff": entered - result.finished_at,
                 "write": written - entered, "draw": end - written}
 
-    def _mouse_click(self, y: float, x: float, positive: bool) -> None:
+    def _mouse_click(self, y: float, x: float, positive: bool, hold: float) -> None:
         """A real mouse click on the canvas: press, ``hold`` seconds of the event loop, release (Shift: negative)."""
-        from qtpy.QtCore import QEventLoop, QTimer
-
         from napari_focsam.plugin.mouse import mouse_press, mouse_release, world_of
 
         where = world_of(self.viewer.layers["image"], (y, x))
         modifiers = () if positive else ("Shift",)
         mouse_press(self.viewer, where, modifiers=modifiers)
-        if self.hold:  # the event loop runs meanwhile, sleeping between events as Qt's own does
-            loop = QEventLoop()
-            QTimer.singleShot(round(1000 * self.hold), loop.quit)
-            loop.exec()
+        _wait(hold)
         self.released = time.perf_counter()
         mouse_release(self.viewer, where, modifiers=modifiers)
 
-    def session_clicks(self, n: int, rng: np.random.Generator, cpu: GuiCpu | None = None) -> list[dict[str, float]]:
-        """``n`` clicks, a new object every 5; ``cpu`` (optional) accounts the GUI thread's CPU time of each."""
-        out = []
+    def session_clicks(self, n: int, rng: np.random.Generator, modes: list[tuple[str, float]],
+                       cpu: GuiCpu | None = None) -> dict[tuple[str, float], list[dict[str, float]]]:
+        """``n`` clicks per mode, the modes taking turns click by click, a new object every 5 clicks; ``cpu``
+        (optional) accounts the GUI thread's CPU time of each."""
+        out: dict[tuple[str, float], list[dict[str, float]]] = {mode: [] for mode in modes}
         size = self.viewer.layers["image"].data.shape
-        for i in range(n):
+        for i in range(n * len(modes)):
             if i % 5 == 0:
                 self.controller.commit()  # a new object every 5 clicks (FocSAM's refiner step included)
             y, x = rng.uniform(0.05, 0.95) * size[0], rng.uniform(0.05, 0.95) * size[1]
+            mode = modes[i % len(modes)]
             with cpu if cpu is not None else contextlib.nullcontext():
-                out.append(self.click(y, x, positive=i % 5 != 3))
+                out[mode].append(self.click(y, x, positive=i % 5 != 3, mode=mode))
             time.sleep(0.05)  # a user's clicks are never back to back
         return out
 
@@ -276,10 +303,8 @@ def main() -> None:
     parser.add_argument("--no-embedding", action="store_true", help="skip the shown-vs-hidden embedding timing")
     parser.add_argument("--embed-rounds", type=int, default=2, help="shown/hidden embedding pairs (order alternated)")
     parser.add_argument("--engine-model", default="sam_vit_b", help="the SAM model of the engine-only comparison")
-    parser.add_argument("--mouse-hold", type=float, default=0.0, metavar="MS",
-                        help="the button is held MS ms between press and release (timed from the press)")
-    parser.add_argument("--points-add", action="store_true",
-                        help="no mouse events: add each point through the Points layer as napari does on release")
+    parser.add_argument("--clicks-as", default="mouse:0,mouse:80,points:80",
+                        help="how clicks are made, taking turns (see click_modes): mouse:MS, points:MS")
     parser.add_argument("--gui-cpu", action="store_true",
                         help="also print the GUI thread's and the rasterizer's CPU time per click, by part (idle)")
     args = parser.parse_args()
@@ -288,12 +313,12 @@ def main() -> None:
     from napari_focsam.engine.threads import current_policy
 
     image = test_image(args.size)
+    modes = click_modes(args.clicks_as)
     backends = args.backends.split(",")
     loads = args.loads.split(",")
     print(f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} before starting; "
           f"thread policy {current_policy()}; window {'hidden' if args.hidden else 'shown'}; "
-          f"{args.size}² image, {args.clicks} clicks per condition; clicks "
-          f"{'through the Points layer' if args.points_add else f'by mouse, held {args.mouse_hold:.0f} ms'}",
+          f"{args.size}² image, {args.clicks} clicks per condition and way of clicking ({args.clicks_as})",
           flush=True)
 
     if not args.no_embedding and "sam_vit_b" in backends:
@@ -308,25 +333,27 @@ def main() -> None:
     embedding = engine.embed(image)
     summary = []
     cpu_lines: list[str] = []
-    print(f"\n{'':<18} {'from the press':>15} {'from the release':>16}")
-    print(f"{'load':<7} {'backend':<10} {'p50 ms':>7} {'p95 ms':>7} {'p50 ms':>7} {'p95 ms':>7}   "
+    print(f"\n{'':<29} {'from the press':>15} {'from the release':>16}")
+    print(f"{'load':<7} {'backend':<10} {'clicks as':<10} {'p50 ms':>7} {'p95 ms':>7} {'p50 ms':>7} {'p95 ms':>7}   "
           "median split (prep / model / hand-off / write / draw, ms)")
     for backend in backends:  # one window at a time, as a user has it
-        rig = WidgetRig(backend, image, show=not args.hidden,
-                        hold=None if args.points_add else args.mouse_hold / 1000)
+        rig = WidgetRig(backend, image, show=not args.hidden)
         for load in loads:
             moves = MouseMoves([rig]) if load == "mouse" else contextlib.nullcontext()
             with background_load(load), moves:
-                phases = rig.session_clicks(args.clicks, np.random.default_rng(1))
-            p50, p95 = percentiles([p["total"] for p in phases])
-            r50, r95 = percentiles([p["released"] for p in phases])
-            split = " / ".join(f"{1000 * statistics.median(p[k] for p in phases):.0f}"
-                               for k in ("prep", "model", "handoff", "write", "draw"))
-            print(f"{load:<7} {backend:<10} {p50:7.0f} {p95:7.0f} {r50:7.0f} {r95:7.0f}   {split}", flush=True)
-            summary.append((load, backend, p50, p95))
+                by_mode = rig.session_clicks(args.clicks, np.random.default_rng(1), modes)
+            for (how, hold), phases in by_mode.items():
+                p50, p95 = percentiles([p["total"] for p in phases])
+                r50, r95 = percentiles([p["released"] for p in phases])
+                split = " / ".join(f"{1000 * statistics.median(p[k] for p in phases):.0f}"
+                                   for k in ("prep", "model", "handoff", "write", "draw"))
+                name = f"{how}:{1000 * hold:.0f}"
+                print(f"{load:<7} {backend:<10} {name:<10} {p50:7.0f} {p95:7.0f} {r50:7.0f} {r95:7.0f}   {split}",
+                      flush=True)
+                summary.append((load, f"{backend} {name}", p50, p95))
         if args.gui_cpu and not args.hidden:
             cpu = GuiCpu()
-            rig.session_clicks(args.clicks, np.random.default_rng(3), cpu)
+            rig.session_clicks(args.clicks, np.random.default_rng(3), modes[:1], cpu)
             cpu_lines.append(f"{backend:<10} {cpu.summary()}")
         rig.close()
     for line in cpu_lines:

@@ -43,15 +43,17 @@ def test_bench_engine_prints_every_ratio() -> None:
 def test_bench_widget_prints_click_to_visible_mask_per_load() -> None:
     pytest.importorskip("napari")
     out = _run("bench_widget.py", "--clicks", "3", "--size", "256", "--loads", "idle,busy", "--backends",
-               "fallback,sam_tiny", "--no-embedding", "--micro-sam", "none", "--engine-model", "sam_tiny")
+               "fallback,sam_tiny", "--no-embedding", "--micro-sam", "none", "--engine-model", "sam_tiny",
+               "--clicks-as", "mouse:0,points:30")
     rows = [line.split() for line in out.splitlines()
             if line.startswith(("idle ", "busy ")) and "/ idle" not in line and "api" not in line]
-    assert [(r[0], r[1]) for r in rows] == [("idle", "fallback"), ("busy", "fallback"), ("idle", "sam_tiny"),
-                                            ("busy", "sam_tiny")]
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        (load, backend, mode) for backend in ("fallback", "sam_tiny") for load in ("idle", "busy")
+        for mode in ("mouse:0", "points:30")]
     for row in rows:
-        p50, p95 = float(row[2]), float(row[3])
-        assert 0 < p50 <= p95
-        parts = [float(v) for v in row[4:] if v != "/"]  # prep / model / hand-off / write / draw
+        p50, p95, r50, r95 = (float(v) for v in row[3:7])
+        assert 0 < p50 <= p95 and 0 < r50 <= r95 and r50 <= p50
+        parts = [float(v) for v in row[7:] if v != "/"]  # prep / model / hand-off / write / draw
         assert len(parts) == 5 and parts[1] > 0 and sum(parts) <= p95 + 5
     assert "window shown" in out and "p95 / idle p50" in out
     engine = [line for line in out.splitlines() if line.startswith(("idle ", "busy ")) and "api" in line]
