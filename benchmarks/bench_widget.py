@@ -3,7 +3,7 @@ engine's own click next to micro-sam's in the same run.
 
     xvfb-run -a python benchmarks/bench_widget.py [--clicks 30] [--size 1024] [--loads idle,busy,torch2]
         [--backends fallback,sam_tiny,sam_vit_b] [--hidden] [--micro-sam PYTHON] [--gui-cpu]
-        [--clicks-as mouse:0,mouse:80,points:80]
+        [--clicks-as mouse:0,points:0,mouse:80,points:80]
 
 Each backend gets a real viewer (``napari.Viewer(show=True)``; under Xvfb + Mesa it renders for real) with the
 annotator attached. Clicks are made in the ways ``--clicks-as`` lists, taking turns click by click: ``mouse:MS`` is
@@ -94,6 +94,8 @@ class MouseMoves:
 
         self.step += 1
         for rig in self.rigs:
+            if rig.pressing:
+                continue  # a hand holds still while it clicks (a move past 5 px would make the click a pan)
             native = rig.viewer.window._qt_viewer.canvas._scene_canvas.native
             w, h = native.width(), native.height()
             t = self.step / 60
@@ -171,6 +173,7 @@ class WidgetRig:
 
         self.show = show
         self.released = 0.0  # when the last click's button was released (the point added)
+        self.pressing = False  # a mouse button is down (MouseMoves waits)
         self.viewer = napari.Viewer(show=show)
         self.viewer.window._qt_window.resize(1200, 900)
         self.viewer.add_image(image, name="image")
@@ -248,10 +251,14 @@ class WidgetRig:
 
         where = world_of(self.viewer.layers["image"], (y, x))
         modifiers = () if positive else ("Shift",)
-        mouse_press(self.viewer, where, modifiers=modifiers)
-        _wait(hold)
-        self.released = time.perf_counter()
-        mouse_release(self.viewer, where, modifiers=modifiers)
+        self.pressing = True
+        try:
+            mouse_press(self.viewer, where, modifiers=modifiers)
+            _wait(hold)
+            self.released = time.perf_counter()
+            mouse_release(self.viewer, where, modifiers=modifiers)
+        finally:
+            self.pressing = False
 
     def session_clicks(self, n: int, rng: np.random.Generator, modes: list[tuple[str, float]],
                        cpu: GuiCpu | None = None) -> dict[tuple[str, float], list[dict[str, float]]]:
@@ -303,7 +310,7 @@ def main() -> None:
     parser.add_argument("--no-embedding", action="store_true", help="skip the shown-vs-hidden embedding timing")
     parser.add_argument("--embed-rounds", type=int, default=2, help="shown/hidden embedding pairs (order alternated)")
     parser.add_argument("--engine-model", default="sam_vit_b", help="the SAM model of the engine-only comparison")
-    parser.add_argument("--clicks-as", default="mouse:0,mouse:80,points:80",
+    parser.add_argument("--clicks-as", default="mouse:0,points:0,mouse:80,points:80",
                         help="how clicks are made, taking turns (see click_modes): mouse:MS, points:MS")
     parser.add_argument("--gui-cpu", action="store_true",
                         help="also print the GUI thread's and the rasterizer's CPU time per click, by part (idle)")
@@ -338,6 +345,7 @@ def main() -> None:
           "median split (prep / model / hand-off / write / draw, ms)")
     for backend in backends:  # one window at a time, as a user has it
         rig = WidgetRig(backend, image, show=not args.hidden)
+        rig.session_clicks(2, np.random.default_rng(0), modes)  # untimed: a fresh window's first clicks pay more
         for load in loads:
             moves = MouseMoves([rig]) if load == "mouse" else contextlib.nullcontext()
             with background_load(load), moves:

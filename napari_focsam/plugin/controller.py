@@ -121,6 +121,7 @@ class AnnotationController(ImageSource, ClickRequests, ZoomView, TilesView, Prom
         check_geometry(image, labels)
         self.detach()
         self.image = image
+        self.set_channels(channels)  # embeds the shown slice while the layers below are made and drawn
         self.labels = labels if labels is not None else L.make_labels_layer(self.viewer, image)
         self.boxes = boxes if boxes is not None else L.make_shapes_layer(self.viewer, image)
         self.points = points if points is not None else L.make_points_layer(self.viewer, image)
@@ -136,7 +137,7 @@ class AnnotationController(ImageSource, ClickRequests, ZoomView, TilesView, Prom
         self.points.mode = "add"
         self.viewer.layers.selection.active = self.points  # clicks on the canvas go to the active layer
         self._start_new_object()
-        self.set_channels(channels)  # embeds the shown slice
+        self.changed.emit()
 
     def detach(self) -> None:
         """Stop working on the layers: every click job is discarded (nothing more is written into them)."""
