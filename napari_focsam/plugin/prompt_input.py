@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from napari.layers import Points
 from napari.utils.notifications import show_warning
 
 from ..engine.types import Prompts
@@ -58,11 +57,6 @@ class PromptInput(ControllerParts):
         self.boxes.feature_defaults = {L.SIGN_FEATURE: bool(positive)}
         self.boxes.add(L.image_to_layer(self.boxes, self.image, coords), shape_type=shape_type)
         self.boxes.feature_defaults = {L.SIGN_FEATURE: self.next_positive}
-
-    def _sign_from_mouse(self, layer: Points, event: Any) -> None:
-        if layer.mode == "add":
-            negative = "Shift" in event.modifiers or event.button == 2
-            layer.feature_defaults = {L.SIGN_FEATURE: self.next_positive and not negative}
 
     def _on_points_data(self, event: Any) -> None:
         action = str(getattr(event, "action", "changed"))
