@@ -6,7 +6,8 @@ engine's own click next to micro-sam's in the same run.
         [--clicks-as mouse:0,points:0,mouse:80,points:80]
 
 Each backend gets a real viewer (``napari.Viewer(show=True)``; under Xvfb + Mesa it renders for real) with the
-annotator attached. Clicks are made in the ways ``--clicks-as`` lists, taking turns click by click: ``mouse:MS`` is
+annotator attached. Clicks are made in the ways ``--clicks-as`` lists (``_clicks.py``), taking turns click by
+click: ``mouse:MS`` is
 real Qt mouse events on the canvas, through vispy and napari's mouse handling (press, MS ms of the event loop,
 release; a hand holds the button for tens of milliseconds, ``mouse:0`` is the strictest case), and the annotator
 starts the model at the press (``plugin/click_requests.py``); ``points:MS`` adds the point through the Points layer
@@ -48,6 +49,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _clicks import MouseMoves, click_modes, wait
 from _engine_vs_microsam import MicroSam, engine_vs_microsam, write_sam_checkpoint
 from _gui_cpu import GuiCpu
 
@@ -74,66 +76,6 @@ def background_load(kind: str):
     finally:
         proc.kill()
         proc.wait()
-
-
-class MouseMoves:
-    """Mouse moves over the canvas of every rig's viewer, 60 per second, sent by a Qt timer on the GUI thread (the
-    events a moving hand gives napari: it updates the cursor position and the status bar for each)."""
-
-    def __init__(self, rigs: list) -> None:
-        from qtpy.QtCore import QTimer
-
-        self.rigs, self.step = rigs, 0
-        self.timer = QTimer()
-        self.timer.timeout.connect(self._move)
-
-    def _move(self) -> None:
-        from qtpy.QtCore import QPointF, Qt
-        from qtpy.QtGui import QMouseEvent
-        from qtpy.QtWidgets import QApplication
-
-        self.step += 1
-        for rig in self.rigs:
-            if rig.pressing:
-                continue  # a hand holds still while it clicks (a move past 5 px would make the click a pan)
-            native = rig.viewer.window._qt_viewer.canvas._scene_canvas.native
-            w, h = native.width(), native.height()
-            t = self.step / 60
-            pos = QPointF(w * (0.5 + 0.3 * np.cos(t)), h * (0.5 + 0.3 * np.sin(1.3 * t)))
-            event = QMouseEvent(QMouseEvent.Type.MouseMove, pos, native.mapToGlobal(pos), Qt.MouseButton.NoButton,
-                                Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier)
-            QApplication.sendEvent(native, event)
-
-    def __enter__(self) -> MouseMoves:
-        self.timer.start(16)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.timer.stop()
-
-
-def _wait(seconds: float) -> None:
-    """Run the Qt event loop for ``seconds``, sleeping between events as Qt's own loop does."""
-    if seconds <= 0:
-        return
-    from qtpy.QtCore import QEventLoop, QTimer
-
-    loop = QEventLoop()
-    QTimer.singleShot(round(1000 * seconds), loop.quit)
-    loop.exec()
-
-
-def click_modes(text: str) -> list[tuple[str, float]]:
-    """``mouse:MS`` (real mouse events on the canvas, the button held MS ms) or ``points:MS`` (the point added
-    through the Points layer MS ms after the press, as napari adds it on the release, without the press: the path
-    before the annotator started clicks at the press), comma-separated."""
-    modes = []
-    for item in text.split(","):
-        how, _, hold = item.strip().partition(":")
-        if how not in ("mouse", "points"):
-            raise SystemExit(f"--clicks-as: 'mouse:MS' or 'points:MS', got {item!r}")
-        modes.append((how, float(hold or 0) / 1000))
-    return modes
 
 
 def test_image(size: int, seed: int = 0) -> np.ndarray:
@@ -218,7 +160,7 @@ class WidgetRig:
         if how == "mouse":
             self._mouse_click(y, x, positive, hold)
         else:  # the point arrives when the button is released, hold seconds after the press
-            _wait(hold)
+            wait(hold)
             self.released = time.perf_counter()
             c.click(y, x, positive=positive)
         deadline = start + timeout
@@ -254,7 +196,7 @@ class WidgetRig:
         self.pressing = True
         try:
             mouse_press(self.viewer, where, modifiers=modifiers)
-            _wait(hold)
+            wait(hold)
             self.released = time.perf_counter()
             mouse_release(self.viewer, where, modifiers=modifiers)
         finally:
