@@ -7,11 +7,11 @@ engine's own click next to micro-sam's in the same run.
 
 Each backend gets a real viewer (``napari.Viewer(show=True)``; under Xvfb + Mesa it renders for real) with the
 annotator attached. Clicks are made in the ways ``--clicks-as`` lists (``_clicks.py``), taking turns click by
-click: ``mouse:MS`` is
-real Qt mouse events on the canvas, through vispy and napari's mouse handling (press, MS ms of the event loop,
-release; a hand holds the button for tens of milliseconds, ``mouse:0`` is the strictest case), and the annotator
-starts the model at the press (``plugin/click_requests.py``); ``points:MS`` adds the point through the Points layer
-MS ms after the press, as napari does on the release, without a press: the way clicks reached the model before.
+click: ``mouse:MS`` is real Qt mouse events on the canvas, through vispy and napari's mouse handling (press, MS ms
+of the event loop, release; a hand holds the button for tens of milliseconds, ``mouse:0`` is the strictest case),
+and the annotator starts the model at the press (``plugin/click_requests.py``); ``points:MS`` adds the point
+through the Points layer MS ms after the press, as napari does on the release, without a press: the way clicks
+reached the model before.
 Times run from the press, and from the release (when napari adds the point), until the canvas has drawn the first
 frame after the mask was written into the Labels layer (``--hidden``: until the write, since a hidden canvas never
 draws). The split shows where the time goes: the model's click in the worker,
