@@ -91,6 +91,21 @@ def test_bad_channel_choices_are_refused_with_a_message(make_napari_viewer, mana
     assert c.channel_layers == []  # nothing changed
 
 
+def test_attaching_with_bad_channels_attaches_nothing(make_napari_viewer, manager):
+    from napari_focsam.plugin.controller import AnnotationController
+
+    viewer = make_napari_viewer()
+    layers = viewer.add_image(_two_channels(), channel_axis=0)
+    other = viewer.add_image(np.zeros((50, 50), np.uint8), name="small")
+    c = AnnotationController(viewer)
+    c.set_manager(manager)
+    n_layers = len(viewer.layers)
+    with pytest.raises(ValueError, match="channels share one grid"):
+        c.attach(layers[0], channels=[layers[0], other])
+    assert c.image is None and not c.ready and len(viewer.layers) == n_layers  # no layers made, no job started
+    assert not c.jobs.busy
+
+
 def test_anisotropic_3d_scale_and_translate_map_world_clicks_to_pixels(make_napari_viewer, manager):
     viewer = make_napari_viewer()
     stack = np.full((5, 100, 120), 20, np.uint8)

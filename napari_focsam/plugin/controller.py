@@ -121,7 +121,11 @@ class AnnotationController(ImageSource, ClickRequests, ZoomView, TilesView, Prom
         check_geometry(image, labels)
         self.detach()
         self.image = image
-        self.set_channels(channels)  # embeds the shown slice while the layers below are made and drawn
+        try:
+            self.set_channels(channels)  # embeds the shown slice while the layers below are made and drawn
+        except Exception:
+            self.image = None  # bad channels: nothing is attached
+            raise
         self.labels = labels if labels is not None else L.make_labels_layer(self.viewer, image)
         self.boxes = boxes if boxes is not None else L.make_shapes_layer(self.viewer, image)
         self.points = points if points is not None else L.make_points_layer(self.viewer, image)
