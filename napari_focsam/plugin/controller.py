@@ -145,7 +145,6 @@ class AnnotationController(ImageSource, ClickRequests, ZoomView, TilesView, Prom
 
     def detach(self) -> None:
         """Stop working on the layers: every click job is discarded (nothing more is written into them)."""
-        self._forget_press()
         self.cancel_jobs()
         self.cancel_stability()
         self.jobs.cancel_background()

@@ -12,7 +12,7 @@ from qtpy.QtCore import QPointF, Qt
 from qtpy.QtGui import QMouseEvent
 from qtpy.QtWidgets import QApplication
 
-__all__ = ["canvas_position", "mouse_click", "mouse_move", "mouse_press", "mouse_release"]
+__all__ = ["canvas_position", "mouse_click", "mouse_move", "mouse_press", "mouse_release", "world_of"]
 
 _BUTTONS = {"left": Qt.MouseButton.LeftButton, "right": Qt.MouseButton.RightButton}
 _MODIFIERS = {"Shift": Qt.KeyboardModifier.ShiftModifier, "Control": Qt.KeyboardModifier.ControlModifier,
